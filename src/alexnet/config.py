@@ -1,0 +1,221 @@
+"""Typed configuration: dataclasses validated on load, YAML presets, ``--set`` overrides.
+
+Every field is checked against its annotation (``Literal`` choices, numbers, lists), and
+an unknown key is an error naming the key and the keys that are allowed.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import types
+import typing
+from pathlib import Path
+from typing import Any, Literal, get_args, get_origin
+
+import yaml
+
+
+class ConfigError(ValueError):
+    """A config key or value that is not allowed; the message says which and why."""
+
+
+# --------------------------------------------------------------------------------------
+# Model
+
+
+@dataclasses.dataclass
+class ModelConfig:
+    """The network: the paper's (§3) plus the switches for its ablations."""
+
+    variant: Literal["paper", "owt", "small"] = "paper"
+    num_classes: int = 1000
+    in_channels: int = 3
+    # Square input side in pixels. None: 224 for paper/owt, 32 for small.
+    input_size: int | None = None
+    activation: Literal["relu", "tanh"] = "relu"
+    # None: lrn for paper and small, none for owt (torchvision's network has no LRN).
+    norm: Literal["lrn", "batchnorm", "none"] | None = None
+    # LRN alpha: "mean" = alpha/n as in the authors' code, Caffe, PyTorch; "sum" = as printed.
+    lrn_alpha: Literal["mean", "sum"] = "mean"
+    pooling: Literal["overlapping", "non-overlapping"] = "overlapping"
+    dropout: float = 0.5
+    # None: 2 for paper and small (grouped conv2/4/5), 1 for owt.
+    towers: Literal[1, 2] | None = None
+    # Remove any of conv3..conv5 (the paper's depth ablation, §7).
+    drop_conv: list[str] = dataclasses.field(default_factory=list)
+    # The sixth conv layer over pool5 of the paper's "1 CNN*" model (§6).
+    extra_conv6: bool = False
+    # Multiplier on every conv layer's channel count (0.5 = "half the kernels").
+    width: float = 1.0
+    # Width of fc6/fc7. None: 4096 for paper/owt, 1024 for small.
+    fc_width: int | None = None
+    # paper: N(0, 0.01) weights, biases init_bias in conv2/4/5, fc6/7 (§5);
+    # kaiming: He-normal convs; torch: PyTorch's defaults (what torchvision uses).
+    # None: paper for paper and small, torch for owt.
+    init: Literal["paper", "kaiming", "torch"] | None = None
+    init_bias: float = 1.0
+
+    def __post_init__(self) -> None:
+        if self.num_classes < 1:
+            raise ConfigError(f"model.num_classes must be >= 1, got {self.num_classes}")
+        if self.in_channels < 1:
+            raise ConfigError(f"model.in_channels must be >= 1, got {self.in_channels}")
+        if not 0.0 <= self.dropout < 1.0:
+            raise ConfigError(f"model.dropout must be in [0, 1), got {self.dropout}")
+        if self.width <= 0:
+            raise ConfigError(f"model.width must be > 0, got {self.width}")
+        if self.fc_width is not None and self.fc_width < 1:
+            raise ConfigError(f"model.fc_width must be >= 1, got {self.fc_width}")
+        bad = [c for c in self.drop_conv if c not in ("conv3", "conv4", "conv5")]
+        if bad:
+            raise ConfigError(
+                f"model.drop_conv may name conv3, conv4 or conv5 only, got {bad} "
+                "(conv1 and conv2 carry the LRN and pooling stages)"
+            )
+        if self.input_size is not None and self.input_size < 1:
+            raise ConfigError(f"model.input_size must be >= 1, got {self.input_size}")
+
+    def resolved(self) -> ModelConfig:
+        """A copy with every variant-dependent default (None) filled in."""
+        v = self.variant
+        return dataclasses.replace(
+            self,
+            input_size=self.input_size or (32 if v == "small" else 224),
+            norm=self.norm or ("none" if v == "owt" else "lrn"),
+            towers=self.towers or (1 if v == "owt" else 2),
+            fc_width=self.fc_width or (1024 if v == "small" else 4096),
+            init=self.init or ("torch" if v == "owt" else "paper"),
+            drop_conv=list(self.drop_conv),
+        )
+
+
+# --------------------------------------------------------------------------------------
+# Generic loading
+
+
+def _type_name(tp: Any) -> str:
+    origin = get_origin(tp)
+    if origin is Literal:
+        return " | ".join(repr(a) for a in get_args(tp))
+    if origin in (typing.Union, types.UnionType):
+        return " | ".join(_type_name(a) for a in get_args(tp))
+    if tp is type(None):
+        return "null"
+    return getattr(tp, "__name__", str(tp))
+
+
+def _coerce(value: Any, tp: Any, key: str) -> Any:
+    """Check ``value`` against annotation ``tp``; returns the (lightly converted) value."""
+    origin = get_origin(tp)
+    if origin is Literal:
+        allowed = get_args(tp)
+        if value in allowed and type(value) in {type(a) for a in allowed}:
+            return value
+        raise ConfigError(f"{key}: {value!r} is not allowed; choose one of {list(allowed)}")
+    if origin in (typing.Union, types.UnionType):
+        if value is None and type(None) in get_args(tp):
+            return None
+        errors = []
+        for option in get_args(tp):
+            if option is type(None):
+                continue
+            try:
+                return _coerce(value, option, key)
+            except ConfigError as err:
+                errors.append(str(err))
+        raise ConfigError(f"{key}: {value!r} is not a valid {_type_name(tp)}")
+    if origin is list:
+        if not isinstance(value, list):
+            raise ConfigError(f"{key}: expected a list, got {value!r}")
+        (item,) = get_args(tp) or (Any,)
+        return [_coerce(v, item, f"{key}[{i}]") for i, v in enumerate(value)]
+    if origin is dict:
+        if not isinstance(value, dict):
+            raise ConfigError(f"{key}: expected a mapping, got {value!r}")
+        return dict(value)
+    if dataclasses.is_dataclass(tp):
+        return from_dict(tp, value, prefix=f"{key}.")
+    if tp is bool:
+        if isinstance(value, bool):
+            return value
+        raise ConfigError(f"{key}: expected true or false, got {value!r}")
+    if tp is int:
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+        raise ConfigError(f"{key}: expected an integer, got {value!r}")
+    if tp is float:
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return float(value)
+        raise ConfigError(f"{key}: expected a number, got {value!r}")
+    if tp is str:
+        if isinstance(value, str):
+            return value
+        raise ConfigError(f"{key}: expected a string, got {value!r}")
+    return value
+
+
+T = typing.TypeVar("T")
+
+
+def from_dict(cls: type[T], data: Any, prefix: str = "") -> T:
+    """Build dataclass ``cls`` from a mapping, rejecting unknown keys and bad values."""
+    if data is None:
+        data = {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"{prefix.rstrip('.') or 'config'}: expected a mapping, got {data!r}")
+    assert dataclasses.is_dataclass(cls)
+    hints = typing.get_type_hints(cls)
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    unknown = sorted(set(data) - set(fields))
+    if unknown:
+        raise ConfigError(
+            f"unknown key {prefix}{unknown[0]!s}; allowed keys under "
+            f"{prefix.rstrip('.') or 'the top level'}: {sorted(fields)}"
+        )
+    kwargs = {name: _coerce(value, hints[name], f"{prefix}{name}") for name, value in data.items()}
+    try:
+        return cls(**kwargs)
+    except ConfigError as err:
+        raise ConfigError(str(err)) from None
+
+
+def to_dict(obj: Any) -> dict[str, Any]:
+    return dataclasses.asdict(obj)
+
+
+def parse_override(text: str) -> tuple[list[str], Any]:
+    """``a.b=value`` -> (["a", "b"], value), the value parsed as YAML (1e-3, true, [1,2])."""
+    if "=" not in text:
+        raise ConfigError(f"--set expects key=value, got {text!r}")
+    key, raw = text.split("=", 1)
+    if not key.strip():
+        raise ConfigError(f"--set expects key=value, got {text!r}")
+    return key.strip().split("."), yaml.safe_load(raw) if raw.strip() else ""
+
+
+def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
+    for text in overrides:
+        path, value = parse_override(text)
+        node = data
+        for part in path[:-1]:
+            nxt = node.setdefault(part, {})
+            if not isinstance(nxt, dict):
+                raise ConfigError(f"--set {text}: {part} is not a section")
+            node = nxt
+        node[path[-1]] = value
+    return data
+
+
+def load_yaml(path: str | Path) -> dict[str, Any]:
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"config file not found: {path}")
+    try:
+        data = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as err:
+        raise ConfigError(f"{path}: not valid YAML: {err}") from None
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: the top level must be a mapping of sections")
+    return data

@@ -1,0 +1,156 @@
+"""Local response normalization (§3.3), with a hand-written backward.
+
+    b[i] = a[i] / (k + alpha' * sum_{j in W(i)} a[j]^2) ** beta
+
+W(i) is the window of n channels around channel i, clipped at the edges. ``alpha'`` is
+``alpha / n`` under the ``"mean"`` convention (what cuda-convnet, Caffe and
+``torch.nn.functional.local_response_norm`` compute) and ``alpha`` under ``"sum"`` (the
+formula as printed in the paper). The two differ by a factor n = 5 in alpha.
+
+Why not PyTorch's own: it pads, stacks and runs ``avg_pool3d`` over a 5-D view, which is
+slow on CPU and has a non-deterministic CUDA backward. Here the channel-window sum is one
+small banded matrix product (deterministic, vectorised, works for NCHW and channels_last),
+and the backward is the closed form
+
+    dL/da[j] = g[j] * d[j]^-beta - 2 beta alpha' a[j] * sum_{i: j in W(i)} g[i] b[i] / d[i]
+
+with d = k + alpha' * sum a^2, so the whole op is a handful of memory passes.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+import torch
+from torch import Tensor, nn
+
+AlphaConvention = Literal["mean", "sum"]
+
+
+def _window_matrix(channels: int, size: int, device: torch.device, dtype: torch.dtype) -> Tensor:
+    """Band matrix M (C x C) with M[i, j] = 1 when channel j lies in the window of channel i.
+
+    The window is [i - size // 2, i + (size - 1) // 2], the same (asymmetric for even sizes)
+    window PyTorch's local_response_norm uses.
+    """
+    idx = torch.arange(channels, device=device)
+    offset = idx.view(1, -1) - idx.view(-1, 1)  # j - i
+    band = (offset >= -(size // 2)) & (offset <= (size - 1) // 2)
+    return band.to(dtype)
+
+
+def _window_sum(t: Tensor, band: Tensor) -> Tensor:
+    """sum_{j in W(i)} t[:, j] for every channel i, as one matmul over the channel dim."""
+    n, c, h, w = t.shape
+    if t.is_contiguous(memory_format=torch.channels_last) and not t.is_contiguous():
+        # (N, H, W, C) @ M^T: a plain GEMM over contiguous rows of C values.
+        out = t.permute(0, 2, 3, 1).reshape(-1, c) @ band.t()
+        return out.view(n, h, w, c).permute(0, 3, 1, 2)
+    out = torch.matmul(band, t.reshape(n, c, h * w))  # (C, C) @ (N, C, HW)
+    return out.view(n, c, h, w)
+
+
+def _inv_pow_(d: Tensor, beta: float, out: Tensor) -> Tensor:
+    """out = d ** -beta; beta = 0.75 (the paper's) as rsqrt(d) * sqrt(rsqrt(d)), faster than pow."""
+    if beta == 0.75:
+        torch.rsqrt(d, out=out)
+        return out.mul_(torch.sqrt(out))
+    return torch.pow(d, -beta, out=out)
+
+
+class _LRNFunction(torch.autograd.Function):
+    # Every pass after the first few is in place: on CPU a fresh large tensor costs far more
+    # (page faults on first touch) than the arithmetic on it.
+    @staticmethod
+    def forward(ctx, x: Tensor, size: int, alpha: float, beta: float, k: float) -> Tensor:  # type: ignore[override]
+        band = _window_matrix(x.shape[1], size, x.device, x.dtype)
+        sq = x * x
+        d = _window_sum(sq, band.mul_(alpha)).add_(k)  # k + alpha' * sum of squares
+        inv = _inv_pow_(d, beta, out=sq)  # reuses the squares' memory
+        y = x * inv
+        ctx.save_for_backward(x, d, inv, y, band)
+        ctx.scale = 2.0 * beta
+        return y
+
+    @staticmethod
+    def backward(ctx, grad: Tensor):  # type: ignore[override]
+        x, d, inv, y, band = ctx.saved_tensors
+        grad = grad.contiguous(memory_format=_memory_format(x))
+        # t[i] = g[i] * b[i] / d[i]; channel j collects t from every i whose window holds j
+        # (the transposed band, already scaled by alpha').
+        t = (grad * y).div_(d)
+        s = _window_sum(t, band.t().contiguous())
+        gx = torch.mul(grad, inv, out=t)  # t is no longer needed
+        return gx.sub_(s.mul_(x), alpha=ctx.scale), None, None, None, None
+
+
+def _memory_format(x: Tensor) -> torch.memory_format:
+    if x.is_contiguous(memory_format=torch.channels_last) and not x.is_contiguous():
+        return torch.channels_last
+    return torch.contiguous_format
+
+
+def local_response_norm(
+    x: Tensor,
+    size: int = 5,
+    alpha: float = 1e-4,
+    beta: float = 0.75,
+    k: float = 2.0,
+    alpha_convention: AlphaConvention = "mean",
+) -> Tensor:
+    """LRN across channels of an (N, C, H, W) tensor; see the module docstring.
+
+    Low-precision inputs (bf16/fp16 under autocast) are normalised in float32 and cast
+    back: x^2 sums of fp16 overflow and bf16 loses the k + alpha * s term's precision.
+    """
+    if x.dim() != 4:
+        raise ValueError(f"local_response_norm expects (N, C, H, W), got shape {tuple(x.shape)}")
+    if alpha_convention not in ("mean", "sum"):
+        raise ValueError(f"alpha_convention must be 'mean' or 'sum', got {alpha_convention!r}")
+    a = alpha / size if alpha_convention == "mean" else alpha
+    fmt = _memory_format(x)
+    if x.dtype in (torch.float16, torch.bfloat16):
+        out = _LRNFunction.apply(x.float().contiguous(memory_format=fmt), size, a, beta, k)
+        return out.to(x.dtype)
+    return _LRNFunction.apply(x.contiguous(memory_format=fmt), size, a, beta, k)
+
+
+class LocalResponseNorm(nn.Module):
+    """§3.3 LRN: k=2, n=5, alpha=1e-4, beta=0.75 by default (the paper's constants)."""
+
+    def __init__(
+        self,
+        size: int = 5,
+        alpha: float = 1e-4,
+        beta: float = 0.75,
+        k: float = 2.0,
+        alpha_convention: AlphaConvention = "mean",
+        impl: Literal["fast", "torch"] = "fast",
+    ) -> None:
+        super().__init__()
+        if impl not in ("fast", "torch"):
+            raise ValueError(f"LRN impl must be 'fast' or 'torch', got {impl!r}")
+        if size < 1:
+            raise ValueError(f"LRN size must be >= 1, got {size}")
+        if alpha_convention not in ("mean", "sum"):
+            raise ValueError(f"alpha_convention must be 'mean' or 'sum', got {alpha_convention!r}")
+        self.size, self.alpha, self.beta, self.k = size, alpha, beta, k
+        self.alpha_convention: AlphaConvention = alpha_convention
+        # "torch" = torch.nn.functional.local_response_norm, kept as the reference side of
+        # tests and `alexnet benchmark lrn`.
+        self.impl = impl
+
+    def forward(self, x: Tensor) -> Tensor:
+        if self.impl == "torch":
+            n = self.size
+            alpha = self.alpha if self.alpha_convention == "mean" else self.alpha * n
+            return nn.functional.local_response_norm(x, n, alpha, self.beta, self.k)
+        return local_response_norm(
+            x, self.size, self.alpha, self.beta, self.k, self.alpha_convention
+        )
+
+    def extra_repr(self) -> str:
+        return (
+            f"size={self.size}, alpha={self.alpha}, beta={self.beta}, k={self.k}, "
+            f"alpha_convention={self.alpha_convention!r}"
+        )

@@ -1,0 +1,96 @@
+"""Per-layer table of a model: output shape, parameters, multiply-adds (``alexnet info``)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from .model import AlexNet
+
+
+@dataclass
+class LayerRow:
+    name: str
+    kind: str
+    output_shape: tuple[int, ...]
+    params: int
+    macs: int
+
+
+def _macs(module: nn.Module, out: torch.Tensor) -> int:
+    if isinstance(module, nn.Conv2d):
+        k = module.kernel_size[0] * module.kernel_size[1]
+        return out.numel() * (module.in_channels // module.groups) * k
+    if isinstance(module, nn.Linear):
+        return out.numel() * module.in_features
+    return 0
+
+
+def layer_table(model: AlexNet) -> list[LayerRow]:
+    """Run one image through ``model`` and record every leaf layer in execution order."""
+    rows: list[LayerRow] = []
+    hooks = []
+    for name, module in model.named_modules():
+        if name and not list(module.children()) and not isinstance(module, nn.Identity):
+
+            def hook(mod: nn.Module, _inp: object, out: torch.Tensor, name: str = name) -> None:
+                params = sum(p.numel() for p in mod.parameters())
+                rows.append(
+                    LayerRow(
+                        name, type(mod).__name__, tuple(out.shape[1:]), params, _macs(mod, out)
+                    )
+                )
+
+            hooks.append(module.register_forward_hook(hook))
+    cfg = model.cfg
+    size = cfg.input_size or 224
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.no_grad():
+            model(torch.zeros(1, cfg.in_channels, size, size))
+    finally:
+        model.train(was_training)
+        for h in hooks:
+            h.remove()
+    return rows
+
+
+def summary_dict(model: AlexNet) -> dict:
+    rows = layer_table(model)
+    return {
+        "variant": model.cfg.variant,
+        "config": {k: v for k, v in vars(model.cfg).items()},
+        "input_shape": [model.cfg.in_channels, model.cfg.input_size, model.cfg.input_size],
+        "params": sum(p.numel() for p in model.parameters()),
+        "macs": sum(r.macs for r in rows),
+        "layers": [
+            {
+                "name": r.name,
+                "type": r.kind,
+                "output_shape": list(r.output_shape),
+                "params": r.params,
+                "macs": r.macs,
+            }
+            for r in rows
+        ],
+    }
+
+
+def format_summary(info: dict) -> str:
+    head = f"{'layer':<10} {'type':<18} {'output':>16} {'params':>12} {'mult-adds':>14}"
+    lines = [
+        f"AlexNet variant {info['variant']!r}, input {tuple(info['input_shape'])}",
+        head,
+        "-" * len(head),
+    ]
+    for r in info["layers"]:
+        shape = "x".join(str(s) for s in r["output_shape"])
+        params = f"{r['params']:,}" if r["params"] else ""
+        macs = f"{r['macs']:,}" if r["macs"] else ""
+        lines.append(f"{r['name']:<10} {r['type']:<18} {shape:>16} {params:>12} {macs:>14}")
+    lines.append("-" * len(head))
+    lines.append(f"{'total':<10} {'':<18} {'':>16} {info['params']:>12,} {info['macs']:>14,}")
+    return "\n".join(lines)

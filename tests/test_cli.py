@@ -1,0 +1,59 @@
+import json
+import subprocess
+
+from alexnet import __version__
+from alexnet.cli import main
+
+
+def run(python, env, *args):
+    return subprocess.run(
+        [python, "-m", "alexnet", *args], capture_output=True, text=True, env=env, timeout=300
+    )
+
+
+def test_help_and_version(python, cli_env):
+    r = run(python, cli_env, "--help")
+    assert r.returncode == 0
+    for command in ("info", "benchmark"):
+        assert command in r.stdout
+    r = run(python, cli_env, "--version")
+    assert r.returncode == 0 and __version__ in r.stdout
+
+
+def test_info_json_subprocess(python, cli_env):
+    r = run(python, cli_env, "info", "--model", "paper", "--json")
+    assert r.returncode == 0, r.stderr
+    info = json.loads(r.stdout)
+    assert info["params"] == 60_965_224
+    assert info["layers"][0]["name"] == "conv1"
+    r = run(python, cli_env, "info", "--model", "owt", "--json")
+    assert json.loads(r.stdout)["params"] == 61_100_840
+
+
+def test_info_table(capsys):
+    assert (
+        main(
+            [
+                "info",
+                "--model",
+                "small",
+                "--num-classes",
+                "10",
+                "--in-channels",
+                "1",
+                "--input-size",
+                "28",
+            ]
+        )
+        == 0
+    )
+    out = capsys.readouterr().out
+    assert "conv1" in out and "fc8" in out and "total" in out
+
+
+def test_info_bad_input_is_a_clear_error(capsys):
+    assert main(["info", "--model", "resnet"]) == 2
+    err = capsys.readouterr().err
+    assert "unknown model variant 'resnet'" in err and "Traceback" not in err
+    assert main(["info", "--input-size", "20"]) == 2
+    assert "allowed: input_size >=" in capsys.readouterr().err

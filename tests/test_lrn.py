@@ -1,0 +1,78 @@
+import pytest
+import torch
+import torch.nn.functional as F
+
+from alexnet.lrn import LocalResponseNorm, local_response_norm
+
+
+@pytest.mark.parametrize("shape", [(4, 96, 13, 11), (2, 7, 5, 5), (1, 3, 2, 2)])
+@pytest.mark.parametrize("size", [5, 4, 1])
+@pytest.mark.parametrize("channels_last", [False, True])
+def test_matches_pytorch_values_and_gradients(shape, size, channels_last):
+    torch.manual_seed(0)
+    x = torch.randn(shape) * 4
+    if channels_last:
+        x = x.contiguous(memory_format=torch.channels_last)
+    g = torch.randn(shape)
+    alpha = 0.05  # large so the normaliser matters
+    x1 = x.clone().requires_grad_()
+    ref = F.local_response_norm(x1, size, alpha, 0.75, 2.0)
+    ref.backward(g)
+    x2 = x.clone().requires_grad_()
+    ours = local_response_norm(x2, size, alpha, 0.75, 2.0)
+    ours.backward(g)
+    assert (ours - ref).abs().max().item() <= 1e-5
+    assert (x2.grad - x1.grad).abs().max().item() <= 1e-5
+
+
+def test_other_beta_and_gradcheck():
+    torch.manual_seed(0)
+    x = torch.randn(2, 6, 3, 3, dtype=torch.float64, requires_grad=True)
+    assert torch.autograd.gradcheck(lambda t: local_response_norm(t, 3, 0.3, 0.6, 1.0), (x,))
+    assert torch.autograd.gradcheck(lambda t: local_response_norm(t, 5, 0.3, 0.75, 2.0), (x,))
+
+
+def test_alpha_conventions_differ_by_n():
+    x = torch.randn(2, 8, 4, 4) * 10
+    printed = local_response_norm(x, 5, 1e-2, 0.75, 2.0, alpha_convention="sum")
+    code = local_response_norm(x, 5, 5e-2, 0.75, 2.0, alpha_convention="mean")
+    assert torch.allclose(printed, code, atol=1e-6)
+    # The printed formula by hand for one position: alpha times the plain sum of squares.
+    i = 3
+    window = x[:, 1:6]  # channels i-2 .. i+2
+    manual = x[:, i] / (2.0 + 1e-2 * (window**2).sum(1)) ** 0.75
+    assert torch.allclose(printed[:, i], manual, atol=1e-6)
+
+
+def test_deterministic_mode():
+    torch.use_deterministic_algorithms(True)
+    try:
+        x = torch.randn(2, 16, 5, 5, requires_grad=True)
+        LocalResponseNorm()(x).sum().backward()
+        g1 = x.grad.clone()
+        x.grad = None
+        LocalResponseNorm()(x).sum().backward()
+        assert torch.equal(g1, x.grad)
+    finally:
+        torch.use_deterministic_algorithms(False)
+
+
+def test_bf16_input_keeps_dtype():
+    x = torch.randn(2, 8, 4, 4)
+    y = local_response_norm(x.bfloat16())
+    assert y.dtype == torch.bfloat16
+    assert torch.allclose(y.float(), local_response_norm(x), atol=2e-2)
+
+
+def test_torch_impl_is_the_reference():
+    x = torch.randn(2, 8, 4, 4)
+    a = LocalResponseNorm(impl="torch", alpha_convention="sum", alpha=0.01)(x)
+    b = LocalResponseNorm(impl="fast", alpha_convention="sum", alpha=0.01)(x)
+    assert torch.allclose(a, b, atol=1e-6)
+
+
+def test_bad_arguments():
+    with pytest.raises(ValueError, match="alpha_convention"):
+        LocalResponseNorm(alpha_convention="avg")
+    with pytest.raises(ValueError, match=r"\(N, C, H, W\)"):
+        local_response_norm(torch.randn(3, 4))
