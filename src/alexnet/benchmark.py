@@ -134,3 +134,121 @@ def format_lrn(r: dict[str, Any]) -> str:
             f"  our LRN                                  {s['ours_lrn_images_per_s']:9.0f}",
         ]
     )
+
+
+# --------------------------------------------------------------------------------------
+# Data pipeline
+
+
+def _torchvision_reference(files: list[str], n: int, offset: int = 0) -> float:
+    """(a) the torchvision reference pipeline on original JPEGs, images/s on one core."""
+    from PIL import Image
+    from torchvision import transforms as tvt
+
+    tf = tvt.Compose(
+        [
+            tvt.RandomResizedCrop(224),
+            tvt.RandomHorizontalFlip(),
+            tvt.ToTensor(),
+            tvt.Normalize((0.485, 0.456, 0.406), (0.229, 0.224, 0.225)),
+        ]
+    )
+    t0 = time.perf_counter()
+    for i in range(n):
+        with Image.open(files[(offset + i) % len(files)]) as im:
+            tf(im.convert("RGB"))
+    return n / (time.perf_counter() - t0)
+
+
+def _ours(loader: Any, n: int, epoch: int) -> float:
+    """(b) our training pipeline: prepared JPEG -> decode, crop, flip (uint8) -> batch ->
+    mean-image subtraction + PCA noise -> float32 channels_last, one core."""
+    done = 0
+    t0 = time.perf_counter()
+    while done < n:
+        loader.sampler.set_epoch(epoch)
+        for x, _ in loader:
+            done += x.shape[0]
+            if done >= n:
+                break
+        epoch += 1
+    return done / (time.perf_counter() - t0)
+
+
+def bench_data(
+    source: str | None = None, n: int = 1024, rounds: int = 3, workers: int = 2
+) -> dict[str, Any]:
+    """Images/s per core of the torchvision reference (a) and our pipeline (b), and b/a.
+
+    The two sides alternate for ``rounds`` rounds on the same images; medians are reported.
+    """
+    import glob
+    import tempfile
+    from pathlib import Path
+
+    from .data import LoaderSpec, Prepared, make_loader
+    from .prepare import prepare
+
+    if source is None:  # the project's shared samples: ../shared beside the checkout
+        here = Path(__file__).resolve().parents[2]
+        candidates = [p.parent / "shared/data/imagenet-samples" for p in (Path.cwd(), here)]
+        source = str(next((c for c in candidates if c.is_dir()), candidates[0]))
+    if not Path(source).is_dir():
+        raise FileNotFoundError(f"benchmark images not found: {source} (pass --source DIR)")
+    files = sorted(
+        f for f in glob.glob(str(Path(source) / "**" / "*"), recursive=True) if Path(f).is_file()
+    )
+    threads = torch.get_num_threads()
+    with tempfile.TemporaryDirectory() as tmp:
+        t0 = time.perf_counter()
+        summary = prepare(source, tmp, workers=workers, progress=False)
+        prep_s = time.perf_counter() - t0
+        torch.set_num_threads(1)
+        try:
+            loader = make_loader(
+                Prepared(tmp),
+                "train",
+                LoaderSpec(crop=224, train=True),
+                128,
+                torch.device("cpu"),
+                workers=0,
+            )
+            _ours(loader, 256, epoch=1000)  # warm-up: page cache, allocator
+            ref, ours = [], []
+            for r in range(rounds):
+                ref.append(_torchvision_reference(files, max(100, n // 4), offset=r * 97))
+                ours.append(_ours(loader, n, epoch=r))
+        finally:
+            torch.set_num_threads(threads)
+    a, b = statistics.median(ref), statistics.median(ours)
+    return {
+        "benchmark": "data",
+        "machine": machine_info(),
+        "source": source,
+        "images": len(files),
+        "rounds": rounds,
+        "reference_images_per_s_per_core": a,
+        "ours_images_per_s_per_core": b,
+        "reference_rounds": ref,
+        "ours_rounds": ours,
+        "ratio": b / a,
+        "prepare": {
+            "workers": workers,
+            "images_per_s": summary["written"] / prep_s,
+            "seconds": prep_s,
+        },
+    }
+
+
+def format_data(r: dict[str, Any]) -> str:
+    m = r["machine"]
+    return "\n".join(
+        [
+            f"Data pipeline, one core, median of {r['rounds']} rounds — {m['cpu']} ({m['cpu_capability']}), torch {m['torch']}",
+            f"  {r['images']} images from {r['source']}",
+            f"  (a) torchvision: PIL decode + RandomResizedCrop(224) + flip + ToTensor + Normalize  {r['reference_images_per_s_per_core']:7.0f} images/s",
+            f"  (b) ours: prepared JPEG -> crop/flip uint8 -> batch -> mean image + PCA noise     {r['ours_images_per_s_per_core']:7.0f} images/s",
+            f"  ratio b/a                                                                       {r['ratio']:7.2f}x",
+            f"  alexnet prepare, {r['prepare']['workers']} workers                                                   {r['prepare']['images_per_s']:7.0f} images/s",
+        ]
+    )

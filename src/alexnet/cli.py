@@ -41,12 +41,35 @@ def cmd_info(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_prepare(args: argparse.Namespace) -> int:
+    import signal
+
+    from .prepare import format_summary, prepare
+
+    # SIGTERM (a cluster or `kill`) stops like Ctrl-C: nothing half-written looks complete.
+    signal.signal(signal.SIGTERM, signal.default_int_handler)
+    summary = prepare(
+        args.src, args.dst, kind=args.kind, workers=args.workers, size=args.size,
+        quality=args.quality, val_fraction=args.val_fraction, seed=args.seed,
+        val_labels=args.val_labels, max_pixels=args.max_pixels, force=args.force,
+        download=not args.no_download, progress=not args.quiet,
+    )  # fmt: skip
+    if args.json:
+        _print_json(summary)
+    else:
+        print(format_summary(summary))
+    return 0
+
+
 def cmd_benchmark(args: argparse.Namespace) -> int:
     from . import benchmark
 
     if args.what == "lrn":
         result = benchmark.bench_lrn(repeats=args.repeats)
         text = benchmark.format_lrn(result)
+    elif args.what == "data":
+        result = benchmark.bench_data(args.source, rounds=args.repeats if args.repeats != 5 else 3)
+        text = benchmark.format_data(result)
     else:  # pragma: no cover - argparse restricts choices
         raise ValueError(f"unknown benchmark {args.what!r}")
     if args.json:
@@ -81,8 +104,56 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.set_defaults(func=cmd_info)
 
+    p = sub.add_parser(
+        "prepare", help="the paper's preprocessing, once: 256 px central crops, mean image, PCA"
+    )
+    p.add_argument(
+        "src",
+        help="a class-folder/ImageNet directory, a CIFAR-10 or Fashion-MNIST directory, or the names cifar10 / fashion-mnist",
+    )
+    p.add_argument("dst", help="output directory (the prepared format; see `alexnet.data`)")
+    p.add_argument(
+        "--kind", default="auto", choices=["auto", "folder", "imagenet", "cifar10", "fashion-mnist"]
+    )
+    p.add_argument(
+        "--workers", type=int, default=None, help="decoding processes (default: all cores)"
+    )
+    p.add_argument(
+        "--size", type=int, default=256, help="side of the stored central crop (default 256, §2)"
+    )
+    p.add_argument(
+        "--quality", type=int, default=90, help="JPEG quality of the stored crops (default 90)"
+    )
+    p.add_argument(
+        "--val-fraction", type=float, default=0.1, help="held-out share when SRC has no val split"
+    )
+    p.add_argument(
+        "--seed", type=int, default=0, help="seed of that split (stratified, reproducible)"
+    )
+    p.add_argument("--val-labels", default=None, help="labels of a flat ImageNet val/ folder")
+    p.add_argument(
+        "--max-pixels",
+        type=int,
+        default=None,
+        help="larger images are skipped as decompression bombs",
+    )
+    p.add_argument("--force", action="store_true", help="rebuild even if DST is complete")
+    p.add_argument("--no-download", action="store_true", help="never download a missing dataset")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.add_argument("--json", action="store_true", help="print the summary as JSON")
+    p.set_defaults(func=cmd_prepare)
+
     p = sub.add_parser("benchmark", help="speed figures measured next to their reference")
-    p.add_argument("what", choices=["lrn"], help="lrn: our LRN vs PyTorch's")
+    p.add_argument(
+        "what",
+        choices=["lrn", "data"],
+        help="lrn: our LRN vs PyTorch's; data: our input pipeline vs torchvision's",
+    )
+    p.add_argument(
+        "--source",
+        default=None,
+        help="data: image folder (default ../shared/data/imagenet-samples)",
+    )
     p.add_argument(
         "--json", action="store_true", help="print the result as JSON (top-level 'ratio')"
     )
@@ -103,10 +174,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.print_help()
         return 2
     from .config import ConfigError
+    from .sources import DataError
 
     try:
         return int(args.func(args) or 0)
-    except (ConfigError, ValueError, FileNotFoundError, NotADirectoryError) as err:
+    except (ConfigError, DataError, ValueError, FileNotFoundError, NotADirectoryError) as err:
         if os.environ.get("ALEXNET_DEBUG"):
             raise
         print(f"alexnet {args.command}: error: {err}", file=sys.stderr)

@@ -1,0 +1,461 @@
+"""The prepared format, exact per-epoch sampling, and loaders that feed the device.
+
+Prepared directory (written by ``alexnet prepare``; ``meta.json`` is written last, so a
+directory without it is incomplete):
+
+    meta.json            format, classes, names, counts, image size, PCA, source, skipped
+    mean.npy             float32 (H, W, C): per-pixel mean of the training images, 0..255
+    <split>.jpg          (image datasets) the JPEG bytes of every image, back to back
+    <split>.index.npy    (image datasets) structured array: offset u8, length u4, label i4
+    <split>.images.npy   (small datasets) uint8 (N, H, W, C), native size
+    <split>.labels.npy   (small datasets) int64 (N,)
+    report.csv           files that were skipped or looked wrong, with the reason
+
+Any worker on any node reads any sample by index (memory-mapped), so an epoch is an exact
+random permutation. Randomness (order, crop offsets, flips, PCA coefficients) is drawn per
+epoch from ``(seed, epoch)`` for the whole dataset in the main process, then split by rank:
+a batch is bitwise the same whatever the number of workers, and N ranks with batch B/N see
+exactly what one process with batch B sees.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from . import transforms as T
+from .sources import DataError
+
+FORMAT = "alexnet-prepared"
+FORMAT_VERSION = 1
+INDEX_DTYPE = np.dtype([("offset", "<u8"), ("length", "<u4"), ("label", "<i4")])
+
+
+# --------------------------------------------------------------------------------------
+# Reading the prepared format
+
+
+class Prepared:
+    """A prepared dataset directory; see the module docstring for its files."""
+
+    def __init__(self, root: str | Path) -> None:
+        self.root = Path(root)
+        meta_path = self.root / "meta.json"
+        if not self.root.is_dir():
+            raise DataError(
+                f"prepared data directory not found: {self.root} (create it with `alexnet prepare SRC {self.root}`)"
+            )
+        if not meta_path.is_file():
+            raise DataError(
+                f"{self.root} is not a complete prepared dataset (no meta.json): run "
+                f"`alexnet prepare SRC {self.root}` (it resumes or rebuilds cleanly)"
+            )
+        meta = json.loads(meta_path.read_text())
+        if meta.get("format") != FORMAT or meta.get("version") != FORMAT_VERSION:
+            raise DataError(
+                f"{meta_path}: not an {FORMAT} v{FORMAT_VERSION} directory; prepare it again"
+            )
+        self.meta: dict[str, Any] = meta
+        self.kind: str = meta["kind"]  # "jpeg" | "raw"
+        self.classes: list[str] = meta["classes"]
+        self.names: list[str] = meta["names"]
+        self.image_size: tuple[int, int, int] = tuple(meta["image_size"])  # type: ignore[assignment]
+        self.mean = np.load(self.root / "mean.npy")  # (H, W, C) float32
+        self.eigenvalues = np.asarray(meta["pca"]["eigenvalues"], dtype=np.float32)
+        self.eigenvectors = np.asarray(meta["pca"]["eigenvectors"], dtype=np.float32)
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.classes)
+
+    def splits(self) -> list[str]:
+        return list(self.meta["splits"])
+
+    def split(self, name: str) -> JpegSplit | RawSplit:
+        if name not in self.meta["splits"]:
+            raise DataError(f"{self.root} has no split {name!r}; it has {self.splits()}")
+        return JpegSplit(self.root, name) if self.kind == "jpeg" else RawSplit(self.root, name)
+
+    def preprocessing(self) -> dict[str, Any]:
+        """What a predictor needs to reproduce the input pipeline (saved with exports)."""
+        return {
+            "image_size": list(self.image_size),
+            "eigenvalues": self.eigenvalues.tolist(),
+            "eigenvectors": self.eigenvectors.tolist(),
+        }
+
+
+class JpegSplit:
+    def __init__(self, root: Path, name: str) -> None:
+        self.name = name
+        self.index = np.load(root / f"{name}.index.npy")
+        self.blob_path = root / f"{name}.jpg"
+        self._blob: np.ndarray | None = None  # opened lazily: memmaps do not cross fork well
+
+    def __len__(self) -> int:
+        return len(self.index)
+
+    @property
+    def labels(self) -> np.ndarray:
+        return self.index["label"].astype(np.int64)
+
+    def _data(self) -> np.ndarray:
+        if self._blob is None:
+            self._blob = np.memmap(self.blob_path, dtype=np.uint8, mode="r")
+        return self._blob
+
+    def __getstate__(self) -> dict[str, Any]:
+        return {**self.__dict__, "_blob": None}
+
+    def jpeg_bytes(self, i: int) -> bytes:
+        rec = self.index[i]
+        start = int(rec["offset"])
+        return self._data()[start : start + int(rec["length"])].tobytes()
+
+    def image(self, i: int, buffer: np.ndarray | None = None) -> np.ndarray:
+        return decode_jpeg(self.jpeg_bytes(i), buffer)
+
+
+class RawSplit:
+    def __init__(self, root: Path, name: str) -> None:
+        self.name = name
+        self.images = np.load(root / f"{name}.images.npy", mmap_mode="r")
+        self.labels = np.load(root / f"{name}.labels.npy")
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    def image(self, i: int) -> np.ndarray:
+        return np.asarray(self.images[i])
+
+
+def decode_jpeg(data: bytes, buffer: np.ndarray | None = None) -> np.ndarray:
+    """JPEG bytes -> (H, W, 3) uint8, into ``buffer`` when given and large enough.
+
+    simplejpeg (libjpeg-turbo) decodes 256 px crops ~2.4x faster than PIL here
+    (benchmarks/README.md)."""
+    import simplejpeg
+
+    if buffer is not None:
+        h, w, _, _ = simplejpeg.decode_jpeg_header(data)
+        if buffer.shape == (h, w, 3):
+            return simplejpeg.decode_jpeg(data, colorspace="RGB", buffer=buffer)
+    return simplejpeg.decode_jpeg(data, colorspace="RGB")
+
+
+# --------------------------------------------------------------------------------------
+# Sampling
+
+
+@dataclass
+class BatchPlan:
+    """One batch: sample indices and each sample's augmentation draws."""
+
+    indices: np.ndarray  # (B,) int64
+    ys: np.ndarray  # crop top offsets
+    xs: np.ndarray  # crop left offsets
+    flips: np.ndarray  # bool
+    alphas: np.ndarray  # (B, 3) float32, PCA coefficients ~ N(0, pca_std)
+
+
+class EpochSampler:
+    """Exact per-epoch permutations from ``(seed, epoch)``, split disjointly across ranks.
+
+    Rank r of W takes positions r, r+W, r+2W, ... of the epoch's permutation, in batches of
+    ``batch_size`` (the per-rank batch). Every draw is made for the whole permutation, so
+    the union of the ranks' batch k is the single-process batch k at batch W x batch_size.
+    ``drop_last`` drops the incomplete final batch (training); without it every sample is
+    visited exactly once (evaluation).
+    """
+
+    def __init__(
+        self,
+        n: int,
+        batch_size: int,
+        *,
+        seed: int = 0,
+        shuffle: bool = True,
+        drop_last: bool = True,
+        rank: int = 0,
+        world_size: int = 1,
+        crop_range: tuple[int, int] = (0, 0),
+        flip: bool = False,
+        pca_std: float = 0.0,
+    ) -> None:
+        if batch_size < 1:
+            raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+        if not 0 <= rank < world_size:
+            raise ValueError(f"rank {rank} is outside world size {world_size}")
+        self.n, self.batch_size, self.seed, self.shuffle = n, batch_size, seed, shuffle
+        self.drop_last, self.rank, self.world_size = drop_last, rank, world_size
+        self.crop_range, self.flip, self.pca_std = crop_range, flip, pca_std
+        self.epoch, self.start_batch = 0, 0
+
+    def set_epoch(self, epoch: int, start_batch: int = 0) -> None:
+        self.epoch, self.start_batch = epoch, start_batch
+
+    def _per_rank(self) -> int:
+        # Every rank gets the same number of samples (the first n // W * W positions) when
+        # dropping; otherwise ranks differ by at most one sample and nothing is repeated.
+        if self.drop_last:
+            return self.n // self.world_size
+        return len(range(self.rank, self.n, self.world_size))
+
+    def __len__(self) -> int:
+        per = self._per_rank()
+        return per // self.batch_size if self.drop_last else -(-per // self.batch_size)
+
+    def plan(self) -> list[BatchPlan]:
+        g = np.random.default_rng([self.seed, self.epoch])
+        order = g.permutation(self.n) if self.shuffle else np.arange(self.n)
+        ys = g.integers(0, self.crop_range[0] + 1, self.n)
+        xs = g.integers(0, self.crop_range[1] + 1, self.n)
+        flips = g.random(self.n) < 0.5 if self.flip else np.zeros(self.n, dtype=bool)
+        alphas = (g.standard_normal((self.n, 3)) * self.pca_std).astype(np.float32)
+        pos = np.arange(self.rank, self.n, self.world_size)[: self._per_rank()]
+        batches = []
+        for b in range(len(self)):
+            p = pos[b * self.batch_size : (b + 1) * self.batch_size]
+            batches.append(BatchPlan(order[p], ys[p], xs[p], flips[p], alphas[p]))
+        return batches[self.start_batch :]
+
+    def __iter__(self) -> Iterator[BatchPlan]:
+        return iter(self.plan())
+
+
+# --------------------------------------------------------------------------------------
+# Loading uint8 batches
+
+
+class JpegBatches(torch.utils.data.Dataset):
+    """Decodes a :class:`BatchPlan` of a JPEG split into one uint8 batch (in a worker).
+
+    mode "train": crop ``crop`` x ``crop`` at the plan's offsets and mirror where flipped.
+    mode "center": the central crop. mode "full": the whole stored image (for 10-crop).
+    """
+
+    def __init__(self, split: JpegSplit, crop: int, mode: str = "train") -> None:
+        self.split, self.crop, self.mode = split, crop, mode
+
+    def __len__(self) -> int:
+        return len(self.split)
+
+    def __getitem__(self, plan: BatchPlan) -> dict[str, Tensor]:  # type: ignore[override]
+        c = self.crop
+        first = (
+            self.split.image(int(plan.indices[0]))
+            if len(plan.indices)
+            else np.zeros((c, c, 3), np.uint8)
+        )
+        side = first.shape[:2] if self.mode == "full" else (c, c)
+        out = torch.empty((len(plan.indices), *side, first.shape[2]), dtype=torch.uint8)
+        scratch = np.empty_like(first)  # one decode buffer for the whole batch
+        for k, (i, y, x, f) in enumerate(
+            zip(plan.indices, plan.ys, plan.xs, plan.flips, strict=True)
+        ):
+            img = torch.from_numpy(first if k == 0 else self.split.image(int(i), scratch))
+            if self.mode == "train":
+                img = img[y : y + c, x : x + c]
+                if f:
+                    img = img.flip(1)  # torch's flip of HWC uint8 is ~7x numpy's here
+            elif self.mode == "center":
+                top, left = (img.shape[0] - c) // 2, (img.shape[1] - c) // 2
+                img = img[top : top + c, left : left + c]
+            out[k].copy_(img)
+        return {
+            "images": out,  # (B, H, W, C) uint8
+            "labels": torch.from_numpy(self.split.labels[plan.indices]),
+            "indices": torch.from_numpy(plan.indices),
+            "ys": torch.from_numpy(plan.ys),
+            "xs": torch.from_numpy(plan.xs),
+            "flips": torch.from_numpy(plan.flips),
+            "alphas": torch.from_numpy(plan.alphas),
+        }
+
+
+def _worker_init(_: int) -> None:
+    torch.set_num_threads(1)
+
+
+@dataclass
+class LoaderSpec:
+    """How to feed one split: what the sampler draws and how batches are normalised."""
+
+    crop: int  # output side
+    train: bool  # random crops + flips + PCA, or deterministic views
+    flip: bool = True
+    pca_std: float = 0.1  # §4.1; 0 disables PCA noise
+    pad: int = 0  # small images: zero padding before the random crop
+    views: str = "center"  # evaluation: "center" | "ten-crop"
+    input_scale: float = 1.0
+    normalize: str = "mean_image"  # "mean_image" (§2) | "torchvision" (per-channel, owt weights)
+
+
+TORCHVISION_MEAN = (0.485, 0.456, 0.406)
+TORCHVISION_STD = (0.229, 0.224, 0.225)
+
+
+class DeviceLoader:
+    """Iterates (inputs, labels) on ``device``: uint8 batches moved with pinned memory and
+    non_blocking, then mean subtraction and PCA noise as batch ops on the device.
+
+    For evaluation with ``views == "ten-crop"`` inputs are (10, N, C, S, S).
+    """
+
+    def __init__(
+        self,
+        data: Prepared,
+        split: str,
+        spec: LoaderSpec,
+        sampler: EpochSampler,
+        device: torch.device,
+        workers: int = 2,
+        dtype: torch.dtype = torch.float32,
+    ) -> None:
+        self.data, self.spec, self.sampler, self.device, self.dtype = (
+            data,
+            spec,
+            sampler,
+            device,
+            dtype,
+        )
+        self.split = data.split(split)
+        h, w, c = data.image_size
+        self.mean = torch.from_numpy(data.mean).to(device)  # (H, W, C), 0..255
+        self.mean_flipped = self.mean.flip(1).contiguous()
+        self.eigenvalues = torch.from_numpy(data.eigenvalues).to(device)
+        self.eigenvectors = torch.from_numpy(data.eigenvectors).to(device)
+        self.channels = c
+        if spec.crop > min(h, w) + 2 * spec.pad:
+            raise DataError(f"crop {spec.crop} is larger than the prepared images ({h}x{w})")
+        self.array_images: Tensor | None = None
+        self.loader: torch.utils.data.DataLoader | None = None
+        if isinstance(self.split, RawSplit):
+            # Small datasets live on the device whole (NHWC); batches are index gathers.
+            self.array_images = torch.from_numpy(np.array(self.split.images)).to(device)
+            self.array_labels = torch.from_numpy(self.split.labels).to(device)
+        else:
+            mode = "train" if spec.train else ("full" if spec.views == "ten-crop" else "center")
+            self.loader = torch.utils.data.DataLoader(
+                JpegBatches(self.split, spec.crop, mode),
+                sampler=sampler,
+                batch_size=None,
+                num_workers=workers,
+                pin_memory=device.type == "cuda",
+                persistent_workers=workers > 0,
+                prefetch_factor=4 if workers > 0 else None,
+                worker_init_fn=_worker_init if workers > 0 else None,
+            )
+
+    def __len__(self) -> int:
+        return len(self.sampler)
+
+    @property
+    def num_samples(self) -> int:
+        return len(self.split)
+
+    def _raw_batches(self) -> Iterator[dict[str, Tensor]]:
+        assert self.array_images is not None
+        for plan in self.sampler:
+            idx = torch.from_numpy(plan.indices).to(self.device)
+            yield {
+                "images": self.array_images[idx],
+                "labels": self.array_labels[idx],
+                "indices": idx,
+                "ys": torch.from_numpy(plan.ys),
+                "xs": torch.from_numpy(plan.xs),
+                "flips": torch.from_numpy(plan.flips),
+                "alphas": torch.from_numpy(plan.alphas),
+            }
+
+    def _normalize(self, b: dict[str, Tensor]) -> Tensor:
+        """uint8 NHWC batch -> float inputs: (N, C, S, S) channels_last, or (10, N, C, S, S)."""
+        spec, dev, dt = self.spec, self.device, self.dtype
+        x = b["images"].to(dev, non_blocking=True)
+        offset = None
+        if spec.train and spec.pca_std > 0 and self.channels == 3:
+            offset = 255.0 * T.pca_offsets(b["alphas"].to(dev), self.eigenvalues, self.eigenvectors)
+        if spec.normalize == "torchvision":
+            # torchvision's weights: [0, 1] pixels, per-channel mean/std, 224 centre crop.
+            mean = torch.tensor(TORCHVISION_MEAN, device=dev) * 255
+            std = torch.tensor(TORCHVISION_STD, device=dev) * 255
+            out = (x.to(dt) - mean) / std
+            if spec.train:
+                out = T.finish(out, 1.0, offset)
+        elif self.array_images is not None:
+            # Small images: subtract the whole mean image, then pad + random crop + flip.
+            out = T.finish(x.to(dt) - self.mean.to(dt), spec.input_scale, offset)
+            if spec.train:
+                out = T.pad_crop(out, b["ys"], b["xs"], b["flips"], spec.pad)
+        elif spec.train:
+            out = T.subtract_mean_crops(
+                x, self.mean, b["ys"], b["xs"], b["flips"], dt, offset, self.mean_flipped
+            )
+            out = T.finish(out, spec.input_scale)
+        elif x.shape[1] == spec.crop:  # centre crops made in the worker
+            out = T.finish(x.to(dt) - T.center_crop(self.mean, spec.crop).to(dt), spec.input_scale)
+        else:
+            out = T.finish(x.to(dt) - self.mean.to(dt), spec.input_scale)
+        if spec.train:
+            return T.to_nchw(out)
+        if spec.views == "ten-crop":
+            return T.ten_crop(out, spec.crop).permute(0, 1, 4, 2, 3)
+        if out.shape[1] != spec.crop:
+            out = T.center_crop(out, spec.crop)
+        return T.to_nchw(out)
+
+    def batches(self) -> Iterator[dict[str, Tensor]]:
+        """Normalised batches with their metadata: inputs, labels, indices."""
+        source = self._raw_batches() if self.array_images is not None else iter(self.loader)  # type: ignore[arg-type]
+        for b in source:
+            yield {
+                "inputs": self._normalize(b),
+                "labels": b["labels"].to(self.device, non_blocking=True),
+                "indices": b["indices"],
+            }
+
+    def __iter__(self) -> Iterator[tuple[Tensor, Tensor]]:
+        for b in self.batches():
+            yield b["inputs"], b["labels"]
+
+
+def make_loader(
+    data: Prepared,
+    split: str,
+    spec: LoaderSpec,
+    batch_size: int,
+    device: torch.device,
+    *,
+    seed: int = 0,
+    rank: int = 0,
+    world_size: int = 1,
+    workers: int = 2,
+    dtype: torch.dtype = torch.float32,
+) -> DeviceLoader:
+    """A loader for ``split``: random training draws or exact evaluation views."""
+    h, w, _ = data.image_size
+    n = len(data.split(split))
+    if spec.train:
+        crop_range = (h + 2 * spec.pad - spec.crop, w + 2 * spec.pad - spec.crop)
+        sampler = EpochSampler(
+            n, batch_size, seed=seed, shuffle=True, drop_last=True, rank=rank, world_size=world_size,
+            crop_range=crop_range, flip=spec.flip, pca_std=spec.pca_std,
+        )  # fmt: skip
+    else:
+        sampler = EpochSampler(
+            n,
+            batch_size,
+            seed=seed,
+            shuffle=False,
+            drop_last=False,
+            rank=rank,
+            world_size=world_size,
+        )
+    return DeviceLoader(data, split, spec, sampler, device, workers, dtype)

@@ -1,0 +1,510 @@
+"""Where raw datasets live and how to list them (§2): ImageNet, class folders, CIFAR-10,
+Fashion-MNIST.
+
+A *source* is either a list of image files with labels (ImageNet, class folders) or
+in-memory uint8 arrays (CIFAR-10, Fashion-MNIST). ``alexnet prepare`` turns a source into
+the prepared format of :mod:`alexnet.data`.
+"""
+
+from __future__ import annotations
+
+import csv
+import gzip
+import pickle
+import random
+import re
+import struct
+import typing
+from collections import defaultdict
+from dataclasses import dataclass, field
+from importlib import resources
+from pathlib import Path
+
+import numpy as np
+
+IMAGE_EXTENSIONS = {
+    ".jpg",
+    ".jpeg",
+    ".png",
+    ".bmp",
+    ".gif",
+    ".tif",
+    ".tiff",
+    ".webp",
+    ".ppm",
+    ".pgm",
+}
+WNID = re.compile(r"^n\d{8}$")
+FASHION_MNIST_DIRS = (Path("/usr/share/datasets/fashion-mnist"),)
+FASHION_MNIST_URL = "http://fashion-mnist.s3-website.eu-central-1.amazonaws.com/"
+FASHION_MNIST_FILES = {
+    "train": ("train-images-idx3-ubyte.gz", "train-labels-idx1-ubyte.gz"),
+    "val": ("t10k-images-idx3-ubyte.gz", "t10k-labels-idx1-ubyte.gz"),
+}
+FASHION_MNIST_CLASSES = [
+    "T-shirt/top", "Trouser", "Pullover", "Dress", "Coat",
+    "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot",
+]  # fmt: skip
+CIFAR10_CLASSES = [
+    "airplane", "automobile", "bird", "cat", "deer",
+    "dog", "frog", "horse", "ship", "truck",
+]  # fmt: skip
+
+
+class DataError(ValueError):
+    """Data that is missing or unusable; the message says what to do."""
+
+
+@dataclass
+class FileSplit:
+    """Image files of one split: paths, labels (indices into ``classes``)."""
+
+    paths: list[Path]
+    labels: list[int]
+
+
+@dataclass
+class FileSource:
+    kind: str  # "imagenet" | "folder"
+    root: Path
+    classes: list[str]  # folder names (wnids for ImageNet), index = label
+    names: list[str]  # human-readable names
+    splits: dict[str, FileSplit]
+    problems: list[tuple[str, str]] = field(default_factory=list)  # (path, reason)
+
+
+@dataclass
+class ArraySource:
+    kind: str  # "cifar10" | "fashion-mnist"
+    root: Path
+    classes: list[str]
+    names: list[str]
+    images: dict[str, np.ndarray]  # split -> (N, H, W, C) uint8
+    labels: dict[str, np.ndarray]  # split -> (N,) int64
+
+
+Source = FileSource | ArraySource
+
+
+# --------------------------------------------------------------------------------------
+# Class names
+
+
+def imagenet_class_names() -> dict[str, str]:
+    """wnid -> human-readable name for the 1000 ILSVRC-2012 classes."""
+    text = resources.files("alexnet").joinpath("resources/imagenet_classes.txt").read_text()
+    return dict(line.split(" ", 1) for line in text.splitlines() if line.strip())
+
+
+# --------------------------------------------------------------------------------------
+# Class folders and ImageNet
+
+
+def _is_image(path: Path) -> bool:
+    return path.suffix.lower() in IMAGE_EXTENSIONS
+
+
+def _scan_class_dirs(root: Path, problems: list[tuple[str, str]]) -> dict[str, list[Path]]:
+    classes: dict[str, list[Path]] = {}
+    for d in sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith(".")):
+        files = []
+        for f in sorted(d.rglob("*")):
+            if not f.is_file() or f.name.startswith("."):
+                continue
+            if _is_image(f):
+                files.append(f)
+            else:
+                problems.append((str(f), "not an image file (extension); skipped"))
+        if not files:
+            problems.append(
+                (str(d), "empty class folder: no images; the class is kept with 0 images")
+            )
+        classes[d.name] = files
+    return classes
+
+
+def _flat_val_labels(val_dir: Path, labels_file: Path, classes: list[str]) -> FileSplit:
+    """Flat ILSVRC2012 val images with a labels file.
+
+    Accepted: a ``LOC_val_solution.csv``-style CSV (``ImageId,PredictionString`` whose first
+    token is the wnid), a text file of ``<file name> <wnid>`` lines, or the devkit's
+    ``ILSVRC2012_validation_ground_truth.txt`` (one 1-based ILSVRC2012_ID per line, in
+    file-name order) when a ``wnids.txt``/``synsets.txt`` beside it lists the wnids in
+    ILSVRC2012_ID order.
+    """
+    index = {c: i for i, c in enumerate(classes)}
+    mapping: dict[str, str] = {}
+    text = labels_file.read_text()
+    if labels_file.suffix.lower() == ".csv":
+        for row in csv.DictReader(text.splitlines()):
+            image_id = row.get("ImageId")
+            pred = (row.get("PredictionString") or "").split()
+            if not image_id or not pred:
+                raise DataError(f"{labels_file}: expected columns ImageId,PredictionString")
+            mapping[image_id] = pred[0]
+    else:
+        lines = [ln.split() for ln in text.splitlines() if ln.strip()]
+        if lines and all(len(ln) == 1 and ln[0].isdigit() for ln in lines):
+            order_file = next(
+                (
+                    p
+                    for p in (labels_file.parent / "wnids.txt", labels_file.parent / "synsets.txt")
+                    if p.is_file()
+                ),
+                None,
+            )
+            if order_file is None:
+                raise DataError(
+                    f"{labels_file} holds ILSVRC2012_IDs; put the devkit's wnid order (one wnid per "
+                    f"line, ID 1 first) in {labels_file.parent / 'wnids.txt'}"
+                )
+            order = [ln.split()[0] for ln in order_file.read_text().splitlines() if ln.strip()]
+            files = sorted(f for f in val_dir.iterdir() if f.is_file() and _is_image(f))
+            if len(files) != len(lines):
+                raise DataError(
+                    f"{labels_file} has {len(lines)} labels but {val_dir} holds {len(files)} images"
+                )
+            mapping = {f.stem: order[int(ln[0]) - 1] for f, ln in zip(files, lines, strict=True)}
+        else:
+            for ln in lines:
+                if len(ln) < 2:
+                    raise DataError(
+                        f"{labels_file}: expected '<file> <wnid>' lines, got {' '.join(ln)!r}"
+                    )
+                mapping[Path(ln[0]).stem] = ln[1]
+    paths, labels = [], []
+    for f in sorted(val_dir.iterdir()):
+        if not f.is_file() or not _is_image(f):
+            continue
+        wnid = mapping.get(f.stem)
+        if wnid is None:
+            raise DataError(f"{f.name} has no label in {labels_file}")
+        if wnid not in index:
+            raise DataError(
+                f"{labels_file}: {f.name} is labelled {wnid}, which is not a training class"
+            )
+        paths.append(f)
+        labels.append(index[wnid])
+    return FileSplit(paths, labels)
+
+
+def stratified_split(
+    paths_by_class: dict[str, list[Path]], val_fraction: float, seed: int
+) -> tuple[FileSplit, FileSplit]:
+    """Reproducible per-class split: the same seed always gives the same files."""
+    train, val = FileSplit([], []), FileSplit([], [])
+    for label, (_, files) in enumerate(sorted(paths_by_class.items())):
+        files = list(files)
+        random.Random(f"{seed}:{label}").shuffle(files)
+        n_val = round(len(files) * val_fraction) if len(files) > 1 else 0
+        for f in files[:n_val]:
+            val.paths.append(f)
+            val.labels.append(label)
+        for f in files[n_val:]:
+            train.paths.append(f)
+            train.labels.append(label)
+    return train, val
+
+
+def folder_source(
+    root: Path, val_fraction: float = 0.1, seed: int = 0, val_labels: Path | None = None
+) -> FileSource:
+    """``root/train/<class>/*`` (+ ``root/val/``) or ``root/<class>/*`` split by seed."""
+    problems: list[tuple[str, str]] = []
+    train_dir, val_dir = root / "train", root / "val"
+    flat = flat_wnid_files(root)
+    if flat is not None:
+        return flat
+    if train_dir.is_dir():
+        by_class = _scan_class_dirs(train_dir, problems)
+        if not by_class:
+            raise DataError(
+                f"{train_dir} has no class folders (expected {train_dir}/<class>/<image>)"
+            )
+        classes = sorted(by_class)
+        train = FileSplit(
+            [p for c in classes for p in by_class[c]],
+            [i for i, c in enumerate(classes) for _ in by_class[c]],
+        )
+        splits = {"train": train}
+        if val_dir.is_dir():
+            subdirs = [d for d in val_dir.iterdir() if d.is_dir()]
+            if subdirs:
+                val_by_class = _scan_class_dirs(val_dir, problems)
+                unknown = sorted(set(val_by_class) - set(classes))
+                if unknown:
+                    raise DataError(f"{val_dir} has classes not in {train_dir}: {unknown[:5]}")
+                index = {c: i for i, c in enumerate(classes)}
+                splits["val"] = FileSplit(
+                    [p for c in sorted(val_by_class) for p in val_by_class[c]],
+                    [index[c] for c in sorted(val_by_class) for _ in val_by_class[c]],
+                )
+            else:
+                labels_file = val_labels or _find_val_labels(root)
+                if labels_file is None:
+                    raise DataError(
+                        f"{val_dir} is flat (no class folders) and no labels file was found; pass "
+                        "--val-labels FILE (LOC_val_solution.csv, '<file> <wnid>' lines, or the "
+                        "devkit's ILSVRC2012_validation_ground_truth.txt with wnids.txt beside it)"
+                    )
+                splits["val"] = _flat_val_labels(val_dir, labels_file, classes)
+        else:
+            splits["train"], splits["val"] = stratified_split(by_class, val_fraction, seed)
+    else:
+        by_class = _scan_class_dirs(root, problems)
+        if not by_class:
+            raise DataError(
+                f"{root} has no class folders; expected {root}/<class>/<image> or "
+                f"{root}/train/<class>/<image>"
+            )
+        classes = sorted(by_class)
+        splits = dict(
+            zip(("train", "val"), stratified_split(by_class, val_fraction, seed), strict=True)
+        )
+    kind = "imagenet" if all(WNID.match(c) for c in classes) else "folder"
+    names = classes
+    if kind == "imagenet":
+        table = imagenet_class_names()
+        names = [table.get(c, c) for c in classes]
+    return FileSource(kind, root, classes, names, splits, problems)
+
+
+FLAT_WNID_FILE = re.compile(r"^(n\d{8})_.*$")
+
+
+def flat_wnid_files(root: Path) -> FileSource | None:
+    """A flat folder of ``<wnid>_<name>.JPEG`` files (like shared/data/imagenet-samples):
+    every file is a training image of its wnid's class; names come from the file names."""
+    if any(p.is_dir() for p in root.iterdir()):
+        return None
+    files = sorted(p for p in root.iterdir() if p.is_file() and _is_image(p))
+    matches = [FLAT_WNID_FILE.match(p.stem) for p in files]
+    if not files or not all(matches):
+        return None
+    wnids = sorted({m.group(1) for m in matches if m})
+    index = {w: i for i, w in enumerate(wnids)}
+    table = imagenet_class_names()
+    names = {m.group(1): m.string[len(m.group(1)) + 1 :] for m in matches if m}
+    split = FileSplit(files, [index[m.group(1)] for m in matches if m])
+    return FileSource(
+        "imagenet", root, wnids, [table.get(w, names[w]) for w in wnids], {"train": split}, []
+    )
+
+
+def _find_val_labels(root: Path) -> Path | None:
+    for name in (
+        "LOC_val_solution.csv",
+        "val_labels.txt",
+        "ILSVRC2012_validation_ground_truth.txt",
+        "val/labels.txt",
+    ):
+        for base in (root, root.parent):
+            if (base / name).is_file():
+                return base / name
+    return None
+
+
+# --------------------------------------------------------------------------------------
+# Fashion-MNIST (IDX files) and CIFAR-10 (python pickles)
+
+
+def read_idx(path: Path) -> np.ndarray:
+    """An IDX file (optionally .gz) as a numpy array; validates the header."""
+    opener = gzip.open if path.suffix == ".gz" else open
+    try:
+        with opener(path, "rb") as f:
+            data = f.read()
+    except (OSError, EOFError) as err:
+        raise DataError(
+            f"{path}: cannot read IDX file ({err}); delete it and fetch it again"
+        ) from None
+    if len(data) < 4 or data[0] != 0 or data[1] != 0 or data[2] != 0x08:
+        raise DataError(f"{path}: not an unsigned-byte IDX file (bad magic number)")
+    ndim = data[3]
+    shape = struct.unpack(f">{ndim}I", data[4 : 4 + 4 * ndim])
+    body = np.frombuffer(data, dtype=np.uint8, offset=4 + 4 * ndim)
+    if body.size != int(np.prod(shape)):
+        raise DataError(
+            f"{path}: header says {shape} but holds {body.size} bytes; the file is truncated"
+        )
+    return body.reshape(shape)
+
+
+def find_fashion_mnist(directory: Path | None = None, download: bool = True) -> Path:
+    """A directory with the four Fashion-MNIST IDX files: the one given, Debian's, else a download."""
+    needed = [f for pair in FASHION_MNIST_FILES.values() for f in pair]
+    candidates = [directory] if directory else list(FASHION_MNIST_DIRS)
+    for d in candidates:
+        if d is not None and all(
+            (d / f).is_file() or (d / f.removesuffix(".gz")).is_file() for f in needed
+        ):
+            return d
+    target = directory or Path("data/fashion-mnist-raw")
+    if download:
+        try:
+            _download(FASHION_MNIST_URL, needed, target)
+            return target
+        except OSError as err:
+            reason = str(err)
+    else:
+        reason = "download disabled"
+    raise DataError(
+        "Fashion-MNIST not found"
+        + (
+            f" in {directory}"
+            if directory
+            else " in " + ", ".join(str(d) for d in FASHION_MNIST_DIRS)
+        )
+        + f" and could not be downloaded ({reason}). Get it with one of:\n"
+        "  sudo apt-get install dataset-fashion-mnist      # Debian: /usr/share/datasets/fashion-mnist\n"
+        f"  download {', '.join(needed)} from {FASHION_MNIST_URL} into a directory and pass it"
+    )
+
+
+def _download(base_url: str, files: list[str], target: Path) -> None:
+    import urllib.request
+
+    target.mkdir(parents=True, exist_ok=True)
+    for name in files:
+        dest = target / name
+        if dest.is_file():
+            continue
+        tmp = dest.with_suffix(dest.suffix + ".part")
+        with urllib.request.urlopen(base_url + name, timeout=30) as r, open(tmp, "wb") as f:
+            f.write(r.read())
+        tmp.replace(dest)
+
+
+def fashion_mnist_source(directory: Path | None = None, download: bool = True) -> ArraySource:
+    root = find_fashion_mnist(directory, download)
+    images, labels = {}, {}
+    for split, (img_name, lbl_name) in FASHION_MNIST_FILES.items():
+        img_path = (
+            root / img_name if (root / img_name).is_file() else root / img_name.removesuffix(".gz")
+        )
+        lbl_path = (
+            root / lbl_name if (root / lbl_name).is_file() else root / lbl_name.removesuffix(".gz")
+        )
+        x, y = read_idx(img_path), read_idx(lbl_path)
+        if x.ndim != 3 or y.ndim != 1 or len(x) != len(y):
+            raise DataError(f"{img_path} / {lbl_path}: shapes {x.shape} and {y.shape} do not match")
+        images[split] = x[..., None]  # (N, 28, 28, 1)
+        labels[split] = y.astype(np.int64)
+    return ArraySource(
+        "fashion-mnist",
+        root,
+        list(FASHION_MNIST_CLASSES),
+        list(FASHION_MNIST_CLASSES),
+        images,
+        labels,
+    )
+
+
+class _SafeUnpickler(pickle.Unpickler):
+    """CIFAR-10's batches are pickles: allow only the numpy and builtin types they contain."""
+
+    ALLOWED: typing.ClassVar[set[tuple[str, str]]] = {
+        ("numpy.core.multiarray", "_reconstruct"),
+        ("numpy._core.multiarray", "_reconstruct"),
+        ("numpy", "ndarray"),
+        ("numpy", "dtype"),
+        ("builtins", "dict"),
+        ("builtins", "list"),
+        ("_codecs", "encode"),
+    }
+
+    def find_class(self, module: str, name: str):  # type: ignore[override]
+        if (module, name) in self.ALLOWED:
+            return super().find_class(module, name)
+        raise pickle.UnpicklingError(f"refusing to load {module}.{name} from a CIFAR-10 batch")
+
+
+def _read_cifar_batch(path: Path) -> tuple[np.ndarray, np.ndarray]:
+    try:
+        with open(path, "rb") as f:
+            d = _SafeUnpickler(f, encoding="bytes").load()
+    except (OSError, EOFError, pickle.UnpicklingError) as err:
+        raise DataError(f"{path}: not a readable CIFAR-10 batch ({err})") from None
+    data = np.asarray(d[b"data"], dtype=np.uint8).reshape(-1, 3, 32, 32).transpose(0, 2, 3, 1)
+    return np.ascontiguousarray(data), np.asarray(d[b"labels"], dtype=np.int64)
+
+
+def find_cifar10(directory: Path, download: bool = True) -> Path:
+    for d in (directory, directory / "cifar-10-batches-py"):
+        if (d / "data_batch_1").is_file() and (d / "test_batch").is_file():
+            return d
+    if download:
+        try:
+            from torchvision.datasets import CIFAR10
+
+            CIFAR10(str(directory), train=True, download=True)
+            return directory / "cifar-10-batches-py"
+        except Exception as err:  # torchvision raises URLError, RuntimeError, ...
+            reason = str(err)
+    else:
+        reason = "download disabled"
+    raise DataError(
+        f"CIFAR-10 not found in {directory} and could not be downloaded ({reason}). Download "
+        "https://www.cs.toronto.edu/~kriz/cifar-10-python.tar.gz, unpack it and pass the "
+        "directory holding cifar-10-batches-py/"
+    )
+
+
+def cifar10_source(directory: Path, download: bool = True) -> ArraySource:
+    root = find_cifar10(directory, download)
+    parts = [_read_cifar_batch(root / f"data_batch_{i}") for i in range(1, 6)]
+    test = _read_cifar_batch(root / "test_batch")
+    images = {"train": np.concatenate([p[0] for p in parts]), "val": test[0]}
+    labels = {"train": np.concatenate([p[1] for p in parts]), "val": test[1]}
+    return ArraySource(
+        "cifar10", root, list(CIFAR10_CLASSES), list(CIFAR10_CLASSES), images, labels
+    )
+
+
+# --------------------------------------------------------------------------------------
+
+
+def open_source(
+    src: str,
+    kind: str = "auto",
+    val_fraction: float = 0.1,
+    seed: int = 0,
+    val_labels: Path | None = None,
+    download: bool = True,
+) -> Source:
+    """Find what ``src`` is: ``fashion-mnist``/``cifar10`` by name, or a directory."""
+    if kind == "auto":
+        if src in ("fashion-mnist", "cifar10"):
+            kind, path = src, None
+        else:
+            path = Path(src)
+            if not path.exists():
+                raise DataError(f"data directory not found: {path}")
+            if not path.is_dir():
+                raise DataError(f"{path} is not a directory")
+            if (path / "data_batch_1").is_file() or (path / "cifar-10-batches-py").is_dir():
+                kind = "cifar10"
+            elif any(path.glob("train-images-idx3-ubyte*")):
+                kind = "fashion-mnist"
+            else:
+                kind = "folder"
+    else:
+        path = None if src in ("fashion-mnist", "cifar10") else Path(src)
+    if kind == "fashion-mnist":
+        return fashion_mnist_source(path, download)
+    if kind == "cifar10":
+        return cifar10_source(path or Path("data/cifar10-raw"), download)
+    if kind in ("folder", "imagenet"):
+        if path is None or not path.is_dir():
+            raise DataError(f"data directory not found: {src}")
+        return folder_source(path, val_fraction, seed, val_labels)
+    raise DataError(
+        f"unknown dataset kind {kind!r}; choose auto, folder, imagenet, cifar10, fashion-mnist"
+    )
+
+
+def class_counts(labels: list[int] | np.ndarray, n_classes: int) -> list[int]:
+    counts: dict[int, int] = defaultdict(int)
+    for y in labels:
+        counts[int(y)] += 1
+    return [counts[i] for i in range(n_classes)]

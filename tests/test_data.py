@@ -1,0 +1,468 @@
+import csv
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from alexnet import transforms as T
+from alexnet.data import EpochSampler, LoaderSpec, Prepared, make_loader
+from alexnet.prepare import PixelStats, load_image, prepare
+from alexnet.sources import DataError, folder_source, open_source
+from helpers import make_cifar10, make_fashion_mnist, make_folder_dataset, make_messy_dataset, photo
+
+SAMPLES = Path(__file__).resolve().parents[2] / "shared" / "data" / "imagenet-samples"
+
+
+# ---------------------------------------------------------------- decoding real-world files
+
+
+def test_messy_files_are_reported_not_fatal(tmp_path):
+    src = tmp_path / "src"
+    expected = make_messy_dataset(src)
+    out = prepare(str(src), tmp_path / "out", workers=2, val_fraction=0.0, progress=False)
+    with open(tmp_path / "out" / "report.csv") as f:
+        rows = list(csv.DictReader(f))
+    reasons = {Path(r["path"]).name: r["reason"] for r in rows}
+    for name, fragment in expected.items():
+        assert fragment in reasons[name], (name, reasons.get(name))
+    assert any("empty class folder" in r["reason"] for r in rows)
+    data = Prepared(tmp_path / "out")
+    assert data.classes == ["bad", "empty", "good"]
+    # good: 4 photos + cmyk + gray + png-as-jpeg + tiny + alpha png + rotated; bad: fine.JPEG
+    assert out["splits"]["train"]["count"] == 11
+    assert out["skipped"] == 4
+    split = data.split("train")
+    for i in range(len(split)):
+        assert split.image(i).shape == (256, 256, 3)
+
+
+def test_load_image_conversions(tmp_path):
+    photo(120, 90, seed=1, mode="CMYK").save(tmp_path / "c.jpg")
+    photo(90, 120, seed=2, mode="L").save(tmp_path / "g.jpg")
+    photo(64, 64, seed=3).save(tmp_path / "p.JPEG", format="PNG")
+    for name in ("c.jpg", "g.jpg", "p.JPEG"):
+        img = load_image(tmp_path / name)
+        assert img.shape == (256, 256, 3) and img.dtype == np.uint8
+
+
+def test_exif_orientation_is_applied(tmp_path):
+    # Left half dark, right half bright; orientation 6 rotates 90 degrees clockwise, so
+    # the dark half ends up on top.
+    arr = np.zeros((50, 100, 3), np.uint8)
+    arr[:, 50:] = 250
+    from PIL import Image
+
+    im = Image.fromarray(arr)
+    exif = im.getexif()
+    exif[0x0112] = 6
+    im.save(tmp_path / "r.jpg", exif=exif.tobytes(), quality=95)
+    img = load_image(tmp_path / "r.jpg", size=64).astype(float)
+    assert img[:20].mean() < 60 and img[-20:].mean() > 190
+
+
+def test_shorter_side_and_central_crop(tmp_path):
+    # 512x256 with a bright centre band 128 px wide: after resizing to 512x256 nothing
+    # changes, and the central 256 crop is exactly the middle.
+    arr = np.zeros((256, 512, 3), np.uint8)
+    arr[:, 128:384] = 200
+    from PIL import Image
+
+    Image.fromarray(arr).save(tmp_path / "w.png")
+    img = load_image(tmp_path / "w.png")
+    assert img.shape == (256, 256, 3)
+    assert img.min() == 200
+
+
+# ---------------------------------------------------------------- statistics
+
+
+def test_mean_image_and_pca_match_numpy(tmp_path):
+    make_folder_dataset(tmp_path / "src", classes=2, per_class=5)
+    prepare(str(tmp_path / "src"), tmp_path / "out", workers=1, val_fraction=0.2, progress=False)
+    data = Prepared(tmp_path / "out")
+    split = data.split("train")
+    pixels = np.stack([split.image(i) for i in range(len(split))]).astype(np.float64)
+    # Statistics are accumulated from the crops before JPEG encoding: allow its error.
+    assert np.abs(data.mean - pixels.mean(0)).mean() < 2.0
+    flat = pixels.reshape(-1, 3) / 255
+    vals, vecs = np.linalg.eigh(np.cov(flat, rowvar=False, bias=True))
+    assert np.allclose(np.sort(data.eigenvalues)[::-1], vals[::-1], rtol=0.05, atol=1e-5)
+    top = data.eigenvectors[:, 0]
+    assert abs(abs(top @ vecs[:, -1]) - 1) < 1e-2
+
+
+def test_pixel_stats_exact_against_numpy():
+    rng = np.random.default_rng(0)
+    batches = [rng.integers(0, 256, (7, 5, 4, 3), dtype=np.uint8) for _ in range(3)]
+    stats = PixelStats.empty((5, 4, 3))
+    for b in batches:
+        part = PixelStats.empty((5, 4, 3))
+        part.add(b)
+        stats.merge(part)
+    allpix = np.concatenate(batches).astype(np.float64)
+    assert np.allclose(stats.mean_image(), allpix.mean(0), atol=1e-4)
+    cov = np.cov(allpix.reshape(-1, 3) / 255, rowvar=False, bias=True)
+    assert np.allclose(stats.covariance(), cov, atol=1e-12)
+    vals, vecs = stats.pca()
+    assert np.all(np.diff(vals) <= 0)
+    assert np.allclose(cov @ vecs, vecs * vals, atol=1e-10)
+
+
+# ---------------------------------------------------------------- sources
+
+
+def test_fashion_mnist_idx(tmp_path):
+    src = make_fashion_mnist(tmp_path / "fm")
+    prepare(str(src), tmp_path / "out", progress=False)
+    data = Prepared(tmp_path / "out")
+    assert data.image_size == (28, 28, 1) and data.kind == "raw"
+    assert len(data.split("train")) == 64 and len(data.split("val")) == 32
+    assert data.names[0] == "T-shirt/top"
+
+
+def test_fashion_mnist_missing_says_how_to_get_it(tmp_path):
+    with pytest.raises(DataError, match="apt-get install dataset-fashion-mnist"):
+        open_source(str(tmp_path), kind="fashion-mnist", download=False)
+
+
+def test_truncated_idx_is_a_clear_error(tmp_path):
+    src = make_fashion_mnist(tmp_path / "fm")
+    import gzip
+
+    p = src / "train-images-idx3-ubyte.gz"
+    with gzip.open(p) as f:
+        raw = f.read()
+    with gzip.open(p, "wb") as f:
+        f.write(raw[:1000])
+    with pytest.raises(DataError, match="truncated"):
+        prepare(str(src), tmp_path / "out", progress=False)
+
+
+def test_cifar10_batches(tmp_path):
+    src = make_cifar10(tmp_path / "c")
+    prepare(str(src), tmp_path / "out", progress=False)
+    data = Prepared(tmp_path / "out")
+    assert data.image_size == (32, 32, 3)
+    assert len(data.split("train")) == 100 and len(data.split("val")) == 20
+    assert data.names[3] == "cat"
+
+
+def test_cifar10_refuses_foreign_pickles(tmp_path):
+    src = make_cifar10(tmp_path / "c")
+    import pickle
+
+    class Evil:
+        def __reduce__(self):
+            return (os.system, ("echo pwned",))
+
+    with open(src / "cifar-10-batches-py" / "data_batch_1", "wb") as f:
+        pickle.dump(Evil(), f)
+    with pytest.raises(DataError, match="refusing"):
+        prepare(str(src), tmp_path / "out", progress=False)
+
+
+def test_stratified_split_is_reproducible(tmp_path):
+    make_folder_dataset(tmp_path, classes=3, per_class=10)
+    a = folder_source(tmp_path, val_fraction=0.2, seed=1)
+    b = folder_source(tmp_path, val_fraction=0.2, seed=1)
+    c = folder_source(tmp_path, val_fraction=0.2, seed=2)
+    assert a.splits["val"].paths == b.splits["val"].paths != c.splits["val"].paths
+    assert sorted(a.splits["val"].labels) == [0, 0, 1, 1, 2, 2]
+    assert not set(a.splits["val"].paths) & set(a.splits["train"].paths)
+
+
+def test_imagenet_flat_val_with_csv(tmp_path):
+    wnids = ["n01440764", "n01443537"]
+    for w in wnids:
+        d = tmp_path / "train" / w
+        d.mkdir(parents=True)
+        for i in range(2):
+            photo(50, 40, seed=i).save(d / f"{w}_{i}.JPEG")
+    val = tmp_path / "val"
+    val.mkdir()
+    rows = ["ImageId,PredictionString"]
+    for i in range(4):
+        name = f"ILSVRC2012_val_{i + 1:08d}"
+        photo(50, 40, seed=10 + i).save(val / f"{name}.JPEG")
+        rows.append(f"{name},{wnids[i % 2]} 1 2 3 4")
+    (tmp_path / "LOC_val_solution.csv").write_text("\n".join(rows) + "\n")
+    src = open_source(str(tmp_path))
+    assert src.kind == "imagenet" and src.names == ["tench", "goldfish"]
+    assert src.splits["val"].labels == [0, 1, 0, 1]
+
+
+def test_imagenet_devkit_ground_truth(tmp_path):
+    wnids = ["n01440764", "n01443537"]
+    for w in wnids:
+        (tmp_path / "train" / w).mkdir(parents=True)
+        photo(50, 40, seed=0).save(tmp_path / "train" / w / "a.JPEG")
+    val = tmp_path / "val"
+    val.mkdir()
+    for i in range(3):
+        photo(50, 40, seed=i).save(val / f"ILSVRC2012_val_{i + 1:08d}.JPEG")
+    # The devkit's ID order differs from sorted wnid order: ID 1 = n01443537 here.
+    (tmp_path / "wnids.txt").write_text("n01443537\nn01440764\n")
+    (tmp_path / "ILSVRC2012_validation_ground_truth.txt").write_text("1\n2\n1\n")
+    src = open_source(str(tmp_path))
+    assert src.splits["val"].labels == [1, 0, 1]
+
+
+def test_missing_directory_is_clear(tmp_path):
+    with pytest.raises(DataError, match="not found"):
+        open_source(str(tmp_path / "nope"))
+    with pytest.raises(DataError, match=r"no meta\.json"):
+        Prepared(tmp_path)
+
+
+@pytest.mark.skipif(not SAMPLES.is_dir(), reason="shared ImageNet samples not present")
+def test_shared_imagenet_samples(tmp_path):
+    import shutil
+
+    src = tmp_path / "src"
+    src.mkdir()
+    for f in sorted(SAMPLES.iterdir())[:24]:
+        shutil.copy(f, src / f.name)
+    out = prepare(str(src), tmp_path / "out", workers=2, progress=False)
+    data = Prepared(tmp_path / "out")
+    assert out["written"] == 24 and data.kind == "jpeg"
+    assert data.names[0] == "tench"
+    assert data.split("train").image(3).shape == (256, 256, 3)
+
+
+# ---------------------------------------------------------------- sampling and views
+
+
+def test_distributed_splits_are_disjoint_and_cover_once():
+    n, world = 103, 4
+    seen = []
+    for rank in range(world):
+        s = EpochSampler(n, 8, seed=3, shuffle=True, drop_last=False, rank=rank, world_size=world)
+        s.set_epoch(2)
+        seen.extend(int(i) for b in s for i in b.indices)
+    assert sorted(seen) == list(range(n))
+
+
+def test_rank_batches_union_to_the_single_process_batch():
+    kw = dict(seed=5, crop_range=(32, 32), flip=True, pca_std=0.1)
+    single = EpochSampler(100, 8, **kw).plan()
+    ranks = [EpochSampler(100, 4, rank=r, world_size=2, **kw).plan() for r in range(2)]
+    for k in range(len(ranks[0])):
+        union = sorted(
+            zip(
+                *[
+                    np.concatenate([ranks[r][k].indices for r in range(2)]),
+                    np.concatenate([ranks[r][k].ys for r in range(2)]),
+                ],
+                strict=True,
+            )
+        )
+        assert union == sorted(zip(single[k].indices, single[k].ys, strict=True))
+
+
+def test_epochs_differ_and_repeat_exactly():
+    s = EpochSampler(50, 10, seed=1)
+    s.set_epoch(0)
+    a = [b.indices.copy() for b in s]
+    s.set_epoch(1)
+    b = [x.indices.copy() for x in s]
+    s.set_epoch(0)
+    c = [x.indices.copy() for x in s]
+    assert not all(np.array_equal(x, y) for x, y in zip(a, b, strict=True))
+    assert all(np.array_equal(x, y) for x, y in zip(a, c, strict=True))
+    assert sorted(np.concatenate(a).tolist()) == list(range(50))
+    s.set_epoch(0, start_batch=2)
+    assert np.array_equal(next(iter(s)).indices, a[2])
+
+
+def test_ten_crop_geometry():
+    x = torch.arange(2 * 8 * 8 * 1).view(2, 8, 8, 1)
+    views = T.ten_crop(x, 6)
+    assert views.shape == (10, 2, 6, 6, 1)
+    assert torch.equal(views[0], x[:, :6, :6])  # top-left
+    assert torch.equal(views[3], x[:, 2:, 2:])  # bottom-right
+    assert torch.equal(views[4], x[:, 1:7, 1:7])  # centre
+    for k in range(5):
+        assert torch.equal(views[5 + k], views[k].flip(2))  # mirrors
+
+
+def test_crop_batch_and_mean_crops_agree():
+    torch.manual_seed(0)
+    x = torch.randint(0, 255, (4, 10, 10, 3), dtype=torch.uint8)
+    mean = torch.rand(10, 10, 3) * 255
+    ys, xs = torch.tensor([0, 1, 2, 3]), torch.tensor([3, 2, 1, 0])
+    flips = torch.tensor([False, True, False, True])
+    crops = T.crop_batch(x, ys, xs, flips, 7)
+    assert torch.equal(crops[1], x[1, 1:8, 2:9].flip(1))
+    offset = torch.randn(4, 3)
+    got = T.subtract_mean_crops(crops, mean, ys, xs, flips, rgb_offset=offset)
+    expect = (
+        crops.float()
+        - T.crop_batch(mean.expand(4, 10, 10, 3), ys, xs, flips, 7)
+        + offset.view(4, 1, 1, 3)
+    )
+    assert torch.allclose(got, expect, atol=1e-4)
+
+
+def test_pca_offsets_formula():
+    vals = torch.tensor([0.2, 0.02, 0.004])
+    vecs = torch.linalg.qr(torch.randn(3, 3))[0]
+    alphas = torch.randn(5, 3) * 0.1
+    manual = torch.stack([vecs @ (a * vals) for a in alphas])
+    assert torch.allclose(T.pca_offsets(alphas, vals, vecs), manual, atol=1e-6)
+
+
+@pytest.fixture(scope="module")
+def prepared_folder(tmp_path_factory):
+    root = tmp_path_factory.mktemp("prep")
+    make_folder_dataset(root / "src", classes=3, per_class=12, size=(300, 260))
+    prepare(str(root / "src"), root / "out", workers=2, val_fraction=0.25, progress=False)
+    return root / "out"
+
+
+def test_training_batches_are_deterministic_across_workers(prepared_folder):
+    data = Prepared(prepared_folder)
+    spec = LoaderSpec(crop=224, train=True)
+    outs = []
+    for workers in (0, 2):
+        loader = make_loader(data, "train", spec, 8, torch.device("cpu"), seed=7, workers=workers)
+        loader.sampler.set_epoch(3)
+        outs.append([(x.clone(), y.clone()) for x, y in loader])
+    assert len(outs[0]) == len(outs[1]) > 0
+    for (x0, y0), (x1, y1) in zip(*outs, strict=True):
+        assert torch.equal(x0, x1) and torch.equal(y0, y1)
+    x = outs[0][0][0]
+    assert x.shape == (8, 3, 224, 224) and x.is_contiguous(memory_format=torch.channels_last)
+
+
+def test_training_batch_is_crop_minus_mean_plus_pca(prepared_folder):
+    data = Prepared(prepared_folder)
+    loader = make_loader(
+        data, "train", LoaderSpec(crop=224, train=True), 4, torch.device("cpu"), seed=1, workers=0
+    )
+    loader.sampler.set_epoch(0)
+    plan = loader.sampler.plan()[0]
+    x, _ = next(iter(loader))
+    i, y0, x0, f, a = plan.indices[0], plan.ys[0], plan.xs[0], plan.flips[0], plan.alphas[0]
+    img = data.split("train").image(int(i)).astype(np.float32)[y0 : y0 + 224, x0 : x0 + 224]
+    mean = data.mean[y0 : y0 + 224, x0 : x0 + 224]
+    ref = img - mean
+    if f:
+        ref = ref[:, ::-1]
+    ref = ref + 255 * (data.eigenvectors @ (a * data.eigenvalues))
+    assert np.allclose(x[0].permute(1, 2, 0).numpy(), ref, atol=1e-3)
+
+
+def test_eval_views(prepared_folder):
+    data = Prepared(prepared_folder)
+    centre = make_loader(
+        data, "val", LoaderSpec(crop=224, train=False), 5, torch.device("cpu"), workers=0
+    )
+    ten = make_loader(
+        data,
+        "val",
+        LoaderSpec(crop=224, train=False, views="ten-crop"),
+        5,
+        torch.device("cpu"),
+        workers=0,
+    )
+    xc = torch.cat([x for x, _ in centre])
+    xt = torch.cat([x for x, _ in ten], dim=1)
+    assert xc.shape[0] == len(data.split("val")) == xt.shape[1]
+    assert xt.shape[0] == 10
+    assert torch.allclose(xt[4], xc, atol=1e-4)  # view 4 is the centre crop
+    assert torch.allclose(xt[9], xc.flip(-1), atol=1e-4)
+
+
+def test_small_dataset_loader(tmp_path):
+    make_fashion_mnist(tmp_path / "fm")
+    prepare(str(tmp_path / "fm"), tmp_path / "out", progress=False)
+    data = Prepared(tmp_path / "out")
+    loader = make_loader(
+        data, "train", LoaderSpec(crop=28, train=True, pad=2, pca_std=0.0), 16, torch.device("cpu")
+    )
+    x, y = next(iter(loader))
+    assert x.shape == (16, 1, 28, 28) and y.shape == (16,)
+    val = make_loader(data, "val", LoaderSpec(crop=28, train=False), 10, torch.device("cpu"))
+    assert sum(x.shape[0] for x, _ in val) == 32
+
+
+# ---------------------------------------------------------------- interruption
+
+
+def _prepare_cmd(src, dst):
+    return [
+        sys.executable,
+        "-m",
+        "alexnet",
+        "prepare",
+        str(src),
+        str(dst),
+        "--workers",
+        "1",
+        "--quiet",
+    ]
+
+
+def test_interrupted_prepare_leaves_nothing_complete_then_rebuilds(tmp_path, cli_env):
+    src = make_folder_dataset(tmp_path / "src", classes=4, per_class=60, size=(640, 480))
+    dst = tmp_path / "dst"
+    proc = subprocess.Popen(
+        _prepare_cmd(src, dst), env=cli_env, stdout=subprocess.PIPE, stderr=subprocess.PIPE
+    )
+    deadline = time.time() + 60
+    while time.time() < deadline and not (dst / "train.jpg.tmp").exists():
+        time.sleep(0.05)
+    assert (dst / "train.jpg.tmp").exists(), "prepare never started writing"
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert not (dst / "meta.json").exists()
+    assert not (dst / "train.jpg").exists() and not (dst / "train.index.npy").exists()
+    with pytest.raises(DataError, match=r"no meta\.json"):
+        Prepared(dst)
+    r = subprocess.run(
+        _prepare_cmd(src, dst), env=cli_env, capture_output=True, text=True, timeout=300
+    )
+    assert r.returncode == 0, r.stderr
+    assert "removed half-written files" in r.stdout
+    data = Prepared(dst)
+    assert len(data.split("train")) + len(data.split("val")) == 240
+    assert not any(".tmp" in p.name for p in dst.iterdir())
+
+
+def test_sigterm_stops_cleanly(tmp_path, cli_env):
+    src = make_folder_dataset(tmp_path / "src", classes=4, per_class=60, size=(640, 480))
+    dst = tmp_path / "dst"
+    proc = subprocess.Popen(
+        _prepare_cmd(src, dst),
+        env=cli_env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    deadline = time.time() + 60
+    while time.time() < deadline and not (dst / "train.jpg.tmp").exists():
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode != 0 and "Traceback" not in err
+    assert not (dst / "meta.json").exists()
+
+
+def test_finished_split_is_kept_on_rerun(tmp_path):
+    src = make_folder_dataset(tmp_path / "src", classes=2, per_class=5)
+    dst = tmp_path / "dst"
+    prepare(str(src), dst, workers=1, val_fraction=0.2, progress=False)
+    (dst / "meta.json").unlink()  # as if killed after the train split
+    (dst / "val.index.npy").unlink()
+    before = (dst / "train.jpg").stat().st_mtime_ns
+    out = prepare(str(src), dst, workers=1, val_fraction=0.2, progress=False)
+    assert out["splits"]["train"].get("resumed") is True
+    assert (dst / "train.jpg").stat().st_mtime_ns == before
+    assert json.loads((dst / "meta.json").read_text())["splits"]["val"]["count"] == 2
