@@ -61,6 +61,41 @@ def cmd_prepare(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_train(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from .config import load_train_config
+    from .train import TrainingStopped, format_summary, resolve_config_for_resume, train
+
+    overrides = list(args.set or [])
+    if args.data:
+        overrides.append(f"data.path={args.data}")
+    if args.init_from:
+        overrides.append(f"init_from={args.init_from}")
+    out = Path(args.out or f"runs/{args.preset or Path(args.config or 'run').stem}")
+    cfg = None
+    if args.preset or args.config or not args.resume:
+        if not (args.preset or args.config):
+            raise ValueError("give --preset NAME or --config FILE (or --resume an existing run)")
+        cfg = load_train_config(args.preset, args.config, overrides)
+    if args.resume:
+        cfg = resolve_config_for_resume(out, cfg, overrides)
+    try:
+        summary = train(cfg, out, resume=args.resume, quiet=args.quiet)
+    except TrainingStopped as stopped:
+        print(f"alexnet train: {stopped}", file=sys.stderr)
+        return stopped.code
+    if int(os.environ.get("RANK", "0")) == 0:
+        print(format_summary(summary))
+    return 0
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    from . import demo
+
+    return demo.run(args.out, args.data, args.epochs)
+
+
 def cmd_benchmark(args: argparse.Namespace) -> int:
     from . import benchmark
 
@@ -142,6 +177,38 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.add_argument("--json", action="store_true", help="print the summary as JSON")
     p.set_defaults(func=cmd_prepare)
+
+    p = sub.add_parser("train", help="train with the paper's recipe (or a preset) on prepared data")
+    p.add_argument(
+        "--preset", default=None, help="imagenet-paper | cifar10 | fashion-mnist | demo | finetune"
+    )
+    p.add_argument("--config", default=None, help="a YAML config file (copy a preset to start)")
+    p.add_argument("--data", default=None, help="prepared data directory (sets data.path)")
+    p.add_argument("--out", default=None, help="run directory (default runs/<preset>)")
+    p.add_argument(
+        "--set",
+        action="append",
+        metavar="KEY=VALUE",
+        help="override a config value, e.g. --set optim.lr=0.02",
+    )
+    p.add_argument("--resume", action="store_true", help="continue the latest checkpoint in --out")
+    p.add_argument(
+        "--init-from",
+        default=None,
+        help="start from weights: checkpoint, .safetensors or torchvision .pth",
+    )
+    p.add_argument("--quiet", action="store_true", help="no progress output")
+    p.set_defaults(func=cmd_train)
+
+    p = sub.add_parser(
+        "demo", help="the main job on the embedded default: small AlexNet on Fashion-MNIST"
+    )
+    p.add_argument("--out", default="runs/demo", help="run directory (default runs/demo)")
+    p.add_argument(
+        "--data", default="data/fashion-mnist", help="where the prepared Fashion-MNIST goes"
+    )
+    p.add_argument("--epochs", type=int, default=None, help="override the demo preset's epochs")
+    p.set_defaults(func=cmd_demo)
 
     p = sub.add_parser("benchmark", help="speed figures measured next to their reference")
     p.add_argument(

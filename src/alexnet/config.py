@@ -7,6 +7,7 @@ an unknown key is an error naming the key and the keys that are allowed.
 from __future__ import annotations
 
 import dataclasses
+import math
 import types
 import typing
 from pathlib import Path
@@ -144,8 +145,16 @@ def _coerce(value: Any, tp: Any, key: str) -> Any:
             return value
         raise ConfigError(f"{key}: expected an integer, got {value!r}")
     if tp is float:
-        if isinstance(value, (int, float)) and not isinstance(value, bool):
-            return float(value)
+        number = value
+        if isinstance(value, str):  # YAML 1.1 reads 1e-3 (no dot) as a string
+            try:
+                number = float(value)
+            except ValueError:
+                number = None
+        if isinstance(number, (int, float)) and not isinstance(number, bool):
+            if not math.isfinite(number):
+                raise ConfigError(f"{key}: expected a finite number, got {value!r}")
+            return float(number)
         raise ConfigError(f"{key}: expected a number, got {value!r}")
     if tp is str:
         if isinstance(value, str):
@@ -219,3 +228,179 @@ def load_yaml(path: str | Path) -> dict[str, Any]:
     if not isinstance(data, dict):
         raise ConfigError(f"{path}: the top level must be a mapping of sections")
     return data
+
+
+# --------------------------------------------------------------------------------------
+# Training
+
+
+@dataclasses.dataclass
+class DataConfig:
+    """Input pipeline (§2, §4.1). ``path`` is a prepared directory (``alexnet prepare``)."""
+
+    path: str = ""
+    # Side of the training/test crops. None: 224 for 256 px data, else the native size.
+    crop: int | None = None
+    flip: bool = True
+    pca_std: float = 0.1  # §4.1 alpha_i ~ N(0, 0.1); 0 turns PCA colour noise off
+    pad: int = 0  # small images: zero padding before the random crop
+    normalize: Literal["mean_image", "torchvision"] = "mean_image"
+    # Multiplies (pixels - mean image), 0..255 units. The paper feeds raw differences (1.0).
+    input_scale: float = 1.0
+    workers: int = 2  # decoding processes per rank (JPEG data)
+    val_views: Literal["center", "ten-crop"] = "center"
+    # Use at most this many training images (0 = all): smoke runs and quick experiments.
+    limit_train: int = 0
+
+    def __post_init__(self) -> None:
+        if self.pca_std < 0:
+            raise ConfigError(f"data.pca_std must be >= 0, got {self.pca_std}")
+        if self.pad < 0:
+            raise ConfigError(f"data.pad must be >= 0, got {self.pad}")
+        if self.workers < 0:
+            raise ConfigError(f"data.workers must be >= 0, got {self.workers}")
+        if self.crop is not None and self.crop < 1:
+            raise ConfigError(f"data.crop must be >= 1, got {self.crop}")
+        if self.limit_train < 0:
+            raise ConfigError(f"data.limit_train must be >= 0, got {self.limit_train}")
+
+
+@dataclasses.dataclass
+class OptimConfig:
+    """SGD (§5): batch 128, momentum 0.9, weight decay 0.0005, lr 0.01."""
+
+    lr: float = 0.01
+    momentum: float = 0.9
+    weight_decay: float = 0.0005
+    # paper: v <- m v - wd lr w - lr g; w <- w + v (lr inside the velocity).
+    # pytorch: v <- m v + g + wd w; w <- w - lr v (torch.optim.SGD). Equal while lr is
+    # constant; they differ for a few steps after each lr drop.
+    form: Literal["paper", "pytorch"] = "paper"
+    nesterov: bool = False
+    # Weight decay on biases and batch-norm parameters too (cuda-convnet and Caffe: no).
+    decay_biases: bool = False
+    # Transfer learning: lr multiplier for conv layers (0 freezes them).
+    conv_lr_mult: float = 1.0
+    label_smoothing: float = 0.0
+
+    def __post_init__(self) -> None:
+        if self.lr <= 0:
+            raise ConfigError(f"optim.lr must be > 0, got {self.lr}")
+        if not 0 <= self.momentum < 1:
+            raise ConfigError(f"optim.momentum must be in [0, 1), got {self.momentum}")
+        if self.weight_decay < 0:
+            raise ConfigError(f"optim.weight_decay must be >= 0, got {self.weight_decay}")
+        if self.conv_lr_mult < 0:
+            raise ConfigError(f"optim.conv_lr_mult must be >= 0, got {self.conv_lr_mult}")
+        if not 0 <= self.label_smoothing < 1:
+            raise ConfigError(
+                f"optim.label_smoothing must be in [0, 1), got {self.label_smoothing}"
+            )
+
+
+@dataclasses.dataclass
+class ScheduleConfig:
+    """Learning-rate schedule.
+
+    plateau: §5 — divide by ``factor`` (10) when validation error has not improved for
+    ``patience`` epochs; after ``max_reductions`` (3) reductions the next plateau ends the
+    run. step: multiply by ``factor`` every ``step_epochs``. onecycle: linear warm-up for
+    ``warmup_epochs`` to lr, then linear decay to 0 at the last epoch (per step).
+    """
+
+    kind: Literal["plateau", "step", "onecycle", "constant"] = "plateau"
+    factor: float = 0.1
+    patience: int = 1
+    max_reductions: int = 3
+    threshold: float = 1e-4  # an improvement smaller than this is no improvement
+    step_epochs: int = 30
+    warmup_epochs: float = 0.0
+
+    def __post_init__(self) -> None:
+        if not 0 < self.factor < 1:
+            raise ConfigError(f"schedule.factor must be in (0, 1), got {self.factor}")
+        if self.patience < 0 or self.max_reductions < 0 or self.step_epochs < 1:
+            raise ConfigError(
+                "schedule.patience and schedule.max_reductions must be >= 0, step_epochs >= 1"
+            )
+        if self.warmup_epochs < 0:
+            raise ConfigError(f"schedule.warmup_epochs must be >= 0, got {self.warmup_epochs}")
+
+
+@dataclasses.dataclass
+class RunConfig:
+    """How and where the run executes."""
+
+    epochs: int = 90
+    batch_size: int = 128  # global batch, split evenly across DDP ranks
+    seed: int = 0
+    device: str = "auto"  # auto | cpu | cuda | cuda:N
+    # auto: bf16 on GPUs that have it, fp16 + grad scaler on older GPUs; on CPUs bf16 only
+    # when they have native bf16 (AMX/AVX512-BF16), else fp32 (measured ~10x slower on AVX2).
+    precision: Literal["auto", "fp32", "bf16", "fp16"] = "auto"
+    channels_last: bool = True
+    compile: bool = False
+    threads: int = 0  # CPU threads per rank; 0 = PyTorch's default
+    eval_every: int = 1  # epochs between validation passes
+    checkpoint_every: int = 1  # epochs between checkpoints (always at the end)
+    log_every: int = 50  # steps between plain-text progress lines when not a TTY
+    # Model parallel: the paper's two towers on two devices (e.g. ["cuda:0", "cuda:1"]).
+    tower_devices: list[str] = dataclasses.field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        if self.epochs < 1:
+            raise ConfigError(f"run.epochs must be >= 1, got {self.epochs}")
+        if self.batch_size < 1:
+            raise ConfigError(f"run.batch_size must be >= 1, got {self.batch_size}")
+        if self.eval_every < 1 or self.checkpoint_every < 1 or self.log_every < 1:
+            raise ConfigError("run.eval_every, run.checkpoint_every and run.log_every must be >= 1")
+        if self.device != "auto" and not (self.device == "cpu" or self.device.startswith("cuda")):
+            raise ConfigError(
+                f"run.device: {self.device!r} is not allowed; choose auto, cpu, cuda or cuda:N"
+            )
+        if self.tower_devices and len(self.tower_devices) != 2:
+            raise ConfigError(
+                f"run.tower_devices needs exactly two devices, got {self.tower_devices}"
+            )
+
+
+@dataclasses.dataclass
+class TrainConfig:
+    model: ModelConfig = dataclasses.field(default_factory=ModelConfig)
+    data: DataConfig = dataclasses.field(default_factory=DataConfig)
+    optim: OptimConfig = dataclasses.field(default_factory=OptimConfig)
+    schedule: ScheduleConfig = dataclasses.field(default_factory=ScheduleConfig)
+    run: RunConfig = dataclasses.field(default_factory=RunConfig)
+    # Weights to start from (transfer learning): our checkpoint, a safetensors export or
+    # torchvision's AlexNet weights (owt). fc8 is replaced when the class count differs.
+    init_from: str = ""
+    freeze_conv: bool = False
+
+
+PRESETS_DIR = Path(__file__).parent / "presets"
+
+
+def preset_names() -> list[str]:
+    return sorted(p.stem for p in PRESETS_DIR.glob("*.yaml"))
+
+
+def load_train_config(
+    preset: str | None = None, config_file: str | None = None, overrides: list[str] | None = None
+) -> TrainConfig:
+    """Preset or file, then ``--set key=value`` overrides; validated as a whole."""
+    if preset and config_file:
+        raise ConfigError("give either --preset or --config, not both")
+    data: dict[str, Any] = {}
+    if preset:
+        path = PRESETS_DIR / f"{preset}.yaml"
+        if not path.is_file():
+            raise ConfigError(f"unknown preset {preset!r}; choose one of {preset_names()}")
+        data = load_yaml(path)
+    elif config_file:
+        data = load_yaml(config_file)
+    data = apply_overrides(data, overrides or [])
+    return from_dict(TrainConfig, data)
+
+
+def save_yaml(cfg: Any, path: str | Path) -> None:
+    Path(path).write_text(yaml.safe_dump(to_dict(cfg), sort_keys=False))

@@ -27,15 +27,22 @@ from torch import Tensor, nn
 AlphaConvention = Literal["mean", "sum"]
 
 
-def _window_matrix(channels: int, size: int, device: torch.device, dtype: torch.dtype) -> Tensor:
+def _window_matrix(
+    channels: int, size: int, device: torch.device, dtype: torch.dtype, groups: int = 1
+) -> Tensor:
     """Band matrix M (C x C) with M[i, j] = 1 when channel j lies in the window of channel i.
 
     The window is [i - size // 2, i + (size - 1) // 2], the same (asymmetric for even sizes)
-    window PyTorch's local_response_norm uses.
+    window PyTorch's local_response_norm uses. With ``groups`` the window never crosses a
+    group boundary (block-diagonal M): each tower normalises its own kernel maps, as on the
+    paper's two GPUs.
     """
     idx = torch.arange(channels, device=device)
     offset = idx.view(1, -1) - idx.view(-1, 1)  # j - i
     band = (offset >= -(size // 2)) & (offset <= (size - 1) // 2)
+    if groups > 1:
+        group = idx // (channels // groups)
+        band &= group.view(1, -1) == group.view(-1, 1)
     return band.to(dtype)
 
 
@@ -62,8 +69,10 @@ class _LRNFunction(torch.autograd.Function):
     # Every pass after the first few is in place: on CPU a fresh large tensor costs far more
     # (page faults on first touch) than the arithmetic on it.
     @staticmethod
-    def forward(ctx, x: Tensor, size: int, alpha: float, beta: float, k: float) -> Tensor:  # type: ignore[override]
-        band = _window_matrix(x.shape[1], size, x.device, x.dtype)
+    def forward(
+        ctx, x: Tensor, size: int, alpha: float, beta: float, k: float, groups: int
+    ) -> Tensor:  # type: ignore[override]
+        band = _window_matrix(x.shape[1], size, x.device, x.dtype, groups)
         sq = x * x
         d = _window_sum(sq, band.mul_(alpha)).add_(k)  # k + alpha' * sum of squares
         inv = _inv_pow_(d, beta, out=sq)  # reuses the squares' memory
@@ -81,7 +90,7 @@ class _LRNFunction(torch.autograd.Function):
         t = (grad * y).div_(d)
         s = _window_sum(t, band.t().contiguous())
         gx = torch.mul(grad, inv, out=t)  # t is no longer needed
-        return gx.sub_(s.mul_(x), alpha=ctx.scale), None, None, None, None
+        return gx.sub_(s.mul_(x), alpha=ctx.scale), None, None, None, None, None
 
 
 def _memory_format(x: Tensor) -> torch.memory_format:
@@ -97,6 +106,7 @@ def local_response_norm(
     beta: float = 0.75,
     k: float = 2.0,
     alpha_convention: AlphaConvention = "mean",
+    groups: int = 1,
 ) -> Tensor:
     """LRN across channels of an (N, C, H, W) tensor; see the module docstring.
 
@@ -107,12 +117,14 @@ def local_response_norm(
         raise ValueError(f"local_response_norm expects (N, C, H, W), got shape {tuple(x.shape)}")
     if alpha_convention not in ("mean", "sum"):
         raise ValueError(f"alpha_convention must be 'mean' or 'sum', got {alpha_convention!r}")
+    if x.shape[1] % groups:
+        raise ValueError(f"{x.shape[1]} channels do not split into {groups} LRN groups")
     a = alpha / size if alpha_convention == "mean" else alpha
     fmt = _memory_format(x)
     if x.dtype in (torch.float16, torch.bfloat16):
-        out = _LRNFunction.apply(x.float().contiguous(memory_format=fmt), size, a, beta, k)
+        out = _LRNFunction.apply(x.float().contiguous(memory_format=fmt), size, a, beta, k, groups)
         return out.to(x.dtype)
-    return _LRNFunction.apply(x.contiguous(memory_format=fmt), size, a, beta, k)
+    return _LRNFunction.apply(x.contiguous(memory_format=fmt), size, a, beta, k, groups)
 
 
 class LocalResponseNorm(nn.Module):
@@ -126,6 +138,7 @@ class LocalResponseNorm(nn.Module):
         k: float = 2.0,
         alpha_convention: AlphaConvention = "mean",
         impl: Literal["fast", "torch"] = "fast",
+        groups: int = 1,
     ) -> None:
         super().__init__()
         if impl not in ("fast", "torch"):
@@ -139,18 +152,27 @@ class LocalResponseNorm(nn.Module):
         # "torch" = torch.nn.functional.local_response_norm, kept as the reference side of
         # tests and `alexnet benchmark lrn`.
         self.impl = impl
+        self.groups = groups
 
     def forward(self, x: Tensor) -> Tensor:
         if self.impl == "torch":
             n = self.size
             alpha = self.alpha if self.alpha_convention == "mean" else self.alpha * n
+            if self.groups > 1:
+                return torch.cat(
+                    [
+                        nn.functional.local_response_norm(c, n, alpha, self.beta, self.k)
+                        for c in x.chunk(self.groups, 1)
+                    ],
+                    1,
+                )
             return nn.functional.local_response_norm(x, n, alpha, self.beta, self.k)
         return local_response_norm(
-            x, self.size, self.alpha, self.beta, self.k, self.alpha_convention
+            x, self.size, self.alpha, self.beta, self.k, self.alpha_convention, self.groups
         )
 
     def extra_repr(self) -> str:
         return (
             f"size={self.size}, alpha={self.alpha}, beta={self.beta}, k={self.k}, "
-            f"alpha_convention={self.alpha_convention!r}"
+            f"alpha_convention={self.alpha_convention!r}, groups={self.groups}"
         )

@@ -130,7 +130,8 @@ class AlexNet(nn.Module):
         def lrn() -> nn.Module:
             if cfg.norm != "lrn":
                 return nn.Identity()
-            return LocalResponseNorm(5, 1e-4, 0.75, 2.0, alpha_convention=cfg.lrn_alpha)
+            # Each tower normalises its own kernel maps (the paper ran one tower per GPU).
+            return LocalResponseNorm(5, 1e-4, 0.75, 2.0, alpha_convention=cfg.lrn_alpha, groups=g)
 
         def bnorm(c: int) -> nn.Module:
             return nn.BatchNorm2d(c) if bn else nn.Identity()
@@ -229,11 +230,11 @@ class AlexNet(nn.Module):
                 nn.init.constant_(
                     layer.bias, self.cfg.init_bias if name in _PAPER_BIAS_ONE else 0.0
                 )
-            else:  # kaiming
-                if isinstance(layer, nn.Conv2d):
-                    nn.init.kaiming_normal_(layer.weight, mode="fan_out", nonlinearity="relu")
-                else:
+            else:  # kaiming: He-normal for every ReLU layer, a small fc8
+                if name == "fc8":
                     nn.init.normal_(layer.weight, 0.0, 0.01)
+                else:
+                    nn.init.kaiming_normal_(layer.weight, mode="fan_in", nonlinearity="relu")
                 nn.init.zeros_(layer.bias)
 
     # ----------------------------------------------------------------------------------

@@ -1,0 +1,166 @@
+"""Checkpoints (atomic, never unpickling arbitrary objects) and safetensors weight exports.
+
+A checkpoint (``RUN_DIR/checkpoint.pt``) holds everything needed to continue a run
+bit-exactly: model, optimizer, schedule state, grad scaler, epoch and position within it,
+RNG states, the config and the code version. It holds only tensors and plain Python
+values, so it loads with ``torch.load(weights_only=True)``.
+
+A weights export (``model.safetensors``) holds the model's tensors plus what predicting
+needs: the mean image and PCA as tensors under ``meta.*``, and the model config, class
+names and preprocessing as JSON strings in the safetensors metadata.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from .model import from_torchvision_state_dict, is_torchvision_state_dict
+
+META_PREFIX = "meta."
+
+
+def _fsync_dir(path: Path) -> None:
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:  # pragma: no cover - some filesystems do not allow it
+        return
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def atomic_save(obj: Any, path: str | Path) -> Path:
+    """torch.save to a temp file in the same directory, fsync, then rename over ``path``."""
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.tmp")
+    with open(tmp, "wb") as f:
+        torch.save(obj, f)
+        f.flush()
+        os.fsync(f.fileno())
+    tmp.replace(path)
+    _fsync_dir(path.parent)
+    return path
+
+
+def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"checkpoint not found: {path}")
+    try:
+        return torch.load(path, map_location=map_location, weights_only=True)
+    except Exception as err:  # unpickling errors come in several types
+        raise ValueError(
+            f"{path}: not a loadable checkpoint ({type(err).__name__}: {err})"
+        ) from None
+
+
+def export_weights(
+    path: str | Path, state: dict[str, Tensor], *, model_config: dict[str, Any], classes: list[str],
+    names: list[str], mean_image: Tensor | None = None, eigenvalues: Tensor | None = None,
+    eigenvectors: Tensor | None = None, preprocessing: dict[str, Any] | None = None,
+) -> Path:  # fmt: skip
+    """Weights + everything ``predict`` needs, as one safetensors file (written atomically)."""
+    from safetensors.torch import save_file
+
+    tensors = {k: v.detach().to("cpu").contiguous() for k, v in state.items()}
+    for key, value in (
+        ("mean_image", mean_image),
+        ("eigenvalues", eigenvalues),
+        ("eigenvectors", eigenvectors),
+    ):
+        if value is not None:
+            tensors[META_PREFIX + key] = torch.as_tensor(value, dtype=torch.float32).contiguous()
+    metadata = {
+        "format": "alexnet-weights",
+        "model_config": json.dumps(model_config),
+        "classes": json.dumps(classes),
+        "names": json.dumps(names),
+        "preprocessing": json.dumps(preprocessing or {}),
+    }
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.tmp")
+    save_file(tensors, str(tmp), metadata=metadata)
+    tmp.replace(path)
+    return path
+
+
+def load_weights(path: str | Path) -> tuple[dict[str, Tensor], dict[str, Any]]:
+    """Model weights from a checkpoint, a safetensors export or torchvision's AlexNet file.
+
+    Returns (state_dict in our layer names, metadata: model_config, classes, names,
+    mean_image, eigenvalues, eigenvectors, preprocessing — whichever the file has).
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"weights file not found: {path}")
+    meta: dict[str, Any] = {}
+    if path.suffix == ".safetensors":
+        from safetensors import safe_open
+
+        with safe_open(str(path), framework="pt") as f:
+            raw_meta = f.metadata() or {}
+            tensors = {k: f.get_tensor(k) for k in f.keys()}  # noqa: SIM118 - safe_open has no iterator
+        for key in ("model_config", "classes", "names", "preprocessing"):
+            if key in raw_meta:
+                meta[key] = json.loads(raw_meta[key])
+        for key in [k for k in tensors if k.startswith(META_PREFIX)]:
+            meta[key[len(META_PREFIX) :]] = tensors.pop(key)
+        state = tensors
+    else:
+        obj = load_checkpoint(path)
+        if isinstance(obj, dict) and "model" in obj and isinstance(obj["model"], dict):
+            state = obj["model"]
+            for key in (
+                "classes",
+                "names",
+                "preprocessing",
+                "mean_image",
+                "eigenvalues",
+                "eigenvectors",
+            ):
+                if key in obj:
+                    meta[key] = obj[key]
+            if "config" in obj:
+                meta["model_config"] = obj["config"].get("model", {})
+        elif isinstance(obj, dict) and all(isinstance(v, Tensor) for v in obj.values()):
+            state = obj
+        else:
+            raise ValueError(f"{path}: neither an alexnet checkpoint nor a state_dict of tensors")
+    if is_torchvision_state_dict(state):
+        state = from_torchvision_state_dict(state)
+        meta.setdefault("model_config", {"variant": "owt"})
+        meta.setdefault("source", "torchvision")
+    return state, meta
+
+
+def load_matching(model: torch.nn.Module, state: dict[str, Tensor]) -> dict[str, list[str]]:
+    """Load every tensor whose name and shape match; report the rest by layer name.
+
+    Returns {"loaded": [...], "shape_mismatch": ["fc8.weight: file (1000, 4096) vs model (5, 4096)"],
+    "missing": [...], "unexpected": [...]}.
+    """
+    own = model.state_dict()
+    loaded, mismatch, unexpected = [], [], []
+    for key, value in state.items():
+        if key not in own:
+            unexpected.append(key)
+        elif tuple(own[key].shape) != tuple(value.shape):
+            mismatch.append(f"{key}: file {tuple(value.shape)} vs model {tuple(own[key].shape)}")
+        else:
+            own[key] = value.to(own[key].dtype)
+            loaded.append(key)
+    model.load_state_dict(own)
+    missing = [k for k in own if k not in state]
+    return {
+        "loaded": loaded,
+        "shape_mismatch": mismatch,
+        "missing": missing,
+        "unexpected": unexpected,
+    }

@@ -1,0 +1,614 @@
+"""``alexnet train``: the paper's recipe (§5) on CPU, one GPU, or many through torchrun.
+
+Plain functions: :func:`train` sets a run up and loops over :func:`train_one_epoch` and
+:func:`~alexnet.evaluate.evaluate_model`. Rank 0 alone logs and writes. Every epoch ends
+with an atomic checkpoint; SIGTERM/SIGUSR1 finish the current step, checkpoint and exit
+with code 75 (resume with ``--resume``); a non-finite loss stops the run and keeps the last
+good checkpoint.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import csv
+import dataclasses
+import json
+import math
+import os
+import signal
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from . import __version__
+from . import distributed as D
+from .checkpoint import atomic_save, export_weights, load_checkpoint, load_matching, load_weights
+from .config import ConfigError, TrainConfig, from_dict, save_yaml, to_dict
+from .data import LoaderSpec, Prepared, make_loader
+from .evaluate import autocast_context, evaluate_model, topk_correct
+from .model import AlexNet, build_model
+from .optim import LRSchedule, build_optimizer, set_lr
+
+EXIT_PREEMPTED = 75  # EX_TEMPFAIL: stopped on request, resume to continue
+METRICS_FIELDS = [
+    "epoch", "train_loss", "train_top1_error", "train_top5_error", "val_loss", "val_top1_error",
+    "val_top5_error", "lr", "images_per_s", "epoch_seconds", "wall_seconds",
+]  # fmt: skip
+
+
+class TrainingStopped(Exception):
+    """Raised to end training early; ``code`` is the process exit status."""
+
+    def __init__(self, message: str, code: int) -> None:
+        super().__init__(message)
+        self.code = code
+
+
+# --------------------------------------------------------------------------------------
+# Setup helpers
+
+
+def cpu_has_native_bf16() -> bool:
+    try:
+        with open("/proc/cpuinfo") as f:
+            flags = f.read()
+    except OSError:
+        return False
+    return "amx_bf16" in flags or "avx512_bf16" in flags
+
+
+def resolve_precision(precision: str, device: torch.device) -> tuple[torch.dtype | None, bool]:
+    """(autocast dtype or None for fp32, whether a grad scaler is needed)."""
+    if precision == "auto":
+        if device.type == "cuda":
+            precision = "bf16" if torch.cuda.is_bf16_supported() else "fp16"
+        else:
+            precision = "bf16" if cpu_has_native_bf16() else "fp32"
+    if precision == "fp32":
+        return None, False
+    if precision == "bf16":
+        return torch.bfloat16, False
+    if device.type != "cuda":
+        raise ConfigError("run.precision=fp16 needs a CUDA device; use bf16 or fp32 on CPU")
+    return torch.float16, True
+
+
+def configure_model_from_data(cfg: TrainConfig, data: Prepared, log: Any) -> TrainConfig:
+    """The data decides classes, channels and crop size; say so when the config differed."""
+    h, _, c = data.image_size
+    crop = cfg.data.crop or (224 if h >= 224 else h)
+    changes = {}
+    if cfg.model.num_classes != data.num_classes:
+        changes["num_classes"] = data.num_classes
+    if cfg.model.in_channels != c:
+        changes["in_channels"] = c
+    if (cfg.model.input_size or crop) != crop:
+        changes["input_size"] = crop
+    if changes:
+        log(f"from the data: model {', '.join(f'{k}={v}' for k, v in changes.items())}")
+    model_cfg = dataclasses.replace(cfg.model, input_size=crop, **changes)
+    return dataclasses.replace(cfg, model=model_cfg, data=dataclasses.replace(cfg.data, crop=crop))
+
+
+def apply_init_from(model: AlexNet, path: str, log: Any) -> None:
+    """Transfer learning: load matching layers; report every shape mismatch by name."""
+    state, _meta = load_weights(path)
+    report = load_matching(model, state)
+    log(f"init from {path}: loaded {len(report['loaded'])} tensors")
+    for line in report["shape_mismatch"]:
+        log(f"  not loaded (shape): {line} — re-initialised")
+    for key in report["unexpected"]:
+        log(f"  not loaded (no such layer in this model): {key}")
+    missing = [
+        k
+        for k in report["missing"]
+        if not any(k == m.split(":")[0] for m in report["shape_mismatch"])
+    ]
+    for key in missing:
+        log(f"  not in the file, kept from init: {key}")
+
+
+class StopFlag:
+    """SIGTERM / SIGUSR1 (cluster preemption) set the flag; training checks it per step."""
+
+    def __init__(self) -> None:
+        self.signal: str | None = None
+        self._old: dict[int, Any] = {}
+
+    def install(self) -> None:
+        for sig in (signal.SIGTERM, signal.SIGUSR1):
+            with contextlib.suppress(ValueError):  # not the main thread: no handlers
+                self._old[sig] = signal.signal(sig, self._handle)
+
+    def uninstall(self) -> None:
+        for sig, old in self._old.items():
+            signal.signal(sig, old)
+        self._old.clear()
+
+    def _handle(self, signum: int, _frame: Any) -> None:
+        self.signal = signal.Signals(signum).name
+
+
+# --------------------------------------------------------------------------------------
+# Run state and checkpoints
+
+
+@dataclasses.dataclass
+class Progress:
+    epoch: int = 0  # the epoch in progress (0-based)
+    batch: int = 0  # batches of it already done
+    global_step: int = 0
+    # Running sums of the epoch in progress (restored on a mid-epoch resume).
+    loss_sum: float = 0.0
+    top1_sum: float = 0.0
+    top5_sum: float = 0.0
+    seen: int = 0
+    wall_seconds: float = 0.0
+
+
+def rng_state() -> dict[str, Any]:
+    state: dict[str, Any] = {"torch": torch.get_rng_state()}
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def set_rng_state(state: dict[str, Any]) -> None:
+    torch.set_rng_state(state["torch"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def checkpoint_state(
+    model: nn.Module, optimizer: torch.optim.Optimizer, schedule: LRSchedule, scaler: Any,
+    progress: Progress, cfg: TrainConfig, data: Prepared, best: dict[str, Any],
+) -> dict[str, Any]:  # fmt: skip
+    return {
+        "model": model.state_dict(),
+        "optimizer": optimizer.state_dict(),
+        "schedule": schedule.state_dict(),
+        "scaler": scaler.state_dict() if scaler is not None else None,
+        "progress": dataclasses.asdict(progress),
+        "rng": rng_state(),
+        "config": to_dict(cfg),
+        "version": __version__,
+        "classes": data.classes,
+        "names": data.names,
+        "preprocessing": data.preprocessing(),
+        "mean_image": torch.from_numpy(data.mean),
+        "best": best,
+    }
+
+
+# --------------------------------------------------------------------------------------
+# The loop
+
+
+def _log_line(msg: str) -> None:
+    print(msg, flush=True)
+
+
+def train_one_epoch(
+    model: nn.Module, loader: Any, optimizer: torch.optim.Optimizer, schedule: LRSchedule,
+    progress: Progress, ctx: dict[str, Any],
+) -> dict[str, float]:  # fmt: skip
+    """One pass over this rank's share of the epoch, from ``progress.batch`` on."""
+    dev, dtype, scaler, stop, dist = (
+        ctx["device"],
+        ctx["autocast"],
+        ctx["scaler"],
+        ctx["stop"],
+        ctx["dist"],
+    )
+    cfg: TrainConfig = ctx["cfg"]
+    model.train()
+    total = len(loader)
+    bar = ctx["make_bar"](total, progress.batch, f"epoch {progress.epoch + 1}/{cfg.run.epochs}")
+    t0, seen0 = time.perf_counter(), progress.seen
+    world = dist.world_size
+    try:
+        for x, y in loader:
+            lr = schedule.lr_at(progress.epoch, progress.batch)
+            set_lr(optimizer, lr)
+            with autocast_context(dev, dtype):
+                logits = model(x)
+                loss = nn.functional.cross_entropy(
+                    logits.float(), y, label_smoothing=cfg.optim.label_smoothing
+                )
+            if not torch.isfinite(loss):
+                raise TrainingStopped(
+                    f"loss became {loss.item()} at epoch {progress.epoch + 1}, step {progress.batch + 1} "
+                    f"(global step {progress.global_step + 1}); stopping without saving this state. "
+                    f"The last good checkpoint is {ctx['ckpt_path']}. Lower optim.lr or check the data.",
+                    1,
+                )
+            optimizer.zero_grad(set_to_none=True)
+            if scaler is not None:
+                scaler.scale(loss).backward()
+                scaler.step(optimizer)
+                scaler.update()
+            else:
+                loss.backward()
+                optimizer.step()
+            with torch.no_grad():
+                c1, c5 = topk_correct(logits.float(), y)
+            n = y.shape[0] * world
+            progress.loss_sum += loss.item() * n
+            progress.top1_sum += c1.float().mean().item() * n
+            progress.top5_sum += c5.float().mean().item() * n
+            progress.seen += n
+            progress.batch += 1
+            progress.global_step += 1
+            if bar is not None:
+                rate = (progress.seen - seen0) / max(time.perf_counter() - t0, 1e-9)
+                bar.update(
+                    1,
+                    loss=progress.loss_sum / progress.seen,
+                    top1_err=1 - progress.top1_sum / progress.seen,
+                    rate=rate,
+                )
+            flag = torch.tensor([1.0 if stop.signal else 0.0])
+            if D.all_reduce_max(flag).item() > 0:
+                raise TrainingStopped(
+                    f"stopped by {stop.signal or 'a signal on another rank'}", EXIT_PREEMPTED
+                )
+    finally:
+        if bar is not None:
+            bar.close()
+    seconds = time.perf_counter() - t0
+    seen = max(progress.seen, 1)
+    return {
+        "train_loss": progress.loss_sum / seen,
+        "train_top1_error": 1 - progress.top1_sum / seen,
+        "train_top5_error": 1 - progress.top5_sum / seen,
+        "images_per_s": (progress.seen - seen0) / max(seconds, 1e-9),
+        "epoch_seconds": seconds,
+    }
+
+
+class _Bar:
+    """tqdm on a TTY; plain periodic lines otherwise (logs, CI, SLURM)."""
+
+    def __init__(self, total: int, initial: int, desc: str, every: int) -> None:
+        self.total, self.n, self.desc, self.every = total, initial, desc, every
+        self.t0 = time.perf_counter()
+        self.tqdm = None
+        if sys.stderr.isatty():
+            from tqdm import tqdm
+
+            self.tqdm = tqdm(
+                total=total, initial=initial, desc=desc, unit="batch", dynamic_ncols=True
+            )
+
+    def update(self, k: int, loss: float, top1_err: float, rate: float) -> None:
+        self.n += k
+        if self.tqdm is not None:
+            self.tqdm.set_postfix(
+                loss=f"{loss:.3f}",
+                top1_err=f"{100 * top1_err:.1f}%",
+                img_s=f"{rate:.0f}",
+                refresh=False,
+            )
+            self.tqdm.update(k)
+        elif self.n % self.every == 0 or self.n == self.total:
+            eta = (self.total - self.n) * (time.perf_counter() - self.t0) / max(self.n, 1)
+            _log_line(
+                f"{self.desc} step {self.n}/{self.total} loss {loss:.4f} top1-err {100 * top1_err:.2f}% "
+                f"{rate:.0f} img/s ETA {eta:.0f}s"
+            )
+
+    def close(self) -> None:
+        if self.tqdm is not None:
+            self.tqdm.close()
+
+
+def _append_metrics(path: Path, row: dict[str, Any]) -> None:
+    new = not path.exists()
+    with open(path, "a", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=METRICS_FIELDS)
+        if new:
+            w.writeheader()
+        w.writerow({k: row.get(k, "") for k in METRICS_FIELDS})
+
+
+def _tensorboard(out: Path) -> Any:
+    try:
+        from torch.utils.tensorboard import SummaryWriter
+    except ImportError:
+        return None
+    return SummaryWriter(str(out / "tensorboard"))
+
+
+def resolve_config_for_resume(
+    out: Path, cfg: TrainConfig | None, overrides: list[str]
+) -> TrainConfig:
+    """On --resume the run's saved config is the base; --set overrides still apply."""
+    from .config import apply_overrides, load_yaml
+
+    if cfg is not None:
+        return cfg
+    saved = out / "config.yaml"
+    if not saved.is_file():
+        raise FileNotFoundError(f"--resume: {saved} not found; is {out} a run directory?")
+    return from_dict(TrainConfig, apply_overrides(load_yaml(saved), overrides))
+
+
+def train(
+    cfg: TrainConfig, out: str | Path, resume: bool = False, quiet: bool = False
+) -> dict[str, Any]:
+    """Train according to ``cfg`` into run directory ``out``; returns the summary."""
+    out = Path(out)
+    dist = D.setup(cfg.run.device)
+    log = (lambda msg: None) if (quiet or not dist.is_main) else _log_line
+    stop = StopFlag()
+    stop.install()
+    try:
+        return _train(cfg, out, resume, dist, log, stop, quiet)
+    finally:
+        stop.uninstall()
+        D.cleanup()
+
+
+def _train(
+    cfg: TrainConfig,
+    out: Path,
+    resume: bool,
+    dist: D.DistInfo,
+    log: Any,
+    stop: StopFlag,
+    quiet: bool,
+) -> dict[str, Any]:
+    if not cfg.data.path:
+        raise ConfigError(
+            "no training data: pass --data DIR (a directory made by `alexnet prepare`)"
+        )
+    data = Prepared(cfg.data.path)
+    cfg = configure_model_from_data(cfg, data, log)
+    if cfg.run.batch_size % dist.world_size:
+        raise ConfigError(
+            f"run.batch_size={cfg.run.batch_size} does not split evenly over {dist.world_size} ranks; "
+            f"use a multiple of {dist.world_size}"
+        )
+    if cfg.run.threads:
+        torch.set_num_threads(cfg.run.threads)
+    dev = dist.device
+    autocast, needs_scaler = resolve_precision(cfg.run.precision, dev)
+    ckpt_path = out / "checkpoint.pt"
+    if dist.is_main:
+        out.mkdir(parents=True, exist_ok=True)
+    if resume and not ckpt_path.is_file():
+        raise FileNotFoundError(f"--resume: no checkpoint in {out} (expected {ckpt_path})")
+    if not resume and ckpt_path.is_file():
+        raise ConfigError(
+            f"{out} already holds a run; pass --resume to continue it or choose another --out"
+        )
+    if dev.type == "cuda":
+        torch.backends.cudnn.benchmark = True
+        torch.backends.cuda.matmul.allow_tf32 = True
+        torch.backends.cudnn.allow_tf32 = True
+
+    torch.manual_seed(cfg.run.seed)
+    model = build_model(cfg.model)
+    if cfg.init_from and not resume:
+        apply_init_from(model, cfg.init_from, log)
+    model = model.to(dev)
+    if cfg.run.channels_last:
+        model = model.to(memory_format=torch.channels_last)
+    per_rank = cfg.run.batch_size // dist.world_size
+    spec = LoaderSpec(
+        crop=cfg.data.crop or 224, train=True, flip=cfg.data.flip, pca_std=cfg.data.pca_std,
+        pad=cfg.data.pad, input_scale=cfg.data.input_scale, normalize=cfg.data.normalize,
+    )  # fmt: skip
+    train_loader = make_loader(
+        data, "train", spec, per_rank, dev, seed=cfg.run.seed, rank=dist.rank,
+        world_size=dist.world_size, workers=cfg.data.workers,
+    )  # fmt: skip
+    if cfg.data.limit_train:
+        train_loader.sampler.n = min(cfg.data.limit_train, train_loader.sampler.n)
+    if len(train_loader) == 0:
+        raise ConfigError(
+            f"the training split has {train_loader.sampler.n} images, fewer than one batch of "
+            f"{per_rank} per rank; lower run.batch_size"
+        )
+    val_loader = None
+    if "val" in data.splits() and len(data.split("val")):
+        val_spec = dataclasses.replace(spec, train=False, views=cfg.data.val_views)
+        val_loader = make_loader(
+            data, "val", val_spec, per_rank, dev, seed=cfg.run.seed, rank=dist.rank,
+            world_size=dist.world_size, workers=cfg.data.workers,
+        )  # fmt: skip
+    schedule = LRSchedule(cfg.schedule, cfg.optim.lr, cfg.run.epochs, len(train_loader))
+    scaler = torch.amp.GradScaler("cuda") if needs_scaler else None
+    progress = Progress()
+    best: dict[str, Any] = {"val_top1_error": None, "val_top5_error": None, "epoch": None}
+
+    state = load_checkpoint(ckpt_path, map_location=dev) if resume else None
+    if state is not None:
+        model.load_state_dict(state["model"])
+
+    train_model: nn.Module = model
+    sync = lambda: None  # noqa: E731 - copies tower weights back into `model` when split
+    if cfg.run.tower_devices:
+        from .towers import TwoDeviceAlexNet
+
+        if dist.distributed:
+            raise ConfigError(
+                "run.tower_devices (model parallel) cannot be combined with torchrun DDP"
+            )
+        towers = TwoDeviceAlexNet(model, [torch.device(d) for d in cfg.run.tower_devices])
+        train_model = towers
+
+        def sync() -> None:
+            model.load_state_dict(towers.grouped_state_dict())
+
+    if dist.distributed:
+        train_model = nn.parallel.DistributedDataParallel(
+            model, device_ids=[dev.index] if dev.type == "cuda" else None
+        )
+    optimizer = build_optimizer(train_model, cfg.optim, cfg.freeze_conv)
+    if cfg.run.compile:
+        train_model = torch.compile(train_model)  # type: ignore[assignment]
+    if state is not None:
+        optimizer.load_state_dict(state["optimizer"])
+        schedule.load_state_dict(state["schedule"])
+        if scaler is not None and state.get("scaler"):
+            scaler.load_state_dict(state["scaler"])
+        progress = Progress(**state["progress"])
+        best = state.get("best", best)
+        set_rng_state(state["rng"])
+        log(
+            f"resumed {out} at epoch {progress.epoch + 1}, step {progress.batch} (global step {progress.global_step})"
+        )
+
+    if dist.is_main:
+        save_yaml(cfg, out / "config.yaml")
+    log(
+        f"training {cfg.model.variant} ({sum(p.numel() for p in model.parameters()):,} params) on "
+        f"{len(data.split('train')):,} images, {dist.world_size} rank(s), device {dev}, "
+        f"precision {autocast or 'fp32'}, batch {cfg.run.batch_size} -> {out}"
+    )
+    every = cfg.run.log_every
+    ctx = {
+        "device": dev, "autocast": autocast, "scaler": scaler, "stop": stop, "dist": dist, "cfg": cfg,
+        "ckpt_path": ckpt_path,
+        "make_bar": (lambda total, initial, desc: _Bar(total, initial, desc, every)) if (dist.is_main and not quiet) else (lambda *a: None),
+    }  # fmt: skip
+    writer = _tensorboard(out) if dist.is_main else None
+    t_start = time.perf_counter() - progress.wall_seconds
+
+    def save() -> None:
+        sync()
+        progress.wall_seconds = time.perf_counter() - t_start
+        if dist.is_main:
+            atomic_save(
+                checkpoint_state(model, optimizer, schedule, scaler, progress, cfg, data, best),
+                ckpt_path,
+            )
+        D.barrier()
+
+    last_val: dict[str, float] = {}
+    try:
+        while progress.epoch < cfg.run.epochs and not schedule.stop:
+            epoch = progress.epoch
+            train_loader.sampler.set_epoch(epoch, start_batch=progress.batch)
+            try:
+                stats = train_one_epoch(
+                    train_model, train_loader, optimizer, schedule, progress, ctx
+                )
+            except TrainingStopped as stopped:
+                if stopped.code == EXIT_PREEMPTED:
+                    save()
+                    log(
+                        f"{stopped}: checkpoint saved at epoch {epoch + 1}, step {progress.batch}; continue with --resume"
+                    )
+                raise
+            lr = optimizer.param_groups[0]["lr"] / optimizer.param_groups[0].get("lr_mult", 1.0)
+            row: dict[str, Any] = {"epoch": epoch + 1, "lr": lr, **stats}
+            is_last = epoch + 1 == cfg.run.epochs
+            if val_loader is not None and (
+                (epoch + 1) % cfg.run.eval_every == 0 or is_last or cfg.schedule.kind == "plateau"
+            ):
+                sync()
+                last_val = evaluate_model(model, val_loader, dev, autocast)
+                row.update({f"val_{k}": v for k, v in last_val.items() if k != "images"})
+                if (
+                    best["val_top1_error"] is None
+                    or last_val["top1_error"] < best["val_top1_error"]
+                ):
+                    best = {
+                        "val_top1_error": last_val["top1_error"],
+                        "val_top5_error": last_val["top5_error"],
+                        "epoch": epoch + 1,
+                    }
+            schedule.end_epoch(epoch, row.get("val_top1_error", row["train_top1_error"]))
+            progress.epoch, progress.batch = epoch + 1, 0
+            progress.loss_sum = progress.top1_sum = progress.top5_sum = 0.0
+            progress.seen = 0
+            row["wall_seconds"] = time.perf_counter() - t_start
+            if dist.is_main:
+                _append_metrics(out / "metrics.csv", row)
+                if writer is not None:
+                    for k, v in row.items():
+                        if k != "epoch" and isinstance(v, float) and math.isfinite(v):
+                            writer.add_scalar(k, v, epoch + 1)
+            val_txt = (
+                f", val top-1/top-5 error {100 * row['val_top1_error']:.2f}% / {100 * row['val_top5_error']:.2f}%"
+                if "val_top1_error" in row
+                else ""
+            )
+            log(
+                f"epoch {epoch + 1}/{cfg.run.epochs}: train loss {row['train_loss']:.4f}, train top-1 error "
+                f"{100 * row['train_top1_error']:.2f}%{val_txt}, lr {lr:.2g}, {row['images_per_s']:.0f} img/s"
+            )
+            if epoch in schedule.drops[-1:]:
+                log(
+                    f"  validation error stopped improving: lr divided by {1 / cfg.schedule.factor:g}"
+                )
+            if (
+                (progress.epoch % cfg.run.checkpoint_every == 0)
+                or progress.epoch == cfg.run.epochs
+                or schedule.stop
+            ):
+                save()
+        if schedule.stop:
+            log(
+                f"validation error stopped improving after {cfg.schedule.max_reductions} lr reductions: done"
+            )
+    finally:
+        if writer is not None:
+            writer.close()
+
+    wall = time.perf_counter() - t_start
+    summary = {
+        "run_dir": str(out),
+        "best_val_top1_error": best["val_top1_error"],
+        "best_val_top5_error": best["val_top5_error"],
+        "best_epoch": best["epoch"],
+        "final_val_top1_error": last_val.get("top1_error"),
+        "final_val_top5_error": last_val.get("top5_error"),
+        "val_images": last_val.get("images"),
+        "epochs": progress.epoch,
+        "global_steps": progress.global_step,
+        "wall_seconds": wall,
+        "checkpoint": str(ckpt_path),
+        "weights": str(out / "model.safetensors"),
+        "metrics": str(out / "metrics.csv"),
+        "config": str(out / "config.yaml"),
+        "version": __version__,
+        "torch": torch.__version__,
+        "device": str(dev),
+        "world_size": dist.world_size,
+    }
+    if dist.is_main:
+        export_weights(
+            out / "model.safetensors", model.state_dict(), model_config=dataclasses.asdict(cfg.model),
+            classes=data.classes, names=data.names, mean_image=torch.from_numpy(data.mean),
+            eigenvalues=torch.from_numpy(data.eigenvalues), eigenvectors=torch.from_numpy(data.eigenvectors),
+            preprocessing={"crop": cfg.data.crop, "normalize": cfg.data.normalize, "input_scale": cfg.data.input_scale,
+                           "image_size": list(data.image_size)},
+        )  # fmt: skip
+        tmp = out / ".summary.json.tmp"
+        tmp.write_text(json.dumps(summary, indent=2))
+        tmp.replace(out / "summary.json")
+    return summary
+
+
+def format_summary(s: dict[str, Any]) -> str:
+    def pct(v: float | None) -> str:
+        return "n/a" if v is None else f"{100 * v:.2f}%"
+
+    return "\n".join(
+        [
+            f"done: {s['epochs']} epochs in {s['wall_seconds']:.0f} s",
+            f"best validation top-1 / top-5 error: {pct(s['best_val_top1_error'])} / {pct(s['best_val_top5_error'])} (epoch {s['best_epoch']})",
+            f"run directory: {s['run_dir']}",
+            f"  checkpoint   {s['checkpoint']}",
+            f"  weights      {s['weights']}",
+            f"  metrics      {s['metrics']}",
+            f"  summary      {os.path.join(s['run_dir'], 'summary.json')}",
+        ]
+    )

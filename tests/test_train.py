@@ -1,0 +1,343 @@
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+import torch
+
+from alexnet.checkpoint import load_checkpoint, load_weights
+from alexnet.cli import main
+from alexnet.config import ConfigError, ScheduleConfig, load_train_config, preset_names
+from alexnet.model import build_model
+from alexnet.optim import LRSchedule, PaperSGD
+from alexnet.prepare import prepare
+from alexnet.train import EXIT_PREEMPTED, TrainingStopped, train
+from helpers import make_cifar10, make_fashion_mnist, make_folder_dataset
+
+SMALL = ["model.width=0.25", "model.fc_width=64", "run.batch_size=16", "data.workers=0"]
+
+
+@pytest.fixture(scope="module")
+def fmnist(tmp_path_factory):
+    root = tmp_path_factory.mktemp("fm")
+    make_fashion_mnist(root / "raw", n_train=64, n_val=32)
+    prepare(str(root / "raw"), root / "prep", progress=False)
+    return root / "prep"
+
+
+def cfg_for(data, *extra, preset="fashion-mnist"):
+    return load_train_config(preset, None, [f"data.path={data}", *SMALL, *extra])
+
+
+def weights(run_dir):
+    return load_checkpoint(run_dir / "checkpoint.pt")["model"]
+
+
+def assert_same(a, b):
+    assert a.keys() == b.keys()
+    for k in a:
+        assert torch.equal(a[k], b[k]), k
+
+
+# ---------------------------------------------------------------- config
+
+
+def test_presets_exist_and_validate():
+    assert {"imagenet-paper", "cifar10", "fashion-mnist", "demo", "finetune"} <= set(preset_names())
+    for name in preset_names():
+        load_train_config(name)
+    paper = load_train_config("imagenet-paper")
+    assert (
+        paper.run.batch_size,
+        paper.optim.momentum,
+        paper.optim.weight_decay,
+        paper.optim.lr,
+    ) == (128, 0.9, 0.0005, 0.01)
+    assert paper.schedule.kind == "plateau" and paper.schedule.max_reductions == 3
+    assert paper.model.variant == "paper" and paper.model.init == "paper"
+
+
+def test_bad_config_key_and_value():
+    with pytest.raises(ConfigError, match=r"unknown key model\.colour.*allowed keys under model"):
+        load_train_config("demo", None, ["model.colour=red"])
+    with pytest.raises(
+        ConfigError,
+        match=r"model\.activation: 'gelu' is not allowed; choose one of \['relu', 'tanh'\]",
+    ):
+        load_train_config("demo", None, ["model.activation=gelu"])
+    with pytest.raises(ConfigError, match=r"optim\.lr must be > 0"):
+        load_train_config("demo", None, ["optim.lr=-1"])
+    with pytest.raises(ConfigError, match=r"run\.epochs: expected an integer, got 'ten'"):
+        load_train_config("demo", None, ["run.epochs=ten"])
+    with pytest.raises(ConfigError, match="unknown preset 'nope'"):
+        load_train_config("nope")
+
+
+def test_cli_bad_config_and_missing_data(capsys, tmp_path):
+    assert (
+        main(
+            ["train", "--preset", "demo", "--set", "optim.momentum=2", "--out", str(tmp_path / "r")]
+        )
+        == 2
+    )
+    assert "optim.momentum" in capsys.readouterr().err
+    assert (
+        main(
+            [
+                "train",
+                "--preset",
+                "demo",
+                "--data",
+                str(tmp_path / "missing"),
+                "--out",
+                str(tmp_path / "r"),
+            ]
+        )
+        == 2
+    )
+    err = capsys.readouterr().err
+    assert (
+        "prepared data directory not found" in err
+        and "alexnet prepare" in err
+        and "Traceback" not in err
+    )
+
+
+# ---------------------------------------------------------------- optimizer and schedule
+
+
+def test_paper_sgd_equals_pytorch_sgd_at_constant_lr():
+    torch.manual_seed(0)
+    w1 = torch.nn.Parameter(torch.randn(5))
+    w2 = torch.nn.Parameter(w1.detach().clone())
+    o1 = PaperSGD([w1], lr=0.1, momentum=0.9, weight_decay=0.01)
+    o2 = torch.optim.SGD([w2], lr=0.1, momentum=0.9, weight_decay=0.01)
+    for i in range(5):
+        g = torch.randn(5)
+        w1.grad, w2.grad = g.clone(), g.clone()
+        o1.step()
+        o2.step()
+        assert torch.allclose(w1, w2, atol=1e-6), i
+    for o in (o1, o2):
+        o.param_groups[0]["lr"] = 0.01  # after a drop the forms differ (velocity carries lr)
+    g = torch.randn(5)
+    w1.grad, w2.grad = g.clone(), g.clone()
+    o1.step()
+    o2.step()
+    assert not torch.allclose(w1, w2, atol=1e-4)
+
+
+def test_plateau_divides_three_times_then_stops():
+    s = LRSchedule(ScheduleConfig(kind="plateau", patience=1, max_reductions=3), 0.01, 90, 10)
+    errors = [0.5, 0.4, 0.4, 0.3, 0.3, 0.3, 0.3]
+    lrs = []
+    for epoch, e in enumerate(errors):
+        lrs.append(s.lr_at(epoch, 0))
+        s.end_epoch(epoch, e)
+        if s.stop:
+            break
+    assert lrs == pytest.approx([0.01, 0.01, 0.01, 0.001, 0.001, 1e-4, 1e-5])
+    assert s.stop and s.reductions == 3 and s.drops == [2, 4, 5]
+
+
+def test_onecycle_shape():
+    s = LRSchedule(ScheduleConfig(kind="onecycle", warmup_epochs=1), 0.1, 4, 10)
+    assert s.lr_at(0, 0) == pytest.approx(0.01)
+    assert s.lr_at(0, 9) == pytest.approx(0.1)
+    assert s.lr_at(3, 9) == pytest.approx(0.1 / 30)
+
+
+# ---------------------------------------------------------------- runs
+
+
+def test_each_preset_runs_a_few_steps(tmp_path, fmnist):
+    make_cifar10(tmp_path / "c", per_batch=8)
+    prepare(str(tmp_path / "c"), tmp_path / "cprep", progress=False)
+    make_folder_dataset(tmp_path / "img", classes=3, per_class=4, size=(280, 260))
+    prepare(str(tmp_path / "img"), tmp_path / "iprep", workers=1, val_fraction=0.25, progress=False)
+    few = ["run.epochs=1", "data.workers=0", "run.batch_size=4", "data.limit_train=8"]
+    for preset, data in (
+        ("fashion-mnist", fmnist),
+        ("demo", fmnist),
+        ("cifar10", tmp_path / "cprep"),
+        ("imagenet-paper", tmp_path / "iprep"),
+    ):
+        s = train(
+            load_train_config(preset, None, [f"data.path={data}", *few]),
+            tmp_path / preset,
+            quiet=True,
+        )
+        assert s["epochs"] == 1 and s["global_steps"] == 2, preset
+        summary = json.loads((tmp_path / preset / "summary.json").read_text())
+        for key in (
+            "best_val_top1_error",
+            "best_val_top5_error",
+            "epochs",
+            "wall_seconds",
+            "checkpoint",
+        ):
+            assert key in summary
+        assert (tmp_path / preset / "config.yaml").is_file() and (
+            tmp_path / preset / "metrics.csv"
+        ).is_file()
+    # finetune from the paper run onto a 2-class dataset: fc8 is replaced and reported.
+    make_folder_dataset(tmp_path / "img2", classes=2, per_class=4, size=(280, 260))
+    prepare(
+        str(tmp_path / "img2"), tmp_path / "i2prep", workers=1, val_fraction=0.25, progress=False
+    )
+    cfg = load_train_config(
+        "finetune",
+        None,
+        [
+            f"data.path={tmp_path / 'i2prep'}",
+            f"init_from={tmp_path / 'imagenet-paper' / 'model.safetensors'}",
+            *few,
+        ],
+    )
+    train(cfg, tmp_path / "ft", quiet=False)
+    before, _ = load_weights(tmp_path / "imagenet-paper" / "model.safetensors")
+    after = weights(tmp_path / "ft")
+    assert after["fc8.weight"].shape == (2, 4096)
+    # conv layers moved only a little (conv_lr_mult 0.1) but did start from the paper run.
+    assert torch.allclose(after["conv1.weight"], before["conv1.weight"], atol=1e-2)
+
+
+def test_init_from_reports_mismatches_by_layer(tmp_path, fmnist, capsys):
+    src = build_model(
+        variant="small", num_classes=7, in_channels=1, input_size=28, width=0.25, fc_width=64
+    )
+    torch.save({"model": src.state_dict()}, tmp_path / "w.pt")
+    train(cfg_for(fmnist, "run.epochs=1", f"init_from={tmp_path / 'w.pt'}"), tmp_path / "run")
+    out = capsys.readouterr().out
+    assert "fc8.weight: file (7, 64) vs model (10, 64)" in out and "re-initialised" in out
+
+
+def test_exact_resume_is_bit_identical(tmp_path, fmnist):
+    common = ["schedule.kind=step", "schedule.step_epochs=2"]
+    train(cfg_for(fmnist, "run.epochs=3", *common), tmp_path / "straight", quiet=True)
+    train(cfg_for(fmnist, "run.epochs=2", *common), tmp_path / "split", quiet=True)
+    train(cfg_for(fmnist, "run.epochs=3", *common), tmp_path / "split", resume=True, quiet=True)
+    assert_same(weights(tmp_path / "straight"), weights(tmp_path / "split"))
+    lines = (tmp_path / "split" / "metrics.csv").read_text().splitlines()
+    assert len(lines) == 4  # header + 3 epochs
+
+
+def test_existing_run_needs_resume(tmp_path, fmnist):
+    train(cfg_for(fmnist, "run.epochs=1"), tmp_path / "r", quiet=True)
+    with pytest.raises(ConfigError, match="--resume"):
+        train(cfg_for(fmnist, "run.epochs=1"), tmp_path / "r", quiet=True)
+
+
+def test_nan_loss_stops_and_keeps_the_last_good_checkpoint(tmp_path, fmnist):
+    train(cfg_for(fmnist, "run.epochs=1"), tmp_path / "r", quiet=True)
+    good = weights(tmp_path / "r")
+    with pytest.raises(
+        TrainingStopped, match=r"loss became (nan|inf) at epoch 2, step \d+"
+    ) as info:
+        train(
+            cfg_for(fmnist, "run.epochs=2", "optim.lr=1e30"),
+            tmp_path / "r",
+            resume=True,
+            quiet=True,
+        )
+    assert info.value.code == 1
+    assert "checkpoint.pt" in str(info.value)
+    assert_same(good, weights(tmp_path / "r"))
+
+
+def test_sigterm_mid_epoch_then_resume_loses_nothing(tmp_path, fmnist, cli_env):
+    args = ["--preset", "fashion-mnist", "--data", str(fmnist), "--set", "run.epochs=2", "--set", "run.log_every=1",
+            "--set", "schedule.kind=constant"] + [a for s in SMALL for a in ("--set", s)]  # fmt: skip
+    args[args.index("run.batch_size=16")] = "run.batch_size=4"
+    straight = subprocess.run([sys.executable, "-m", "alexnet", "train", *args, "--out", str(tmp_path / "a")],
+                              env=cli_env, capture_output=True, text=True, timeout=300)  # fmt: skip
+    assert straight.returncode == 0, straight.stderr
+    proc = subprocess.Popen([sys.executable, "-m", "alexnet", "train", *args, "--out", str(tmp_path / "b")],
+                            env=cli_env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)  # fmt: skip
+    for line in proc.stdout:
+        if "epoch 1/2 step 3/" in line:
+            proc.send_signal(signal.SIGTERM)
+            break
+    proc.communicate(timeout=120)
+    assert proc.returncode == EXIT_PREEMPTED
+    state = load_checkpoint(tmp_path / "b" / "checkpoint.pt")
+    assert state["progress"]["epoch"] == 0 and 3 <= state["progress"]["batch"] < 16
+    resumed = subprocess.run([sys.executable, "-m", "alexnet", "train", "--resume", "--out", str(tmp_path / "b")],
+                             env=cli_env, capture_output=True, text=True, timeout=300)  # fmt: skip
+    assert resumed.returncode == 0, resumed.stderr
+    assert load_checkpoint(tmp_path / "b" / "checkpoint.pt")["progress"]["global_step"] == 32
+    assert_same(weights(tmp_path / "a"), weights(tmp_path / "b"))
+
+
+def test_ddp_two_processes_match_one(tmp_path, fmnist, cli_env):
+    args = ["--preset", "fashion-mnist", "--data", str(fmnist), "--quiet", "--set", "run.epochs=2",
+            "--set", "model.dropout=0", "--set", "run.threads=1"] + [a for s in SMALL for a in ("--set", s)]  # fmt: skip
+    env = {**cli_env, "OMP_NUM_THREADS": "1"}
+    one = subprocess.run([sys.executable, "-m", "alexnet", "train", *args, "--out", str(tmp_path / "one")],
+                         env=env, capture_output=True, text=True, timeout=300)  # fmt: skip
+    assert one.returncode == 0, one.stderr
+    two = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+                          "-m", "alexnet", "train", *args, "--out", str(tmp_path / "two")],
+                         env=env, capture_output=True, text=True, timeout=600)  # fmt: skip
+    assert two.returncode == 0, two.stderr[-3000:]
+    a, b = weights(tmp_path / "one"), weights(tmp_path / "two")
+    for k in a:
+        assert torch.allclose(a[k], b[k], atol=1e-5, rtol=1e-4), k
+    s1 = json.loads((tmp_path / "one" / "summary.json").read_text())
+    s2 = json.loads((tmp_path / "two" / "summary.json").read_text())
+    assert s1["val_images"] == s2["val_images"] == 32
+    assert s2["world_size"] == 2
+    assert s1["best_val_top1_error"] == pytest.approx(s2["best_val_top1_error"])
+
+
+def test_towers_on_two_devices_equal_the_grouped_model():
+    from alexnet.towers import TwoDeviceAlexNet
+
+    torch.manual_seed(0)
+    for variant, size in (("paper", 224), ("small", 32)):
+        model = build_model(variant=variant, num_classes=10, dropout=0.0, init="kaiming").eval()
+        towers = TwoDeviceAlexNet(model, [torch.device("cpu"), torch.device("cpu")]).eval()
+        x = torch.randn(2, 3, size, size)
+        assert torch.allclose(towers(x), model(x), atol=1e-5), variant
+        # Gradients agree too, once mapped back to the grouped layout.
+        model(x).square().sum().backward()
+        towers(x).square().sum().backward()
+        for name in ("conv2", "conv3", "fc6"):
+            g_model = getattr(model, name).weight.grad
+            g_towers = torch.cat([getattr(t, name).weight.grad for t in towers.towers])
+            assert torch.allclose(g_model, g_towers, atol=1e-4, rtol=1e-3), (variant, name)
+        assert all(
+            torch.equal(v, model.state_dict()[k]) for k, v in towers.grouped_state_dict().items()
+        )
+
+
+def test_tower_training_runs(tmp_path, fmnist):
+    s = train(
+        cfg_for(fmnist, "run.epochs=1", "run.tower_devices=[cpu, cpu]"), tmp_path / "t", quiet=True
+    )
+    assert s["epochs"] == 1 and (tmp_path / "t" / "checkpoint.pt").is_file()
+
+
+def test_sigterm_flag_in_process(tmp_path, fmnist):
+    # A signal arriving during the first step stops after that step with a checkpoint.
+    from alexnet import train as T
+
+    cfg = cfg_for(fmnist, "run.epochs=1")
+    original = T.train_one_epoch
+
+    def send_then_train(*a, **k):
+        os.kill(os.getpid(), signal.SIGUSR1)
+        time.sleep(0.01)
+        return original(*a, **k)
+
+    T.train_one_epoch = send_then_train
+    try:
+        with pytest.raises(TrainingStopped) as info:
+            train(cfg, tmp_path / "r", quiet=True)
+    finally:
+        T.train_one_epoch = original
+    assert info.value.code == EXIT_PREEMPTED
+    assert load_checkpoint(tmp_path / "r" / "checkpoint.pt")["progress"]["batch"] == 1
