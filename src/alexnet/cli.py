@@ -96,6 +96,87 @@ def cmd_demo(args: argparse.Namespace) -> int:
     return demo.run(args.out, args.data, args.epochs)
 
 
+def cmd_evaluate(args: argparse.Namespace) -> int:
+    from .evaluate import format_report, run_evaluation, write_csv
+
+    report = run_evaluation(
+        args.weights, args.data, args.split, args.views, args.batch_size, args.workers, args.device,
+        progress=not args.quiet,
+    )  # fmt: skip
+    if int(os.environ.get("RANK", "0")) != 0:
+        return 0
+    print(format_report(report))
+    if args.json:
+        _print_json(report, args.json)
+    if args.csv:
+        write_csv(report, args.csv)
+    return 0
+
+
+def cmd_predict(args: argparse.Namespace) -> int:
+    from .predict import format_table, run, write_outputs
+
+    results, failed = run(
+        args.weights, args.inputs, args.top_k, args.views, args.batch_size, args.device
+    )
+    if not args.quiet:
+        print(format_table(results))
+    write_outputs(results, args.json, args.csv)
+    if failed:
+        print(
+            f"alexnet predict: {failed} of {len(results)} files could not be read (see above)",
+            file=sys.stderr,
+        )
+        return 1
+    return 0
+
+
+def cmd_features(args: argparse.Namespace) -> int:
+    from .retrieval import extract_features
+
+    r = extract_features(
+        args.weights,
+        args.data,
+        args.split,
+        args.out,
+        args.batch_size,
+        args.workers,
+        args.device,
+        args.dtype,
+        not args.quiet,
+    )
+    print(
+        f"wrote {r['images']:,} x {r['dim']} {r['dtype']} fc7 features ({r['bytes'] / 1e6:,.1f} MB) to {r['out']}"
+    )
+    return 0
+
+
+def cmd_neighbors(args: argparse.Namespace) -> int:
+    from .retrieval import format_neighbors, run_neighbors
+
+    r = run_neighbors(args.gallery, args.query, args.k, args.device, args.limit)
+    if args.json:
+        _print_json(r, args.json)
+    print(format_neighbors(r))
+    return 0
+
+
+def cmd_export(args: argparse.Namespace) -> int:
+    import dataclasses
+
+    from .checkpoint import export_weights
+    from .inference import load_model
+
+    lm = load_model(args.weights)
+    export_weights(
+        args.out, lm.model.state_dict(), model_config=dataclasses.asdict(lm.model.cfg), classes=lm.classes,
+        names=lm.names, mean_image=None if lm.mean is None else __import__("torch").from_numpy(lm.mean),
+        preprocessing={"normalize": lm.normalize, "input_scale": lm.input_scale, "image_size": list(lm.image_size)},
+    )  # fmt: skip
+    print(f"wrote {args.out}")
+    return 0
+
+
 def cmd_benchmark(args: argparse.Namespace) -> int:
     from . import benchmark
 
@@ -199,6 +280,69 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--quiet", action="store_true", help="no progress output")
     p.set_defaults(func=cmd_train)
+
+    p = sub.add_parser(
+        "evaluate", help="top-1/top-5 error of a model or an ensemble, centre or 10-crop"
+    )
+    p.add_argument(
+        "weights",
+        nargs="+",
+        help="checkpoint(s), .safetensors or torchvision .pth; several = ensemble",
+    )
+    p.add_argument("--data", required=True, help="prepared data directory")
+    p.add_argument("--split", default="val")
+    p.add_argument("--views", default="center", choices=["center", "ten-crop"])
+    p.add_argument("--batch-size", type=int, default=128)
+    p.add_argument("--workers", type=int, default=2)
+    p.add_argument("--device", default="auto")
+    p.add_argument("--json", default=None, metavar="FILE", help="write everything as JSON")
+    p.add_argument("--csv", default=None, metavar="FILE", help="write per-class accuracy as CSV")
+    p.add_argument("--quiet", action="store_true")
+    p.set_defaults(func=cmd_evaluate)
+
+    p = sub.add_parser("predict", help="top-k labels for image files or folders")
+    p.add_argument("weights", help="checkpoint, .safetensors export or torchvision .pth")
+    p.add_argument("inputs", nargs="+", help="image files and/or directories")
+    p.add_argument("--top-k", type=int, default=5)
+    p.add_argument("--views", default="center", choices=["center", "ten-crop"])
+    p.add_argument("--batch-size", type=int, default=32)
+    p.add_argument("--device", default="auto")
+    p.add_argument("--json", default=None, metavar="FILE")
+    p.add_argument("--csv", default=None, metavar="FILE")
+    p.add_argument("--quiet", action="store_true", help="no table on the console")
+    p.set_defaults(func=cmd_predict)
+
+    p = sub.add_parser("features", help="fc7 (4096-d) vectors for every image of a prepared split")
+    p.add_argument("weights")
+    p.add_argument("--data", required=True)
+    p.add_argument("--split", default="train")
+    p.add_argument(
+        "--out", required=True, help="output .npz (see alexnet.retrieval for the format)"
+    )
+    p.add_argument("--dtype", default="float16", choices=["float16", "float32"])
+    p.add_argument("--batch-size", type=int, default=128)
+    p.add_argument("--workers", type=int, default=2)
+    p.add_argument("--device", default="auto")
+    p.add_argument("--quiet", action="store_true")
+    p.set_defaults(func=cmd_features)
+
+    p = sub.add_parser("neighbors", help="exact k nearest gallery images by Euclidean fc7 distance")
+    p.add_argument("--gallery", required=True, help="features .npz of the gallery")
+    p.add_argument(
+        "--query", default=None, help="features .npz of the queries (default: the gallery itself)"
+    )
+    p.add_argument("-k", type=int, default=6)
+    p.add_argument("--limit", type=int, default=None, help="only the first N queries")
+    p.add_argument("--device", default="auto")
+    p.add_argument("--json", default=None, metavar="FILE")
+    p.set_defaults(func=cmd_neighbors)
+
+    p = sub.add_parser(
+        "export", help="weights + class names + preprocessing as one .safetensors file"
+    )
+    p.add_argument("weights", help="checkpoint, .safetensors or torchvision .pth")
+    p.add_argument("out", help="output .safetensors")
+    p.set_defaults(func=cmd_export)
 
     p = sub.add_parser(
         "demo", help="the main job on the embedded default: small AlexNet on Fashion-MNIST"

@@ -7,6 +7,7 @@ directory without it is incomplete):
     mean.npy             float32 (H, W, C): per-pixel mean of the training images, 0..255
     <split>.jpg          (image datasets) the JPEG bytes of every image, back to back
     <split>.index.npy    (image datasets) structured array: offset u8, length u4, label i4
+    <split>.paths.txt    (image datasets) the source file of each image, one per line
     <split>.images.npy   (small datasets) uint8 (N, H, W, C), native size
     <split>.labels.npy   (small datasets) int64 (N,)
     report.csv           files that were skipped or looked wrong, with the reason
@@ -77,6 +78,13 @@ class Prepared:
 
     def splits(self) -> list[str]:
         return list(self.meta["splits"])
+
+    def ids(self, split: str) -> list[str]:
+        """A name for every image of ``split``: its source path, or ``split:index``."""
+        paths = self.root / f"{split}.paths.txt"
+        if paths.is_file():
+            return paths.read_text().splitlines()
+        return [f"{split}:{i}" for i in range(len(self.split(split)))]
 
     def split(self, name: str) -> JpegSplit | RawSplit:
         if name not in self.meta["splits"]:
@@ -318,6 +326,7 @@ class DeviceLoader:
         device: torch.device,
         workers: int = 2,
         dtype: torch.dtype = torch.float32,
+        mean: np.ndarray | None = None,
     ) -> None:
         self.data, self.spec, self.sampler, self.device, self.dtype = (
             data,
@@ -328,7 +337,11 @@ class DeviceLoader:
         )
         self.split = data.split(split)
         h, w, c = data.image_size
-        self.mean = torch.from_numpy(data.mean).to(device)  # (H, W, C), 0..255
+        # The model's own training mean when given (evaluation), else this dataset's.
+        mean_np = data.mean if mean is None or mean.shape != data.mean.shape else mean
+        self.mean = torch.as_tensor(np.asarray(mean_np, dtype=np.float32)).to(
+            device
+        )  # (H, W, C), 0..255
         self.mean_flipped = self.mean.flip(1).contiguous()
         self.eigenvalues = torch.from_numpy(data.eigenvalues).to(device)
         self.eigenvectors = torch.from_numpy(data.eigenvectors).to(device)
@@ -438,6 +451,7 @@ def make_loader(
     world_size: int = 1,
     workers: int = 2,
     dtype: torch.dtype = torch.float32,
+    mean: np.ndarray | None = None,
 ) -> DeviceLoader:
     """A loader for ``split``: random training draws or exact evaluation views."""
     h, w, _ = data.image_size
@@ -458,4 +472,4 @@ def make_loader(
             rank=rank,
             world_size=world_size,
         )
-    return DeviceLoader(data, split, spec, sampler, device, workers, dtype)
+    return DeviceLoader(data, split, spec, sampler, device, workers, dtype, mean)

@@ -175,7 +175,7 @@ def _process_chunk(
     args: tuple[list[tuple[str, int]], int, int, int | None, bool],
 ) -> dict[str, Any]:
     items, size, quality, max_pixels, with_stats = args
-    blobs, labels, problems, images = [], [], [], []
+    blobs, labels, paths, problems, images = [], [], [], [], []
     for path, label in items:
         try:
             img = load_image(path, size, max_pixels)
@@ -184,6 +184,7 @@ def _process_chunk(
             continue
         blobs.append(encode_jpeg(img, quality))
         labels.append(label)
+        paths.append(path)
         if with_stats:
             images.append(img)
     stats = None
@@ -191,7 +192,7 @@ def _process_chunk(
         stats = PixelStats.empty((size, size, 3))
         if images:
             stats.add(np.stack(images))
-    return {"blobs": blobs, "labels": labels, "problems": problems, "stats": stats}
+    return {"blobs": blobs, "labels": labels, "paths": paths, "problems": problems, "stats": stats}
 
 
 def _worker_init() -> None:
@@ -240,6 +241,7 @@ def _write_file_split(
     chunks = [items[i : i + CHUNK] for i in range(0, len(items), CHUNK)]
     blob_tmp = dst / f"{name}.jpg.tmp"
     index_rows: list[tuple[int, int, int]] = []
+    kept_paths: list[str] = []
     problems: list[tuple[str, str]] = []
     stats = PixelStats.empty((size, size, 3)) if with_stats else None
     offset = 0
@@ -261,6 +263,7 @@ def _write_file_split(
                     f.write(blob)
                     index_rows.append((offset, len(blob), label))
                     offset += len(blob)
+                kept_paths.extend(res["paths"])
                 problems.extend(res["problems"])
                 if stats is not None and res["stats"] is not None:
                     stats.merge(res["stats"])
@@ -274,6 +277,9 @@ def _write_file_split(
             pool.terminate()
             pool.join()
     blob_tmp.replace(dst / f"{name}.jpg")
+    paths_tmp = dst / f"{name}.paths.txt.tmp"
+    paths_tmp.write_text("".join(p.replace("\n", " ") + "\n" for p in kept_paths))
+    paths_tmp.replace(dst / f"{name}.paths.txt")
     _save_npy(dst / f"{name}.index.npy", np.array(index_rows, dtype=INDEX_DTYPE))
     return SplitResult(len(index_rows), offset, problems, stats)
 

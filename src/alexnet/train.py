@@ -163,6 +163,16 @@ def set_rng_state(state: dict[str, Any]) -> None:
         torch.cuda.set_rng_state_all(state["cuda"])
 
 
+def preprocessing_meta(cfg: TrainConfig, data: Prepared) -> dict[str, Any]:
+    """What inference needs to rebuild the inputs (stored in checkpoints and exports)."""
+    return {
+        **data.preprocessing(),
+        "crop": cfg.data.crop,
+        "normalize": cfg.data.normalize,
+        "input_scale": cfg.data.input_scale,
+    }
+
+
 def checkpoint_state(
     model: nn.Module, optimizer: torch.optim.Optimizer, schedule: LRSchedule, scaler: Any,
     progress: Progress, cfg: TrainConfig, data: Prepared, best: dict[str, Any],
@@ -178,7 +188,7 @@ def checkpoint_state(
         "version": __version__,
         "classes": data.classes,
         "names": data.names,
-        "preprocessing": data.preprocessing(),
+        "preprocessing": preprocessing_meta(cfg, data),
         "mean_image": torch.from_numpy(data.mean),
         "best": best,
     }
@@ -588,8 +598,7 @@ def _train(
             out / "model.safetensors", model.state_dict(), model_config=dataclasses.asdict(cfg.model),
             classes=data.classes, names=data.names, mean_image=torch.from_numpy(data.mean),
             eigenvalues=torch.from_numpy(data.eigenvalues), eigenvectors=torch.from_numpy(data.eigenvectors),
-            preprocessing={"crop": cfg.data.crop, "normalize": cfg.data.normalize, "input_scale": cfg.data.input_scale,
-                           "image_size": list(data.image_size)},
+            preprocessing=preprocessing_meta(cfg, data),
         )  # fmt: skip
         tmp = out / ".summary.json.tmp"
         tmp.write_text(json.dumps(summary, indent=2))

@@ -1,0 +1,269 @@
+import json
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import torch
+import torchvision
+
+from alexnet.checkpoint import export_weights, load_weights
+from alexnet.cli import main
+from alexnet.config import load_train_config
+from alexnet.data import Prepared
+from alexnet.evaluate import run_evaluation, view_probabilities
+from alexnet.inference import images_to_inputs, load_model
+from alexnet.model import build_model, to_torchvision_state_dict
+from alexnet.prepare import prepare
+from alexnet.retrieval import nearest
+from alexnet.train import train
+from helpers import make_fashion_mnist, make_folder_dataset, photo
+
+
+@pytest.fixture(scope="module")
+def run(tmp_path_factory):
+    """A tiny trained run: prepared Fashion-MNIST-like data and its checkpoint."""
+    root = tmp_path_factory.mktemp("ev")
+    make_fashion_mnist(root / "raw", n_train=64, n_val=30)
+    prepare(str(root / "raw"), root / "data", progress=False)
+    cfg = load_train_config("fashion-mnist", None, [f"data.path={root / 'data'}", "model.width=0.25", "model.fc_width=64",
+                                                    "run.batch_size=16", "run.epochs=1", "data.workers=0"])  # fmt: skip
+    train(cfg, root / "run", quiet=True)
+    return root
+
+
+def test_evaluate_counts_and_agrees_with_training(run):
+    r = run_evaluation([str(run / "run" / "checkpoint.pt")], str(run / "data"), progress=False)
+    summary = json.loads((run / "run" / "summary.json").read_text())
+    assert r["images"] == r["dataset_images"] == 30
+    assert r["top1_error"] == pytest.approx(summary["final_val_top1_error"])
+    assert sum(c["images"] for c in r["per_class"]) == 30
+    assert r["top1_accuracy"] == pytest.approx(1 - r["top1_error"])
+
+
+def test_safetensors_export_evaluates_the_same(run):
+    a = run_evaluation([str(run / "run" / "checkpoint.pt")], str(run / "data"), progress=False)
+    b = run_evaluation([str(run / "run" / "model.safetensors")], str(run / "data"), progress=False)
+    assert a["top1_error"] == b["top1_error"] and a["loss"] == pytest.approx(b["loss"])
+
+
+def test_ensemble_of_identical_checkpoints_equals_one(run):
+    ck = str(run / "run" / "checkpoint.pt")
+    one = run_evaluation([ck], str(run / "data"), progress=False)
+    two = run_evaluation([ck, ck], str(run / "data"), progress=False)
+    assert (
+        two["ensemble"]
+        and one["top1_error"] == two["top1_error"]
+        and one["loss"] == pytest.approx(two["loss"], rel=1e-6)
+    )
+
+
+def test_ten_crop_is_the_average_of_the_ten_views():
+    torch.manual_seed(0)
+    m = build_model(variant="small", num_classes=5, input_size=24).eval()
+    x = torch.randn(2, 3, 32, 32)
+    from alexnet import transforms as T
+
+    views = T.ten_crop(x.permute(0, 2, 3, 1), 24).permute(0, 1, 4, 2, 3)
+    got = view_probabilities([m], views)
+    manual = torch.zeros(2, 5)
+    for top, left, flip in T.ten_crop_offsets(32, 32, 24):
+        v = x[:, :, top : top + 24, left : left + 24]
+        manual += m(v.flip(-1) if flip else v).softmax(-1) / 10
+    assert torch.allclose(got, manual, atol=1e-6)
+
+
+def test_distributed_evaluation_counts_each_image_once(run, cli_env):
+    ck = str(run / "run" / "checkpoint.pt")
+    cmd = [
+        "-m",
+        "alexnet",
+        "evaluate",
+        ck,
+        "--data",
+        str(run / "data"),
+        "--batch-size",
+        "8",
+        "--quiet",
+        "--workers",
+        "0",
+    ]
+    single = subprocess.run(
+        [sys.executable, *cmd, "--json", str(run / "one.json")],
+        env=cli_env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert single.returncode == 0, single.stderr
+    two = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+                          *cmd, "--json", str(run / "two.json")], env=cli_env, capture_output=True, text=True, timeout=300)  # fmt: skip
+    assert two.returncode == 0, two.stderr[-2000:]
+    a, b = (json.loads((run / f).read_text()) for f in ("one.json", "two.json"))
+    assert a["images"] == b["images"] == 30  # 30 images over 2 ranks: no padded duplicates
+    assert b["world_size"] == 2
+    assert a["top1_error"] == b["top1_error"] and a["top5_error"] == b["top5_error"]
+    assert [c["images"] for c in a["per_class"]] == [c["images"] for c in b["per_class"]]
+
+
+def test_evaluate_json_and_csv(run, tmp_path, capsys):
+    ck = str(run / "run" / "checkpoint.pt")
+    assert (
+        main(
+            [
+                "evaluate",
+                ck,
+                "--data",
+                str(run / "data"),
+                "--json",
+                str(tmp_path / "r.json"),
+                "--csv",
+                str(tmp_path / "r.csv"),
+                "--quiet",
+            ]
+        )
+        == 0
+    )
+    r = json.loads((tmp_path / "r.json").read_text())
+    for key in (
+        "top1_error",
+        "top5_error",
+        "images",
+        "models",
+        "views",
+        "data",
+        "per_class",
+        "confused_pairs",
+    ):
+        assert key in r
+    assert (tmp_path / "r.csv").read_text().count("\n") == 10 + 3
+
+
+def test_predict_directory_with_a_corrupt_file(run, tmp_path, capsys):
+    d = tmp_path / "imgs"
+    d.mkdir()
+    images = np.load(run / "data" / "val.images.npy")[:3]
+    from PIL import Image
+
+    for i, a in enumerate(images):
+        Image.fromarray(a[..., 0]).save(d / f"ok{i}.png")
+    (d / "bad.png").write_bytes(b"\x89PNG not really")
+    code = main(
+        [
+            "predict",
+            str(run / "run" / "model.safetensors"),
+            str(d),
+            "--json",
+            str(tmp_path / "p.json"),
+            "--top-k",
+            "3",
+        ]
+    )
+    assert code == 1
+    out = json.loads((tmp_path / "p.json").read_text())
+    assert len(out) == 4
+    bad = [r for r in out if "error" in r]
+    assert len(bad) == 1 and bad[0]["path"].endswith("bad.png")
+    good = [r for r in out if "predictions" in r]
+    for r in good:
+        assert len(r["predictions"]) == 3
+        assert sum(p["probability"] for p in r["predictions"]) <= 1.0 + 1e-6
+        assert r["predictions"][0]["name"] in Prepared(run / "data").names
+    assert "could not be read" in capsys.readouterr().err
+
+
+def test_predict_matches_the_evaluation_pipeline(run):
+    """A stored test image predicted from a PNG file gets the evaluation's probabilities."""
+    lm = load_model(run / "run" / "model.safetensors")
+    arr = np.load(run / "data" / "val.images.npy")[:2]
+    x = images_to_inputs(list(arr), lm)
+    from alexnet.data import make_loader
+
+    loader = make_loader(
+        Prepared(run / "data"),
+        "val",
+        lm.loader_spec(),
+        2,
+        torch.device("cpu"),
+        workers=0,
+        mean=lm.mean,
+    )
+    x_eval, _ = next(iter(loader))
+    assert torch.allclose(x, x_eval, atol=1e-5)
+
+
+def test_features_and_neighbours_against_numpy(run, tmp_path):
+    assert main(["features", str(run / "run" / "checkpoint.pt"), "--data", str(run / "data"), "--split", "val",
+                 "--out", str(tmp_path / "f.npz"), "--dtype", "float32", "--quiet"]) == 0  # fmt: skip
+    z = np.load(tmp_path / "f.npz")
+    assert (
+        z["features"].shape == (30, 64)
+        and len(z["ids"]) == 30
+        and list(z["labels"]) == list(np.arange(30) % 10)
+    )
+    rng = np.random.default_rng(0)
+    gallery = rng.normal(size=(500, 16)).astype(np.float16)
+    queries = torch.from_numpy(rng.normal(size=(7, 16)).astype(np.float32))
+    d, i = nearest(queries, gallery, k=6, gallery_chunk=64, query_chunk=3)
+    brute = np.linalg.norm(queries.numpy()[:, None, :] - gallery.astype(np.float32)[None], axis=2)
+    expect = np.argsort(brute, axis=1)[:, :6]
+    assert np.array_equal(i.numpy(), expect)
+    assert np.allclose(d.numpy(), np.take_along_axis(brute, expect, 1), atol=1e-3)
+    _, i_self = nearest(
+        torch.from_numpy(gallery[:5].astype(np.float32)), gallery, k=3, exclude_self=True
+    )
+    assert all(q not in row for q, row in enumerate(i_self.tolist()))
+
+
+def test_torchvision_weights_round_trip(tmp_path):
+    torch.manual_seed(0)
+    tv = torchvision.models.alexnet().eval()
+    torch.save(tv.state_dict(), tmp_path / "alexnet-owt-test.pth")
+    lm = load_model(tmp_path / "alexnet-owt-test.pth")
+    assert (
+        lm.model.cfg.variant == "owt" and lm.normalize == "torchvision" and lm.names[0] == "tench"
+    )
+    x = torch.randn(2, 3, 224, 224)
+    assert torch.equal(lm.model(x), tv(x))
+    # Export to safetensors and back, then into torchvision again.
+    assert (
+        main(["export", str(tmp_path / "alexnet-owt-test.pth"), str(tmp_path / "w.safetensors")])
+        == 0
+    )
+    state, meta = load_weights(tmp_path / "w.safetensors")
+    assert meta["model_config"]["variant"] == "owt" and meta["names"][0] == "tench"
+    tv2 = torchvision.models.alexnet().eval()
+    tv2.load_state_dict(to_torchvision_state_dict(state), strict=True)
+    assert torch.equal(tv2(x), tv(x))
+
+
+def test_torchvision_weights_on_prepared_images(tmp_path):
+    """owt weights on our 256 px prepared data use torchvision's normalisation."""
+    torch.manual_seed(0)
+    tv = torchvision.models.alexnet(num_classes=3).eval()
+    torch.save(tv.state_dict(), tmp_path / "tv.pth")
+    make_folder_dataset(tmp_path / "src", classes=3, per_class=3, size=(300, 280))
+    prepare(str(tmp_path / "src"), tmp_path / "data", workers=1, val_fraction=0.34, progress=False)
+    r = run_evaluation([str(tmp_path / "tv.pth")], str(tmp_path / "data"), progress=False)
+    assert r["images"] == 3
+    # Same numbers by hand: resize-256 + centre 224 (our stored crop, then its centre), ToTensor, Normalize.
+    data = Prepared(tmp_path / "data")
+    img = torch.from_numpy(data.split("val").image(0)).float() / 255
+    x = ((img - torch.tensor([0.485, 0.456, 0.406])) / torch.tensor([0.229, 0.224, 0.225]))[
+        16:240, 16:240
+    ].permute(2, 0, 1)
+    p_manual = tv(x[None]).softmax(-1)
+    lm = load_model(tmp_path / "tv.pth")
+    p_ours = view_probabilities([lm.model], images_to_inputs([data.split("val").image(0)], lm))
+    assert torch.allclose(p_manual, p_ours, atol=1e-5)
+
+
+def test_bad_weights_file(tmp_path, capsys):
+    (tmp_path / "junk.pt").write_bytes(b"junk")
+    assert main(["predict", str(tmp_path / "junk.pt"), str(tmp_path)]) == 2
+    assert "not a loadable checkpoint" in capsys.readouterr().err
+    photo(10, 10, 0).save(tmp_path / "a.png")
+    export_weights(
+        tmp_path / "x.safetensors", {"w": torch.zeros(1)}, model_config={}, classes=[], names=[]
+    )
+    assert main(["predict", str(tmp_path / "x.safetensors"), str(tmp_path / "a.png")]) == 2
