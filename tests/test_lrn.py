@@ -76,3 +76,27 @@ def test_bad_arguments():
         LocalResponseNorm(alpha_convention="avg")
     with pytest.raises(ValueError, match=r"\(N, C, H, W\)"):
         local_response_norm(torch.randn(3, 4))
+
+
+def test_groups_normalise_each_tower_separately():
+    torch.manual_seed(0)
+    x = (torch.randn(2, 12, 4, 4) * 4).requires_grad_()
+    g = torch.randn(2, 12, 4, 4)
+    ours = local_response_norm(x, 5, 0.05, 0.75, 2.0, groups=2)
+    ours.backward(g)
+    grad_ours = x.grad.clone()
+    x.grad = None
+    ref = torch.cat([F.local_response_norm(c, 5, 0.05, 0.75, 2.0) for c in x.chunk(2, 1)], 1)
+    ref.backward(g)
+    assert (ours - ref).abs().max() <= 1e-5 and (grad_ours - x.grad).abs().max() <= 1e-5
+    # ...which differs from one window over all 12 channels at the tower boundary.
+    whole = local_response_norm(x, 5, 0.05, 0.75, 2.0)
+    assert not torch.allclose(whole[:, 5:7], ours[:, 5:7])
+    assert torch.allclose(whole[:, :3], ours[:, :3])
+
+
+def test_paper_model_uses_per_tower_lrn():
+    from alexnet.model import build_model
+
+    assert build_model(variant="paper").norm1.groups == 2
+    assert build_model(variant="paper", towers=1).norm1.groups == 1

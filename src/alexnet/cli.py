@@ -177,6 +177,68 @@ def cmd_export(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_visualize(args: argparse.Namespace) -> int:
+    from . import visualize as V
+
+    out = args.out or f"figures/{args.figure}"
+    if args.figure == "filters":
+        paths = V.filters(args.target, out)
+    elif args.figure == "curves":
+        paths = V.curves(args.target, out)
+    else:
+        if not args.data:
+            raise ValueError(f"visualize {args.figure} needs --data DIR (a prepared dataset)")
+        fn = {"predictions": V.predictions, "neighbors": V.neighbors, "confusion": V.confusion}[
+            args.figure
+        ]
+        paths = fn(args.target, args.data, out)
+    print("wrote " + ", ".join(paths))
+    return 0
+
+
+def cmd_experiment(args: argparse.Namespace) -> int:
+    from . import experiments as E
+
+    if args.name == "relu-vs-tanh":
+        lrs = (
+            tuple(float(v) for v in args.lrs.split(",")) if args.lrs else (0.001, 0.003, 0.01, 0.03)
+        )
+        r = E.relu_vs_tanh(args.data, args.out or "runs/relu-vs-tanh", epochs=args.epochs or 10, lrs=lrs,
+                           seeds=tuple(range(args.seeds)), limit=args.limit)  # fmt: skip
+        print(E.format_relu_tanh(r))
+        print(
+            f"results: {args.out or 'runs/relu-vs-tanh'}/relu_vs_tanh.json, figure: {r['figure'][0]}"
+        )
+    else:
+        if not args.ablate:
+            raise ValueError(
+                f"experiment ablation needs --ablate NAMES (from {', '.join(sorted(E.ABLATIONS))})"
+            )
+        overrides = list(args.set or [])
+        if args.limit:
+            overrides.append(f"data.limit_train={args.limit}")
+        r = E.ablation(
+            args.data,
+            args.out or "runs/ablation",
+            args.ablate.split(","),
+            args.preset,
+            args.seeds,
+            args.epochs,
+            overrides,
+        )
+        print(E.format_ablation(r))
+        print(f"results: {args.out or 'runs/ablation'}/ablation.json")
+    return 0
+
+
+def cmd_report(args: argparse.Namespace) -> int:
+    from .report import build_report
+
+    r = build_report(args.run_dir, args.data, args.out)
+    print(f"report: {r['html']} (and {r['markdown']})")
+    return 0
+
+
 def cmd_benchmark(args: argparse.Namespace) -> int:
     from . import benchmark
 
@@ -343,6 +405,59 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("weights", help="checkpoint, .safetensors or torchvision .pth")
     p.add_argument("out", help="output .safetensors")
     p.set_defaults(func=cmd_export)
+
+    p = sub.add_parser(
+        "visualize",
+        help="the paper's figures from your run: filters, predictions, neighbors, curves, confusion",
+    )
+    p.add_argument("figure", choices=["filters", "predictions", "neighbors", "curves", "confusion"])
+    p.add_argument(
+        "target",
+        help="weights file (filters, predictions, neighbors, confusion) or run directory (curves)",
+    )
+    p.add_argument(
+        "--data", default=None, help="prepared data directory (predictions, neighbors, confusion)"
+    )
+    p.add_argument(
+        "--out", default=None, help="output path without extension (.png and .svg are written)"
+    )
+    p.set_defaults(func=cmd_visualize)
+
+    p = sub.add_parser(
+        "experiment", help="the paper's claims at small scale: relu-vs-tanh (Figure 1), ablation"
+    )
+    p.add_argument("name", choices=["relu-vs-tanh", "ablation"])
+    p.add_argument("--data", required=True, help="cifar10 | fashion-mnist | a prepared directory")
+    p.add_argument("--out", default=None, help="output directory (rerunning it resumes)")
+    p.add_argument("--epochs", type=int, default=None)
+    p.add_argument("--seeds", type=int, default=1, help="runs per setting (seeds 0..N-1)")
+    p.add_argument("--lrs", default=None, help="relu-vs-tanh: comma-separated learning-rate sweep")
+    p.add_argument(
+        "--ablate",
+        default=None,
+        help="ablation: comma-separated, e.g. lrn,overlap-pool,dropout,pca,towers",
+    )
+    p.add_argument("--preset", default=None, help="ablation: training preset (default from --data)")
+    p.add_argument(
+        "--set",
+        action="append",
+        metavar="KEY=VALUE",
+        help="ablation: config override for every run",
+    )
+    p.add_argument(
+        "--limit", type=int, default=0, help="use only the first N training images (quick runs)"
+    )
+    p.set_defaults(func=cmd_experiment)
+
+    p = sub.add_parser(
+        "report", help="one self-contained HTML page (and Markdown) for a training run"
+    )
+    p.add_argument("run_dir")
+    p.add_argument(
+        "--data", default=None, help="prepared data for predictions/neighbours (default: the run's)"
+    )
+    p.add_argument("--out", default=None, help="output .html (default RUN_DIR/report.html)")
+    p.set_defaults(func=cmd_report)
 
     p = sub.add_parser(
         "demo", help="the main job on the embedded default: small AlexNet on Fashion-MNIST"

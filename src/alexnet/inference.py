@@ -65,7 +65,11 @@ def load_model(path: str | Path, device: torch.device | str = "cpu") -> LoadedMo
     if cfg.num_classes != state["fc8.weight"].shape[0]:
         cfg = dataclasses.replace(cfg, num_classes=int(state["fc8.weight"].shape[0]))
     model = build_model(cfg)
-    missing, unexpected = model.load_state_dict(state, strict=False)
+    try:
+        missing, unexpected = model.load_state_dict(state, strict=False)
+    except RuntimeError as err:  # shape mismatches
+        detail = " ".join(line.strip() for line in str(err).splitlines()[1:3])
+        raise ValueError(f"{path}: weights do not fit the {cfg.variant} model described in the file: {detail}") from None
     if missing or unexpected:
         raise ValueError(
             f"{path}: weights do not fit a {cfg.variant} model: missing {missing[:4]}, unexpected {unexpected[:4]}"

@@ -38,6 +38,9 @@ _CHANNELS = {
     "small": (48, 128, 192, 192, 128),
 }
 _CONV1 = {"paper": (11, 4), "owt": (11, 4), "small": (5, 1)}
+# small: ceil-mode pooling keeps the last partial window (28 -> 14 -> 7 -> 3 instead of
+# 28 -> 13 -> 6 -> 2); at 55 -> 27 -> 13 -> 6 floor and ceil agree anyway.
+_POOL_CEIL = {"paper": False, "owt": False, "small": True}
 # Layers whose bias starts at 1 under the paper's init (§5): "gives the ReLUs positive
 # inputs early on". conv6 (the "1 CNN*" extra layer) is treated like its tower-only peers.
 _PAPER_BIAS_ONE = frozenset({"conv2", "conv4", "conv5", "conv6", "fc6", "fc7"})
@@ -53,6 +56,7 @@ class Geometry:
     conv1_padding: int
     pool_kernel: int
     pool_stride: int
+    pool_ceil: bool
     sizes: dict[str, int]  # spatial side after each stage
     fc6_in: int
 
@@ -61,15 +65,22 @@ def _conv_out(size: int, kernel: int, stride: int, padding: int) -> int:
     return (size + 2 * padding - kernel) // stride + 1
 
 
+def _pool_out(size: int, kernel: int, stride: int, ceil: bool) -> int:
+    if size < kernel:
+        return 0
+    return -(-(size - kernel) // stride) + 1 if ceil else (size - kernel) // stride + 1
+
+
 def _stage_sizes(cfg: ModelConfig, size: int, pad1: int, pk: int, ps: int) -> dict[str, int]:
     k1, s1 = _CONV1[cfg.variant]
+    ceil = _POOL_CEIL[cfg.variant]
     sizes = {"input": size}
     sizes["conv1"] = _conv_out(size, k1, s1, pad1)
-    sizes["pool1"] = _conv_out(sizes["conv1"], pk, ps, 0)
+    sizes["pool1"] = _pool_out(sizes["conv1"], pk, ps, ceil)
     sizes["conv2"] = sizes["pool1"]  # 5x5 pad 2 keeps the side
-    sizes["pool2"] = _conv_out(sizes["conv2"], pk, ps, 0)
+    sizes["pool2"] = _pool_out(sizes["conv2"], pk, ps, ceil)
     sizes["conv3-5"] = sizes["pool2"]  # 3x3 pad 1 keep the side
-    sizes["pool5"] = _conv_out(sizes["conv3-5"], pk, ps, 0)
+    sizes["pool5"] = _pool_out(sizes["conv3-5"], pk, ps, ceil)
     return sizes
 
 
@@ -105,7 +116,9 @@ def geometry(cfg: ModelConfig) -> Geometry:
         if name not in cfg.drop_conv
     ]
     last = kept[-1] if kept else channels[1]  # channels reaching pool5
-    return Geometry(channels, k1, s1, pad1, pk, ps, sizes, last * side * side)  # type: ignore[arg-type]
+    return Geometry(
+        channels, k1, s1, pad1, pk, ps, _POOL_CEIL[cfg.variant], sizes, last * side * side
+    )  # type: ignore[arg-type]
 
 
 def _activation(name: str) -> nn.Module:
@@ -137,7 +150,7 @@ class AlexNet(nn.Module):
             return nn.BatchNorm2d(c) if bn else nn.Identity()
 
         def pool() -> nn.MaxPool2d:  # §3.4: 3/2 overlapping, or 2/2 as the ablation
-            return nn.MaxPool2d(geo.pool_kernel, geo.pool_stride)
+            return nn.MaxPool2d(geo.pool_kernel, geo.pool_stride, ceil_mode=geo.pool_ceil)
 
         # conv1 sees all input channels (no towers yet).
         self.conv1 = conv(

@@ -51,7 +51,9 @@ class Tower(nn.Module):
             if hasattr(model.norm1, "size")
             else nn.Identity()
         )
-        self.pool = nn.MaxPool2d(model.pool1.kernel_size, model.pool1.stride)
+        self.pool = nn.MaxPool2d(
+            model.pool1.kernel_size, model.pool1.stride, ceil_mode=model.pool1.ceil_mode
+        )
         self.drop = nn.Dropout(model.drop6.p)
 
 

@@ -1,0 +1,154 @@
+import base64
+import io
+import json
+import re
+from pathlib import Path
+
+import pytest
+from PIL import Image
+
+from alexnet import experiments as E
+from alexnet import visualize as V
+from alexnet.cli import main
+from alexnet.config import load_train_config
+from alexnet.prepare import prepare
+from alexnet.report import SECTIONS, build_report
+from alexnet.train import train
+from helpers import make_fashion_mnist
+
+
+@pytest.fixture(scope="module")
+def run(tmp_path_factory):
+    root = tmp_path_factory.mktemp("fig")
+    make_fashion_mnist(root / "raw", n_train=64, n_val=30)
+    prepare(str(root / "raw"), root / "data", progress=False)
+    cfg = load_train_config("fashion-mnist", None, [f"data.path={root / 'data'}", "model.width=0.25", "model.fc_width=64",
+                                                    "run.batch_size=16", "run.epochs=2", "data.workers=0"])  # fmt: skip
+    train(cfg, root / "run", quiet=True)
+    return root
+
+
+def test_epochs_to_threshold_on_a_hand_made_curve():
+    curve = [(0.5, 0.60), (1.0, 0.40), (1.5, 0.30), (2.0, 0.20), (2.5, 0.10)]
+    # 0.30 at 1.5 and 0.20 at 2.0: 0.25 halfway, at 1.75.
+    assert E.epochs_to_threshold(curve, 0.25) == pytest.approx(1.75)
+    assert E.epochs_to_threshold(curve, 0.40) == pytest.approx(1.0)
+    assert E.epochs_to_threshold(curve, 0.70) == pytest.approx(0.5)
+    assert E.epochs_to_threshold(curve, 0.05) is None
+
+
+def test_relu_tanh_summary_picks_each_sides_best_lr():
+    def run_(act, lr, hit):
+        return {
+            "activation": act,
+            "lr": lr,
+            "seed": 0,
+            "seconds_per_epoch": 10.0,
+            "curve": [(hit, 0.2)] if hit else [(1.0, 0.5)],
+        }
+
+    runs = [
+        run_("relu", 0.01, 1.0),
+        run_("relu", 0.1, 0.5),
+        run_("tanh", 0.01, 3.0),
+        run_("tanh", 0.1, None),
+    ]
+    s = E.summarise_relu_tanh(runs, 0.25, (0.01, 0.1), (0,))
+    assert s["best"]["relu"]["lr"] == 0.1 and s["best"]["tanh"]["lr"] == 0.01
+    assert s["speedup_epochs"] == pytest.approx(6.0)
+    assert s["best"]["relu"]["seconds"] == pytest.approx(5.0)
+
+
+def test_ablation_table_arithmetic():
+    results = {
+        "baseline": [{"top1": 0.30, "top5": 0.10}, {"top1": 0.32, "top5": 0.12}],
+        "lrn": [{"top1": 0.33, "top5": 0.11}, {"top1": 0.35, "top5": 0.13}],
+    }
+    rows = {r["variant"]: r for r in E.ablation_table(results)}
+    assert rows["baseline"]["top1_error"] == pytest.approx(31.0)
+    assert rows["baseline"]["top1_std"] == pytest.approx(1.41421356, rel=1e-6)
+    assert rows["without lrn"]["delta_top1"] == pytest.approx(3.0)
+    assert rows["without lrn"]["delta_top5"] == pytest.approx(1.0)
+    assert "+1.4" in rows["without lrn"]["paper"]
+
+
+def test_four_layer_cnn_shapes():
+    import torch
+
+    for c, size in ((3, 32), (1, 28)):
+        net = E.four_layer_cnn(c, 10, size, "tanh")
+        assert net(torch.randn(2, c, size, size)).shape == (2, 10)
+
+
+def _valid_image(path, min_side=100):
+    with Image.open(path) as im:
+        im.load()
+        assert min(im.size) >= min_side, im.size
+        return im.size
+
+
+def test_figures_are_valid_images(run, tmp_path):
+    w = str(run / "run" / "model.safetensors")
+    files = []
+    files += V.filters(w, str(tmp_path / "filters"))
+    files += V.curves(str(run / "run"), str(tmp_path / "curves"))
+    files += V.predictions(w, str(run / "data"), str(tmp_path / "pred"), count=4)
+    files += V.neighbors(w, str(run / "data"), str(tmp_path / "nn"), count=3)
+    files += V.confusion(w, str(run / "data"), str(tmp_path / "conf"))
+    for f in files:
+        if f.endswith(".png"):
+            _valid_image(f)
+        else:
+            assert f.endswith(".svg") and "<svg" in Path(f).read_text()[:2000]
+    assert len(files) == 10
+
+
+def test_visualize_cli_needs_data(run, capsys):
+    assert main(["visualize", "predictions", str(run / "run" / "model.safetensors")]) == 2
+    assert "needs --data" in capsys.readouterr().err
+
+
+def test_report_has_every_section_and_its_images_load(run):
+    r = build_report(str(run / "run"))
+    page = Path(r["html"]).read_text()
+    for name in SECTIONS:
+        assert f">{name}</h2>" in page, name
+    images = re.findall(r"src='data:image/png;base64,([^']+)'", page)
+    assert len(images) == 4  # curves, filters, predictions, neighbours
+    for data in images:
+        with Image.open(io.BytesIO(base64.b64decode(data))) as im:
+            im.load()
+    md = Path(r["markdown"]).read_text()
+    assert "## Final metrics" in md and "best_val_top1_error" in md
+
+
+def test_relu_vs_tanh_runs_and_resumes(run, tmp_path):
+    out = tmp_path / "rt"
+    r = E.relu_vs_tanh(
+        str(run / "data"), str(out), epochs=1, lrs=(0.01,), points=2, batch=16, progress=False
+    )
+    assert set(r["best"]) == {"relu", "tanh"}
+    for f in ("relu_vs_tanh.json", "curves.csv", "runs.json", "figure1.png", "figure1.svg"):
+        assert (out / f).is_file(), f
+    runs = json.loads((out / "runs.json").read_text())
+    assert len(runs) == 2 and all(len(x["curve"]) == 2 for x in runs)
+    stamp = (out / "runs.json").stat().st_mtime_ns
+    E.relu_vs_tanh(
+        str(run / "data"), str(out), epochs=1, lrs=(0.01,), points=2, batch=16, progress=False
+    )
+    assert (out / "runs.json").stat().st_mtime_ns == stamp  # nothing retrained
+
+
+def test_ablation_runs_and_resumes(run, tmp_path, capsys):
+    args = ["experiment", "ablation", "--data", str(run / "data"), "--out", str(tmp_path / "ab"), "--ablate", "lrn,dropout",
+            "--preset", "fashion-mnist", "--epochs", "1", "--set", "model.width=0.25", "--set", "model.fc_width=64",
+            "--set", "run.batch_size=16", "--set", "data.workers=0"]  # fmt: skip
+    assert main(args) == 0
+    out = capsys.readouterr().out
+    assert "without lrn" in out and "without dropout" in out and "+1.4 / +1.2" in out
+    report = json.loads((tmp_path / "ab" / "ablation.json").read_text())
+    assert [r["variant"] for r in report["rows"]] == ["baseline", "without lrn", "without dropout"]
+    stamp = (tmp_path / "ab" / "lrn" / "seed0" / "summary.json").stat().st_mtime_ns
+    assert main(args) == 0
+    assert (tmp_path / "ab" / "lrn" / "seed0" / "summary.json").stat().st_mtime_ns == stamp
+    assert main([*args[:-2], "--ablate", "nonsense"]) == 2
