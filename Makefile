@@ -27,8 +27,8 @@ demo: install fashion-mnist
 	$(VENV)/bin/alexnet demo --out runs/demo
 
 lint: install
-	$(VENV)/bin/ruff check src tests
-	$(VENV)/bin/ruff format --check src tests
+	$(VENV)/bin/ruff check src tests scripts
+	$(VENV)/bin/ruff format --check src tests scripts
 
 format: install
 	$(VENV)/bin/ruff format src tests
@@ -41,6 +41,7 @@ bench: install
 	$(VENV)/bin/alexnet benchmark lrn
 	$(VENV)/bin/alexnet benchmark model
 	$(VENV)/bin/alexnet benchmark data
+	$(VENV)/bin/alexnet benchmark e2e
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache src/*.egg-info

@@ -267,3 +267,35 @@ def test_bad_weights_file(tmp_path, capsys):
         tmp_path / "x.safetensors", {"w": torch.zeros(1)}, model_config={}, classes=[], names=[]
     )
     assert main(["predict", str(tmp_path / "x.safetensors"), str(tmp_path / "a.png")]) == 2
+
+
+def test_ten_crop_of_the_whole_image_keeps_the_average():
+    from alexnet import transforms as T
+
+    torch.manual_seed(0)
+    m = build_model(variant="small", num_classes=5, input_size=28, in_channels=1).eval()
+    x = torch.randn(3, 28, 28, 1)
+    views = T.ten_crop(x, 28)
+    assert views.shape[0] == 2
+    ten = torch.stack([x] * 5 + [x.flip(2)] * 5).permute(0, 1, 4, 2, 3)
+    assert torch.allclose(
+        view_probabilities([m], views.permute(0, 1, 4, 2, 3)),
+        view_probabilities([m], ten),
+        atol=1e-6,
+    )
+
+
+def test_demo_flow_on_tiny_data(run, tmp_path, capsys):
+    from alexnet import demo
+
+    assert (
+        demo.run(
+            str(tmp_path / "demo"), str(run / "data"), epochs=1, overrides=["run.batch_size=16"]
+        )
+        == 0
+    )
+    out = capsys.readouterr().out
+    assert "10-crop views" in out and "report:" in out
+    result = json.loads((tmp_path / "demo" / "test.json").read_text())
+    assert result["test_images"] == 30 and 0 <= result["test_accuracy"] <= 1
+    assert (tmp_path / "demo" / "report.html").is_file()

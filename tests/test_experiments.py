@@ -152,3 +152,25 @@ def test_ablation_runs_and_resumes(run, tmp_path, capsys):
     assert main(args) == 0
     assert (tmp_path / "ab" / "lrn" / "seed0" / "summary.json").stat().st_mtime_ns == stamp
     assert main([*args[:-2], "--ablate", "nonsense"]) == 2
+
+
+@pytest.mark.skipif(
+    not __import__("shutil").which("chromium"), reason="Debian's chromium is not installed"
+)
+def test_report_renders_in_headless_chromium(run, tmp_path):
+    import subprocess
+
+    import numpy as np
+
+    r = build_report(str(run / "run"))
+    shot = tmp_path / "report.png"
+    script = Path(__file__).resolve().parents[1] / "scripts" / "check-report.sh"
+    done = subprocess.run(
+        ["bash", str(script), r["html"], str(shot)], capture_output=True, text=True, timeout=120
+    )
+    assert done.returncode == 0, done.stderr
+    with Image.open(shot) as im:
+        pixels = np.asarray(im.convert("L"), dtype=np.float32)
+    assert pixels.shape[1] >= 1000
+    # Text and figures, not a blank page: many distinct grey levels and dark pixels.
+    assert pixels.std() > 10 and (pixels < 100).mean() > 0.005

@@ -252,3 +252,244 @@ def format_data(r: dict[str, Any]) -> str:
             f"  alexnet prepare, {r['prepare']['workers']} workers                                                   {r['prepare']['images_per_s']:7.0f} images/s",
         ]
     )
+
+
+# --------------------------------------------------------------------------------------
+# Model: training and inference throughput next to torchvision's AlexNet
+
+
+def matmul_peak_gflops(
+    n: int = 2048, repeats: int = 5, dtype: torch.dtype = torch.float32
+) -> float:
+    """This machine's measured dense GEMM rate (the reference for "fraction of peak")."""
+    a = torch.randn(n, n, dtype=dtype)
+    b = torch.randn(n, n, dtype=dtype)
+    t = time_it(lambda: a @ b, repeats=repeats)
+    return 2 * n**3 / t / 1e9
+
+
+def _peak_rss_mb() -> float:
+    import resource
+
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def _model_step(
+    name: str, precision: str, channels_last: bool, batch: int, device: torch.device, train: bool
+) -> Callable[[], None]:
+    import torchvision
+
+    torch.manual_seed(0)
+    model = torchvision.models.alexnet() if name == "torchvision" else build_model(variant=name)
+    model = model.to(device)
+    x = torch.randn(batch, 3, 224, 224, device=device)
+    y = torch.randint(0, 1000, (batch,), device=device)
+    if channels_last:
+        model = model.to(memory_format=torch.channels_last)
+        x = x.contiguous(memory_format=torch.channels_last)
+    dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(precision)
+    opt = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9, weight_decay=5e-4)
+    ctx = (
+        (lambda: torch.autocast(device.type, dtype=dtype))
+        if dtype
+        else (lambda: torch.autocast(device.type, enabled=False))
+    )
+    model.train(train)
+
+    def step() -> None:
+        if train:
+            with ctx():
+                loss = nn.functional.cross_entropy(model(x), y)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+        else:
+            with torch.no_grad(), ctx():
+                model(x)
+
+    return step
+
+
+def bench_model(
+    batch: int | None = None,
+    precisions: list[str] | None = None,
+    repeats: int = 3,
+    device: str = "auto",
+) -> dict[str, Any]:
+    """paper and owt vs torchvision's alexnet(): training and inference images/s."""
+    from .distributed import resolve_device
+    from .summary import summary_dict
+    from .train import cpu_has_native_bf16
+
+    dev = resolve_device(device)
+    cuda = dev.type == "cuda"
+    batch = batch or (256 if cuda else 128)
+    skipped = None
+    if precisions is None:
+        precisions = ["fp32", "bf16"] if (cuda or cpu_has_native_bf16()) else ["fp32"]
+        if "bf16" not in precisions:
+            skipped = "bf16 not measured by default: this CPU has no native bf16 (AMX/AVX512-BF16), where bf16 autocast ran ~10x slower than fp32; pass --precisions fp32,bf16 to measure it"
+    macs = {v: summary_dict(build_model(variant=v))["macs"] for v in ("paper", "owt")}
+    macs["torchvision"] = macs["owt"]
+    peak = matmul_peak_gflops() if not cuda else None
+    rows = []
+    for precision in precisions:
+        for cl in (False, True):
+            for name in ("paper", "owt", "torchvision"):
+                row: dict[str, Any] = {
+                    "model": name,
+                    "precision": precision,
+                    "channels_last": cl,
+                    "batch": batch,
+                }
+                for mode in ("train", "inference"):
+                    t = time_it(
+                        _model_step(name, precision, cl, batch, dev, mode == "train"),
+                        repeats=repeats,
+                        sync=cuda,
+                    )
+                    row[f"{mode}_images_per_s"] = batch / t
+                # forward = 2 * MACs FLOP; a training step ~ 3x the forward (forward + 2 backward GEMMs)
+                row["train_gflops"] = row["train_images_per_s"] * 3 * 2 * macs[name] / 1e9
+                if peak:
+                    row["train_fraction_of_matmul_peak"] = row["train_gflops"] / peak
+                row["peak_memory_mb"] = (
+                    torch.cuda.max_memory_allocated() / 2**20 if cuda else _peak_rss_mb()
+                )
+                rows.append(row)
+
+    def find(model: str, precision: str, cl: bool) -> dict[str, Any]:
+        return next(
+            r
+            for r in rows
+            if r["model"] == model and r["precision"] == precision and r["channels_last"] == cl
+        )
+
+    ref_precision = "bf16" if "bf16" in precisions else precisions[0]
+    ratio = (
+        find("paper", ref_precision, True)["train_images_per_s"]
+        / find("torchvision", ref_precision, True)["train_images_per_s"]
+    )
+    return {
+        "benchmark": "model",
+        "machine": machine_info(),
+        "device": str(dev),
+        "matmul_peak_gflops_fp32": peak,
+        "rows": rows,
+        "ratio": ratio,
+        "ratio_settings": f"paper / torchvision training images/s, {ref_precision}, channels_last, batch {batch}",
+        "note": skipped,
+    }
+
+
+def format_model(r: dict[str, Any]) -> str:
+    m = r["machine"]
+    lines = [
+        f"Model throughput — {m['cpu']} ({m['cpu_capability']}), {m['threads']} threads, torch {m['torch']}, device {r['device']}",
+    ]
+    if r["matmul_peak_gflops_fp32"]:
+        lines.append(f"  measured fp32 matmul peak: {r['matmul_peak_gflops_fp32']:.0f} GFLOP/s")
+    lines.append(
+        f"  {'model':<12} {'prec':<5} {'layout':<13} {'train img/s':>11} {'infer img/s':>11} {'GFLOP/s':>8} {'of peak':>7} {'peak MB':>8}"
+    )
+    for row in r["rows"]:
+        frac = row.get("train_fraction_of_matmul_peak")
+        lines.append(
+            f"  {row['model']:<12} {row['precision']:<5} {'channels_last' if row['channels_last'] else 'NCHW':<13} "
+            f"{row['train_images_per_s']:>11.1f} {row['inference_images_per_s']:>11.1f} {row['train_gflops']:>8.0f} "
+            f"{(f'{100 * frac:.0f}%' if frac else '-'):>7} {row['peak_memory_mb']:>8.0f}"
+        )
+    lines.append(f"  ratio ({r['ratio_settings']}): {r['ratio']:.2f}x")
+    if r["note"]:
+        lines.append(f"  note: {r['note']}")
+    return "\n".join(lines)
+
+
+# --------------------------------------------------------------------------------------
+# End to end: prepared data -> augmentation -> training step, next to the model alone
+
+
+def bench_e2e(
+    source: str | None = None,
+    variant: str = "paper",
+    batch: int = 64,
+    steps: int = 6,
+    workers: int = 1,
+) -> dict[str, Any]:
+    """A real short training run from prepared 256 px data, in images/s, and the same
+    model's training step on synthetic tensors already in memory; ratio = e2e / model-only."""
+    import tempfile
+    from pathlib import Path
+
+    from .config import load_train_config
+    from .data import LoaderSpec, Prepared, make_loader
+    from .optim import build_optimizer
+    from .prepare import prepare
+
+    if source is None:
+        here = Path(__file__).resolve().parents[2]
+        candidates = [p.parent / "shared/data/imagenet-samples" for p in (Path.cwd(), here)]
+        source = str(next((c for c in candidates if c.is_dir()), candidates[0]))
+    cfg = load_train_config("imagenet-paper", None, [f"model.variant={variant}"])
+    with tempfile.TemporaryDirectory() as tmp:
+        prepare(source, tmp, workers=2, progress=False)
+        data = Prepared(tmp)
+        torch.manual_seed(0)
+        model = build_model(cfg.model).to(memory_format=torch.channels_last)
+        opt = build_optimizer(model, cfg.optim)
+        loader = make_loader(
+            data,
+            "train",
+            LoaderSpec(crop=224, train=True),
+            batch,
+            torch.device("cpu"),
+            workers=workers,
+        )
+
+        def train_on(batches: Any, n: int) -> float:
+            it = iter(batches)
+            x, y = next(it)  # warm-up step (allocations, loader start)
+            nn.functional.cross_entropy(model(x), y).backward()
+            t0 = time.perf_counter()
+            done = 0
+            for _ in range(n):
+                try:
+                    x, y = next(it)
+                except StopIteration:
+                    loader.sampler.set_epoch(loader.sampler.epoch + 1)
+                    it = iter(batches)
+                    x, y = next(it)
+                opt.zero_grad(set_to_none=True)
+                nn.functional.cross_entropy(model(x), y).backward()
+                opt.step()
+                done += len(y)
+            return done / (time.perf_counter() - t0)
+
+        e2e = train_on(loader, steps)
+        x = torch.randn(batch, 3, 224, 224).contiguous(memory_format=torch.channels_last)
+        y = torch.randint(0, 1000, (batch,))
+        model_only = train_on(iter(lambda: (x, y), None), steps)
+    return {
+        "benchmark": "e2e",
+        "machine": machine_info(),
+        "variant": variant,
+        "batch": batch,
+        "steps": steps,
+        "loader_workers": workers,
+        "e2e_images_per_s": e2e,
+        "model_only_images_per_s": model_only,
+        "ratio": e2e / model_only,
+    }
+
+
+def format_e2e(r: dict[str, Any]) -> str:
+    m = r["machine"]
+    return "\n".join(
+        [
+            f"End to end — {m['cpu']} ({m['cpu_capability']}), {m['threads']} threads, torch {m['torch']}; "
+            f"{r['variant']}, batch {r['batch']}, {r['steps']} steps, {r['loader_workers']} loader worker(s)",
+            f"  prepared JPEG -> augmentation -> training step   {r['e2e_images_per_s']:8.1f} images/s",
+            f"  training step on in-memory tensors (model only)   {r['model_only_images_per_s']:8.1f} images/s",
+            f"  ratio e2e / model-only                            {r['ratio']:8.2f}",
+        ]
+    )

@@ -93,7 +93,7 @@ def cmd_train(args: argparse.Namespace) -> int:
 def cmd_demo(args: argparse.Namespace) -> int:
     from . import demo
 
-    return demo.run(args.out, args.data, args.epochs)
+    return demo.run(args.out, args.data, args.epochs, args.set)
 
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
@@ -248,6 +248,15 @@ def cmd_benchmark(args: argparse.Namespace) -> int:
     elif args.what == "data":
         result = benchmark.bench_data(args.source, rounds=args.repeats if args.repeats != 5 else 3)
         text = benchmark.format_data(result)
+    elif args.what == "model":
+        precisions = args.precisions.split(",") if args.precisions else None
+        result = benchmark.bench_model(
+            args.batch_size, precisions, repeats=min(args.repeats, 3), device=args.device
+        )
+        text = benchmark.format_model(result)
+    elif args.what == "e2e":
+        result = benchmark.bench_e2e(args.source, batch=args.batch_size or 64)
+        text = benchmark.format_e2e(result)
     else:  # pragma: no cover - argparse restricts choices
         raise ValueError(f"unknown benchmark {args.what!r}")
     if args.json:
@@ -467,6 +476,9 @@ def build_parser() -> argparse.ArgumentParser:
         "--data", default="data/fashion-mnist", help="where the prepared Fashion-MNIST goes"
     )
     p.add_argument("--epochs", type=int, default=None, help="override the demo preset's epochs")
+    p.add_argument(
+        "--set", action="append", metavar="KEY=VALUE", help="override a demo preset value"
+    )
     p.set_defaults(func=cmd_demo)
 
     p = sub.add_parser("benchmark", help="speed figures measured next to their reference")

@@ -69,7 +69,9 @@ def load_model(path: str | Path, device: torch.device | str = "cpu") -> LoadedMo
         missing, unexpected = model.load_state_dict(state, strict=False)
     except RuntimeError as err:  # shape mismatches
         detail = " ".join(line.strip() for line in str(err).splitlines()[1:3])
-        raise ValueError(f"{path}: weights do not fit the {cfg.variant} model described in the file: {detail}") from None
+        raise ValueError(
+            f"{path}: weights do not fit the {cfg.variant} model described in the file: {detail}"
+        ) from None
     if missing or unexpected:
         raise ValueError(
             f"{path}: weights do not fit a {cfg.variant} model: missing {missing[:4]}, unexpected {unexpected[:4]}"
