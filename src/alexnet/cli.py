@@ -484,9 +484,20 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("benchmark", help="speed figures measured next to their reference")
     p.add_argument(
         "what",
-        choices=["lrn", "data"],
-        help="lrn: our LRN vs PyTorch's; data: our input pipeline vs torchvision's",
+        choices=["lrn", "data", "model", "e2e"],
+        help="lrn: our LRN vs PyTorch's; data: our input pipeline vs torchvision's; "
+        "model: paper/owt vs torchvision's alexnet(); e2e: training from prepared data vs model only",
     )
+    p.add_argument(
+        "--batch-size",
+        type=int,
+        default=None,
+        help="model/e2e batch (default 128 on CPU, 256 on GPU; e2e 64)",
+    )
+    p.add_argument(
+        "--precisions", default=None, help="model: e.g. fp32,bf16 (default: bf16 only where native)"
+    )
+    p.add_argument("--device", default="auto")
     p.add_argument(
         "--source",
         default=None,
