@@ -25,7 +25,20 @@ def test_e2e_benchmark_structure(tmp_path):
     assert r["ratio"] == r["e2e_images_per_s"] / r["model_only_images_per_s"]
 
 
-def test_lrn_benchmark_cli_json(capsys, monkeypatch):
-    monkeypatch.setattr(B, "bench_lrn", lambda repeats: {"ratio": 3.0, "benchmark": "lrn"})
-    assert main(["benchmark", "lrn", "--json"]) == 0
-    assert json.loads(capsys.readouterr().out)["ratio"] == 3.0
+def test_model_benchmark_cli_json(capsys):
+    code = main(
+        [
+            "benchmark",
+            "model",
+            "--json",
+            "--batch-size",
+            "1",
+            "--precisions",
+            "fp32",
+            "--repeats",
+            "1",
+        ]
+    )
+    assert code == 0
+    result = json.loads(capsys.readouterr().out)
+    assert result["ratio"] > 0 and len(result["rows"]) == 6
