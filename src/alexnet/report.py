@@ -83,15 +83,14 @@ def build_report(
     out_html = Path(out) if out else run / "report.html"
     out_md = out_html.with_suffix(".md")
 
-    rows = [
-        (
-            k,
-            f"{100 * v:.2f}%"
-            if ("error" in k or "accuracy" in k) and isinstance(v, float)
-            else str(v),
-        )
-        for k, v in metrics.items()
-    ]
+    def fmt(key: str, value: Any) -> str:
+        if isinstance(value, float):
+            return (
+                f"{100 * value:.2f}%" if ("error" in key or "accuracy" in key) else f"{value:.4g}"
+            )
+        return str(value)
+
+    rows = [(k, fmt(k, v)) for k, v in metrics.items()]
     parts = [
         f"<!doctype html><html><head><meta charset='utf-8'><title>{html.escape(title)}</title>",
         "<style>body{font-family:sans-serif;max-width:1100px;margin:2em auto;color:#222}"
