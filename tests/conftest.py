@@ -22,3 +22,21 @@ def cli_env() -> dict[str, str]:
 @pytest.fixture
 def python() -> str:
     return sys.executable
+
+
+@pytest.fixture(scope="session")
+def trained_run(tmp_path_factory):
+    """A tiny trained run shared by the evaluation and figure tests: prepared
+    Fashion-MNIST-like data (64 train, 30 test images) and a 2-epoch checkpoint."""
+    from alexnet.config import load_train_config
+    from alexnet.prepare import prepare
+    from alexnet.train import train
+    from helpers import make_fashion_mnist
+
+    root = tmp_path_factory.mktemp("trained")
+    make_fashion_mnist(root / "raw", n_train=64, n_val=30)
+    prepare(str(root / "raw"), root / "data", progress=False)
+    overrides = [f"data.path={root / 'data'}", "model.width=0.25", "model.fc_width=64",
+                 "run.batch_size=16", "run.epochs=2", "data.workers=0"]  # fmt: skip
+    train(load_train_config("fashion-mnist", None, overrides), root / "run", quiet=True)
+    return root

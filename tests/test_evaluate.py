@@ -9,27 +9,18 @@ import torchvision
 
 from alexnet.checkpoint import export_weights, load_weights
 from alexnet.cli import main
-from alexnet.config import load_train_config
 from alexnet.data import Prepared
 from alexnet.evaluate import run_evaluation, view_probabilities
 from alexnet.inference import images_to_inputs, load_model
 from alexnet.model import build_model, to_torchvision_state_dict
 from alexnet.prepare import prepare
 from alexnet.retrieval import nearest
-from alexnet.train import train
-from helpers import make_fashion_mnist, make_folder_dataset, photo
+from helpers import make_folder_dataset, photo
 
 
-@pytest.fixture(scope="module")
-def run(tmp_path_factory):
-    """A tiny trained run: prepared Fashion-MNIST-like data and its checkpoint."""
-    root = tmp_path_factory.mktemp("ev")
-    make_fashion_mnist(root / "raw", n_train=64, n_val=30)
-    prepare(str(root / "raw"), root / "data", progress=False)
-    cfg = load_train_config("fashion-mnist", None, [f"data.path={root / 'data'}", "model.width=0.25", "model.fc_width=64",
-                                                    "run.batch_size=16", "run.epochs=1", "data.workers=0"])  # fmt: skip
-    train(cfg, root / "run", quiet=True)
-    return root
+@pytest.fixture
+def run(trained_run):
+    return trained_run
 
 
 def test_evaluate_counts_and_agrees_with_training(run):

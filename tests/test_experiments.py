@@ -10,22 +10,12 @@ from PIL import Image
 from alexnet import experiments as E
 from alexnet import visualize as V
 from alexnet.cli import main
-from alexnet.config import load_train_config
-from alexnet.prepare import prepare
 from alexnet.report import SECTIONS, build_report
-from alexnet.train import train
-from helpers import make_fashion_mnist
 
 
-@pytest.fixture(scope="module")
-def run(tmp_path_factory):
-    root = tmp_path_factory.mktemp("fig")
-    make_fashion_mnist(root / "raw", n_train=64, n_val=30)
-    prepare(str(root / "raw"), root / "data", progress=False)
-    cfg = load_train_config("fashion-mnist", None, [f"data.path={root / 'data'}", "model.width=0.25", "model.fc_width=64",
-                                                    "run.batch_size=16", "run.epochs=2", "data.workers=0"])  # fmt: skip
-    train(cfg, root / "run", quiet=True)
-    return root
+@pytest.fixture
+def run(trained_run):
+    return trained_run
 
 
 def test_epochs_to_threshold_on_a_hand_made_curve():

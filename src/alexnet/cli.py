@@ -6,7 +6,7 @@ import argparse
 import json
 import os
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 from . import __version__
 
@@ -18,6 +18,14 @@ def _print_json(obj: object, path: str | None = None) -> None:
             f.write(text + "\n")
     else:
         print(text)
+
+
+def _emit(result: dict, formatter: Callable[[dict], str], as_json: bool) -> None:
+    """A command's result: JSON for machines, the formatted table for people."""
+    if as_json:
+        _print_json(result)
+    else:
+        print(formatter(result))
 
 
 # --------------------------------------------------------------------------------------
@@ -34,10 +42,7 @@ def cmd_info(args: argparse.Namespace) -> int:
     if args.input_size is not None:
         overrides["input_size"] = args.input_size
     info = summary_dict(build_model(**overrides))
-    if args.json:
-        _print_json(info)
-    else:
-        print(format_summary(info))
+    _emit(info, format_summary, args.json)
     return 0
 
 
@@ -54,10 +59,7 @@ def cmd_prepare(args: argparse.Namespace) -> int:
         val_labels=args.val_labels, max_pixels=args.max_pixels, force=args.force,
         download=not args.no_download, progress=not args.quiet,
     )  # fmt: skip
-    if args.json:
-        _print_json(summary)
-    else:
-        print(format_summary(summary))
+    _emit(summary, format_summary, args.json)
     return 0
 
 
