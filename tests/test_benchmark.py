@@ -1,5 +1,7 @@
 import json
 
+import pytest
+
 from alexnet import benchmark as B
 from alexnet.cli import main
 from helpers import make_folder_dataset
@@ -21,8 +23,8 @@ def test_model_benchmark_cli_json(capsys):
     )
     assert code == 0
     r = json.loads(capsys.readouterr().out)
-    assert {row["model"] for row in r["rows"]} == {"paper", "owt", "torchvision"}
-    assert len(r["rows"]) == 6  # 3 models x 2 layouts
+    assert {row["model"] for row in r["rows"]} == {"paper", "paper-direct", "owt", "torchvision"}
+    assert len(r["rows"]) == 8  # 4 models x 2 layouts
     for row in r["rows"]:
         assert row["train_images_per_s"] > 0 and row["inference_images_per_s"] > 0
         assert row["train_fraction_of_matmul_peak"] > 0
@@ -37,3 +39,12 @@ def test_e2e_benchmark_structure(tmp_path):
     r = B.bench_e2e(str(src), variant="owt", batch=2, steps=2, workers=0)
     assert r["e2e_images_per_s"] > 0 and r["model_only_images_per_s"] > 0
     assert r["ratio"] == r["e2e_images_per_s"] / r["model_only_images_per_s"]
+
+
+def test_scale_benchmark_runs_two_gloo_processes():
+    r = B.bench_scale(variant="small", batch=4, steps=1, processes=2)
+    assert r["one_process_images_per_s"] > 0 and r["ddp_images_per_s"] > 0
+    assert r["ratio"] == pytest.approx(r["ddp_images_per_s"] / r["one_process_images_per_s"])
+    assert r["allreduce_s"] > 0 and r["allreduce_share_of_step"] > 0
+    assert r["threads_per_process"] >= 1
+    assert "all-reduce" in B.format_scale(r)

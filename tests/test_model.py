@@ -119,15 +119,20 @@ def test_every_parameter_receives_a_gradient():
 
 def test_owt_round_trip_with_torchvision():
     torch.manual_seed(0)
-    ours = build_model(variant="owt").eval()
+    # PyTorch's conv kernels: the same bits as torchvision's network.
+    ours = build_model(variant="owt", conv_impl="direct").eval()
     tv = torchvision.models.alexnet().eval()
     tv.load_state_dict(to_torchvision_state_dict(ours.state_dict()), strict=True)
     x = torch.randn(2, 3, 224, 224)
     assert torch.equal(ours(x), tv(x))
     # ...and back: torchvision's weights into a fresh owt model.
-    back = build_model(variant="owt").eval()
+    back = build_model(variant="owt", conv_impl="direct").eval()
     back.load_state_dict(from_torchvision_state_dict(tv.state_dict()), strict=True)
     assert torch.equal(back(x), tv(x))
+    # The default (conv2-conv5 in the Fourier domain): equal to float32 rounding.
+    fourier = build_model(variant="owt").eval()
+    fourier.load_state_dict(back.state_dict())
+    assert ((fourier(x) - tv(x)).norm() / tv(x).norm()).item() < 1e-5
 
 
 def test_small_variant_any_channels():

@@ -16,6 +16,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from . import native
 from .lrn import LocalResponseNorm
 from .model import build_model
 
@@ -38,6 +39,8 @@ def machine_info() -> dict[str, Any]:
         "torch": torch.__version__,
         "python": platform.python_version(),
         "cuda": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
+        "native": native.status(),
+        "thp_mem_alloc": os.environ.get("THP_MEM_ALLOC_ENABLE"),
     }
     return info
 
@@ -58,6 +61,21 @@ def time_it(fn: Callable[[], Any], repeats: int = 5, warmup: int = 1, sync: bool
     return statistics.median(times)
 
 
+def interleaved(
+    fns: dict[str, Callable[[], Any]], repeats: int, warmup: int = 1
+) -> dict[str, float]:
+    """Median seconds per call of each function, timed in alternating rounds so that load
+    from other processes on a shared machine affects every side alike."""
+    for fn in fns.values():
+        for _ in range(warmup):
+            fn()
+    times: dict[str, list[float]] = {k: [] for k in fns}
+    for _ in range(repeats):
+        for k, fn in fns.items():
+            times[k].append(time_it(fn, repeats=1, warmup=0))
+    return {k: statistics.median(v) for k, v in times.items()}
+
+
 def _lrn_step(lrn: nn.Module, x: torch.Tensor, g: torch.Tensor) -> Callable[[], None]:
     def step() -> None:
         x.grad = None
@@ -67,17 +85,17 @@ def _lrn_step(lrn: nn.Module, x: torch.Tensor, g: torch.Tensor) -> Callable[[], 
 
 
 def _small_train_step(norm_impl: str | None, batch: int) -> Callable[[], None]:
-    """One SGD step of the CIFAR-sized AlexNet with LRN off, ours, or PyTorch's."""
+    """One SGD step of the CIFAR-sized AlexNet (channels_last) with LRN off or one LRN impl."""
     torch.manual_seed(0)
     model = build_model(
         variant="small", num_classes=10, norm="none" if norm_impl is None else "lrn"
-    )
+    ).to(memory_format=torch.channels_last)
     if norm_impl is not None:
         for m in model.modules():
             if isinstance(m, LocalResponseNorm):
                 m.impl = norm_impl
     opt = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
-    x = torch.randn(batch, 3, 32, 32)
+    x = torch.randn(batch, 3, 32, 32).contiguous(memory_format=torch.channels_last)
     y = torch.randint(0, 10, (batch,))
 
     def step() -> None:
@@ -88,32 +106,50 @@ def _small_train_step(norm_impl: str | None, batch: int) -> Callable[[], None]:
     return step
 
 
+LRN_IMPLS = ("torch", "matmul", "fast")
+
+
 def bench_lrn(
     shape: tuple[int, int, int, int] = (128, 96, 55, 55), repeats: int = 5
 ) -> dict[str, Any]:
-    """Our LRN vs ``torch.nn.functional.local_response_norm``, forward + backward, fp32."""
+    """Our LRN vs ``torch.nn.functional.local_response_norm``, forward + backward, fp32,
+    channels_last (the training layout): PyTorch's, our banded-matmul path and our default
+    (the fused C kernel where it is available)."""
     torch.manual_seed(0)
-    x = torch.randn(shape, requires_grad=True)
-    g = torch.randn(shape)
-    ref = time_it(_lrn_step(LocalResponseNorm(impl="torch"), x, g), repeats)
-    ours = time_it(_lrn_step(LocalResponseNorm(impl="fast"), x, g), repeats)
+    x = torch.randn(shape).contiguous(memory_format=torch.channels_last).requires_grad_()
+    g = torch.randn(shape).contiguous(memory_format=torch.channels_last)
+    x_nchw = x.detach().contiguous().requires_grad_()
+    fns = {impl: _lrn_step(LocalResponseNorm(impl=impl), x, g) for impl in LRN_IMPLS}
+    # PyTorch's LRN is much slower on channels_last; compare against its better layout.
+    fns["torch_nchw"] = _lrn_step(LocalResponseNorm(impl="torch"), x_nchw, g.contiguous())
+    lrn = interleaved(fns, repeats)
+    best_torch = min(lrn["torch"], lrn["torch_nchw"])
     batch = 128
-    step_none = time_it(_small_train_step(None, batch), repeats)
-    step_torch = time_it(_small_train_step("torch", batch), repeats)
-    step_fast = time_it(_small_train_step("fast", batch), repeats)
+    steps = interleaved(
+        {
+            str(impl): _small_train_step(impl, batch)
+            for impl in (None, *LRN_IMPLS)  # None: no LRN at all
+        },
+        repeats,
+    )
     return {
         "benchmark": "lrn",
         "machine": machine_info(),
         "shape": list(shape),
         "dtype": "float32",
-        "torch_lrn_ms": ref * 1e3,
-        "ours_lrn_ms": ours * 1e3,
-        "ratio": ref / ours,
+        "layout": "channels_last",
+        "torch_lrn_ms": lrn["torch"] * 1e3,
+        "torch_lrn_nchw_ms": lrn["torch_nchw"] * 1e3,
+        "matmul_lrn_ms": lrn["matmul"] * 1e3,
+        "ours_lrn_ms": lrn["fast"] * 1e3,
+        "ratio": best_torch / lrn["fast"],
+        "ratio_settings": "PyTorch's LRN in its faster layout / ours on channels_last",
         "small_model_train_step": {
             "batch": batch,
-            "no_lrn_images_per_s": batch / step_none,
-            "torch_lrn_images_per_s": batch / step_torch,
-            "ours_lrn_images_per_s": batch / step_fast,
+            "no_lrn_images_per_s": batch / steps["None"],
+            "torch_lrn_images_per_s": batch / steps["torch"],
+            "matmul_lrn_images_per_s": batch / steps["matmul"],
+            "ours_lrn_images_per_s": batch / steps["fast"],
         },
     }
 
@@ -123,15 +159,18 @@ def format_lrn(r: dict[str, Any]) -> str:
     m = r["machine"]
     return "\n".join(
         [
-            f"LRN forward+backward, input {tuple(r['shape'])} fp32 — {m['cpu']} ({m['cpu_capability']}), "
-            f"{m['threads']} threads, torch {m['torch']}",
+            f"LRN forward+backward, input {tuple(r['shape'])} fp32 channels_last — {m['cpu']} "
+            f"({m['cpu_capability']}), {m['threads']} threads, torch {m['torch']}; {m['native']}",
             f"  torch.nn.functional.local_response_norm  {r['torch_lrn_ms']:9.1f} ms",
-            f"  alexnet LocalResponseNorm                {r['ours_lrn_ms']:9.1f} ms",
-            f"  ratio (PyTorch / ours)                   {r['ratio']:9.2f}x",
-            f"Small AlexNet training step, batch {s['batch']}, 32x32 (images/s)",
+            f"    the same on an NCHW copy               {r['torch_lrn_nchw_ms']:9.1f} ms",
+            f"  alexnet, banded-matmul path              {r['matmul_lrn_ms']:9.1f} ms",
+            f"  alexnet LocalResponseNorm (default)      {r['ours_lrn_ms']:9.1f} ms",
+            f"  ratio (PyTorch's faster layout / ours)   {r['ratio']:9.2f}x",
+            f"Small AlexNet training step, batch {s['batch']}, 32x32, channels_last (images/s)",
             f"  without LRN                              {s['no_lrn_images_per_s']:9.0f}",
             f"  PyTorch's LRN                            {s['torch_lrn_images_per_s']:9.0f}",
-            f"  our LRN                                  {s['ours_lrn_images_per_s']:9.0f}",
+            f"  our banded-matmul LRN                    {s['matmul_lrn_images_per_s']:9.0f}",
+            f"  our LRN (default)                        {s['ours_lrn_images_per_s']:9.0f}",
         ]
     )
 
@@ -268,10 +307,43 @@ def matmul_peak_gflops(
     return 2 * n**3 / t / 1e9
 
 
-def _peak_rss_mb() -> float:
-    import resource
+def _rss_mb() -> float:
+    try:
+        with open("/proc/self/statm") as f:
+            return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
+    except (OSError, ValueError):  # not Linux: the high-water mark is the best we have
+        import resource
 
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+        return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def _step_peak_mb(fn: Callable[[], Any], cuda: bool) -> float:
+    """Peak memory one call of ``fn`` adds: CUDA's allocator peak, or on CPU the highest
+    resident set sampled every millisecond during the call minus the RSS before it."""
+    if cuda:
+        torch.cuda.synchronize()
+        torch.cuda.reset_peak_memory_stats()
+        base = torch.cuda.memory_allocated()
+        fn()
+        torch.cuda.synchronize()
+        return (torch.cuda.max_memory_allocated() - base) / 2**20
+    import threading
+
+    base, peak, done = _rss_mb(), [0.0], threading.Event()
+
+    def sample() -> None:
+        while not done.is_set():
+            peak[0] = max(peak[0], _rss_mb())
+            done.wait(0.001)
+
+    t = threading.Thread(target=sample, daemon=True)
+    t.start()
+    try:
+        fn()
+    finally:
+        done.set()
+        t.join()
+    return max(peak[0], _rss_mb()) - base
 
 
 def _model_step(
@@ -280,7 +352,12 @@ def _model_step(
     import torchvision
 
     torch.manual_seed(0)
-    model = torchvision.models.alexnet() if name == "torchvision" else build_model(variant=name)
+    if name == "torchvision":
+        model = torchvision.models.alexnet()
+    elif name == "paper-direct":  # the paper's network with PyTorch's conv kernels only
+        model = build_model(variant="paper", conv_impl="direct")
+    else:
+        model = build_model(variant=name)
     model = model.to(device)
     x = torch.randn(batch, 3, 224, 224, device=device)
     y = torch.randint(0, 1000, (batch,), device=device)
@@ -310,19 +387,29 @@ def _model_step(
     return step
 
 
+MODELS = ("paper", "paper-direct", "owt", "torchvision")
+
+
 def bench_model(
     batch: int | None = None,
     precisions: list[str] | None = None,
     repeats: int = 3,
     device: str = "auto",
 ) -> dict[str, Any]:
-    """paper and owt vs torchvision's alexnet(): training and inference images/s."""
+    """paper and owt vs torchvision's alexnet(): training and inference images/s.
+
+    For each precision and memory format the three models are built side by side and timed
+    in interleaved rounds (paper, owt, torchvision, paper, ...), so a slow spell on a shared
+    machine hits all of them alike; each figure is the median over ``repeats`` rounds.
+    """
     from .distributed import resolve_device
     from .summary import summary_dict
     from .train import cpu_has_native_bf16
 
     dev = resolve_device(device)
     cuda = dev.type == "cuda"
+    if cuda:
+        torch.backends.cudnn.benchmark = True
     batch = batch or (256 if cuda else 128)
     skipped = None
     if precisions is None:
@@ -331,11 +418,22 @@ def bench_model(
             skipped = "bf16 not measured by default: this CPU has no native bf16 (AMX/AVX512-BF16), where bf16 autocast ran ~10x slower than fp32; pass --precisions fp32,bf16 to measure it"
     macs = {v: summary_dict(build_model(variant=v))["macs"] for v in ("paper", "owt")}
     macs["torchvision"] = macs["owt"]
+    macs["paper-direct"] = macs["paper"]
     peak = matmul_peak_gflops() if not cuda else None
     rows = []
     for precision in precisions:
         for cl in (False, True):
-            for name in ("paper", "owt", "torchvision"):
+            steps = {
+                (name, mode): _model_step(name, precision, cl, batch, dev, mode == "train")
+                for name in MODELS
+                for mode in ("train", "inference")
+            }
+            memory = {key: _step_peak_mb(fn, cuda) for key, fn in steps.items()}  # + warm-up
+            times: dict[tuple[str, str], list[float]] = {key: [] for key in steps}
+            for _ in range(repeats):
+                for key, fn in steps.items():
+                    times[key].append(time_it(fn, repeats=1, warmup=0, sync=cuda))
+            for name in MODELS:
                 row: dict[str, Any] = {
                     "model": name,
                     "precision": precision,
@@ -343,20 +441,18 @@ def bench_model(
                     "batch": batch,
                 }
                 for mode in ("train", "inference"):
-                    t = time_it(
-                        _model_step(name, precision, cl, batch, dev, mode == "train"),
-                        repeats=repeats,
-                        sync=cuda,
-                    )
-                    row[f"{mode}_images_per_s"] = batch / t
-                # forward = 2 * MACs FLOP; a training step ~ 3x the forward (forward + 2 backward GEMMs)
+                    row[f"{mode}_images_per_s"] = batch / statistics.median(times[name, mode])
+                    row[f"{mode}_rounds_s"] = times[name, mode]
+                # forward = 2 * MACs FLOP; a training step ~ 3x the forward (forward + 2
+                # backward GEMMs). Direct-convolution FLOPs: for layers that run in the
+                # Fourier domain this is the work done per second had they run directly.
                 row["train_gflops"] = row["train_images_per_s"] * 3 * 2 * macs[name] / 1e9
                 if peak:
                     row["train_fraction_of_matmul_peak"] = row["train_gflops"] / peak
-                row["peak_memory_mb"] = (
-                    torch.cuda.max_memory_allocated() / 2**20 if cuda else _peak_rss_mb()
-                )
+                row["train_step_peak_mb"] = memory[name, "train"]
+                row["inference_step_peak_mb"] = memory[name, "inference"]
                 rows.append(row)
+            del steps
 
     def find(model: str, precision: str, cl: bool) -> dict[str, Any]:
         return next(
@@ -374,6 +470,7 @@ def bench_model(
         "benchmark": "model",
         "machine": machine_info(),
         "device": str(dev),
+        "repeats": repeats,
         "matmul_peak_gflops_fp32": peak,
         "rows": rows,
         "ratio": ratio,
@@ -386,18 +483,20 @@ def format_model(r: dict[str, Any]) -> str:
     m = r["machine"]
     lines = [
         f"Model throughput — {m['cpu']} ({m['cpu_capability']}), {m['threads']} threads, torch {m['torch']}, device {r['device']}",
+        f"  median of {r['repeats']} interleaved rounds; {m['native']}; step MB = memory one training step adds",
+        "  GFLOP/s counts direct-convolution work (3 x forward); paper-direct = paper with PyTorch's conv kernels only",
     ]
     if r["matmul_peak_gflops_fp32"]:
         lines.append(f"  measured fp32 matmul peak: {r['matmul_peak_gflops_fp32']:.0f} GFLOP/s")
     lines.append(
-        f"  {'model':<12} {'prec':<5} {'layout':<13} {'train img/s':>11} {'infer img/s':>11} {'GFLOP/s':>8} {'of peak':>7} {'peak MB':>8}"
+        f"  {'model':<13} {'prec':<5} {'layout':<13} {'train img/s':>11} {'infer img/s':>11} {'GFLOP/s':>8} {'of peak':>7} {'step MB':>8}"
     )
     for row in r["rows"]:
         frac = row.get("train_fraction_of_matmul_peak")
         lines.append(
-            f"  {row['model']:<12} {row['precision']:<5} {'channels_last' if row['channels_last'] else 'NCHW':<13} "
+            f"  {row['model']:<13} {row['precision']:<5} {'channels_last' if row['channels_last'] else 'NCHW':<13} "
             f"{row['train_images_per_s']:>11.1f} {row['inference_images_per_s']:>11.1f} {row['train_gflops']:>8.0f} "
-            f"{(f'{100 * frac:.0f}%' if frac else '-'):>7} {row['peak_memory_mb']:>8.0f}"
+            f"{(f'{100 * frac:.0f}%' if frac else '-'):>7} {row['train_step_peak_mb']:>8.0f}"
         )
     lines.append(f"  ratio ({r['ratio_settings']}): {r['ratio']:.2f}x")
     if r["note"]:
@@ -482,14 +581,124 @@ def bench_e2e(
     }
 
 
+def _machine_line(m: dict[str, Any]) -> str:
+    return f"{m['cpu']} ({m['cpu_capability']}), {m['threads']} threads, torch {m['torch']}"
+
+
 def format_e2e(r: dict[str, Any]) -> str:
-    m = r["machine"]
     return "\n".join(
         [
-            f"End to end — {m['cpu']} ({m['cpu_capability']}), {m['threads']} threads, torch {m['torch']}; "
+            f"End to end — {_machine_line(r['machine'])}; "
             f"{r['variant']}, batch {r['batch']}, {r['steps']} steps, {r['loader_workers']} loader worker(s)",
             f"  prepared JPEG -> augmentation -> training step   {r['e2e_images_per_s']:8.1f} images/s",
             f"  training step on in-memory tensors (model only)   {r['model_only_images_per_s']:8.1f} images/s",
             f"  ratio e2e / model-only                            {r['ratio']:8.2f}",
+        ]
+    )
+
+
+# --------------------------------------------------------------------------------------
+# Scale: one process vs two data-parallel processes on the same machine
+
+
+def _scale_worker(
+    rank: int, world: int, init: str, variant: str, batch: int, steps: int, threads: int, out: str
+) -> None:
+    """One rank of the data-parallel run: ``batch / world`` images per step, DDP over gloo
+    (NCCL on GPUs); rank 0 writes the timings to ``out``."""
+    import json
+
+    import torch.distributed as dist
+    from torch.nn.parallel import DistributedDataParallel
+
+    torch.set_num_threads(threads)
+    cuda = torch.cuda.is_available()
+    device = torch.device(f"cuda:{rank}") if cuda else torch.device("cpu")
+    if world > 1:
+        dist.init_process_group(
+            "nccl" if cuda else "gloo", init_method=init, rank=rank, world_size=world
+        )
+    torch.manual_seed(0)
+    model = build_model(variant=variant).to(device).to(memory_format=torch.channels_last)
+    net: nn.Module = DistributedDataParallel(model) if world > 1 else model
+    opt = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9, weight_decay=5e-4)
+    size = model.cfg.input_size
+    x = torch.randn(batch // world, 3, size, size, device=device).contiguous(
+        memory_format=torch.channels_last
+    )
+    y = torch.randint(0, model.cfg.num_classes, (batch // world,), device=device)
+
+    def step() -> None:
+        opt.zero_grad(set_to_none=True)
+        nn.functional.cross_entropy(net(x), y).backward()
+        opt.step()
+
+    t = time_it(step, repeats=steps, sync=cuda)
+    comm = None
+    if world > 1:  # the gradient all-reduce alone, as DDP does it (one flat sum)
+        flat = torch.zeros(sum(p.numel() for p in model.parameters()), device=device)
+        comm = time_it(lambda: dist.all_reduce(flat), repeats=3, sync=cuda)
+        dist.destroy_process_group()
+    if rank == 0:
+        with open(out, "w") as f:
+            json.dump({"step_s": t, "allreduce_s": comm}, f)
+
+
+def bench_scale(
+    variant: str = "paper", batch: int = 64, steps: int = 4, processes: int = 2
+) -> dict[str, Any]:
+    """Training images/s of one process using every core vs ``processes`` DDP processes
+    sharing the cores (gloo on CPU), at the same global batch."""
+    import json
+    import tempfile
+
+    import torch.multiprocessing as mp
+
+    if batch % processes:
+        raise ValueError(f"batch {batch} does not split over {processes} processes")
+    threads = torch.get_num_threads()
+    per = max(1, threads // processes)
+    results = {}
+    with tempfile.TemporaryDirectory() as tmp:
+        for world in (1, processes):
+            out = f"{tmp}/rank0-{world}.json"
+            init = f"file://{tmp}/rendezvous-{world}"
+            args = (world, init, variant, batch, steps, threads if world == 1 else per, out)
+            if world == 1:
+                _scale_worker(0, *args)
+            else:
+                mp.spawn(_scale_worker, args=args, nprocs=world, join=True)
+            with open(out) as f:
+                results[world] = json.load(f)
+    one, many = results[1], results[processes]
+    params = sum(p.numel() for p in build_model(variant=variant).parameters())
+    return {
+        "benchmark": "scale",
+        "machine": machine_info(),
+        "variant": variant,
+        "global_batch": batch,
+        "steps": steps,
+        "processes": processes,
+        "threads_one_process": threads,
+        "threads_per_process": per,
+        "one_process_images_per_s": batch / one["step_s"],
+        "ddp_images_per_s": batch / many["step_s"],
+        "ratio": one["step_s"] / many["step_s"],
+        "allreduce_s": many["allreduce_s"],
+        "allreduce_mb": params * 4 / 2**20,
+        "allreduce_share_of_step": many["allreduce_s"] / many["step_s"],
+    }
+
+
+def format_scale(r: dict[str, Any]) -> str:
+    return "\n".join(
+        [
+            f"Scaling — {_machine_line(r['machine'])}; {r['variant']}, global batch "
+            f"{r['global_batch']}, median of {r['steps']} steps",
+            f"  1 process x {r['threads_one_process']} threads          {r['one_process_images_per_s']:8.1f} images/s",
+            f"  {r['processes']} processes x {r['threads_per_process']} thread(s), DDP  {r['ddp_images_per_s']:8.1f} images/s",
+            f"  ratio DDP / one process              {r['ratio']:8.2f}",
+            f"  gradient all-reduce ({r['allreduce_mb']:.0f} MB) alone: {r['allreduce_s'] * 1e3:.0f} ms "
+            f"= {100 * r['allreduce_share_of_step']:.0f}% of a DDP step",
         ]
     )

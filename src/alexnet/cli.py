@@ -253,12 +253,15 @@ def cmd_benchmark(args: argparse.Namespace) -> int:
     elif args.what == "model":
         precisions = args.precisions.split(",") if args.precisions else None
         result = benchmark.bench_model(
-            args.batch_size, precisions, repeats=min(args.repeats, 3), device=args.device
+            args.batch_size, precisions, repeats=args.repeats, device=args.device
         )
         text = benchmark.format_model(result)
     elif args.what == "e2e":
         result = benchmark.bench_e2e(args.source, batch=args.batch_size or 64)
         text = benchmark.format_e2e(result)
+    elif args.what == "scale":
+        result = benchmark.bench_scale(batch=args.batch_size or 64)
+        text = benchmark.format_scale(result)
     else:  # pragma: no cover - argparse restricts choices
         raise ValueError(f"unknown benchmark {args.what!r}")
     if args.json:
@@ -486,9 +489,10 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("benchmark", help="speed figures measured next to their reference")
     p.add_argument(
         "what",
-        choices=["lrn", "data", "model", "e2e"],
+        choices=["lrn", "data", "model", "e2e", "scale"],
         help="lrn: our LRN vs PyTorch's; data: our input pipeline vs torchvision's; "
-        "model: paper/owt vs torchvision's alexnet(); e2e: training from prepared data vs model only",
+        "model: paper/owt vs torchvision's alexnet(); e2e: training from prepared data vs model only; "
+        "scale: one process vs 2 DDP processes on the same cores",
     )
     p.add_argument(
         "--batch-size",

@@ -55,6 +55,10 @@ class ModelConfig:
     # None: paper for paper and small, torch for owt.
     init: Literal["paper", "kaiming", "torch"] | None = None
     init_bias: float = 1.0
+    # How convolutions run, not what they compute: "direct" = PyTorch's kernels; "auto" /
+    # "fourier" = conv2..conv5 in the Fourier domain on CPU in float32 (alexnet.fourier),
+    # faster there; GPUs, bf16 and conv1 always run the direct kernels.
+    conv_impl: Literal["auto", "direct", "fourier"] = "auto"
 
     def __post_init__(self) -> None:
         if self.num_classes < 1:

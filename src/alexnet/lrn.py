@@ -19,10 +19,13 @@ with d = k + alpha' * sum a^2, so the whole op is a handful of memory passes.
 
 from __future__ import annotations
 
+import ctypes
 from typing import Literal
 
 import torch
 from torch import Tensor, nn
+
+from . import native
 
 AlphaConvention = Literal["mean", "sum"]
 
@@ -93,6 +96,52 @@ class _LRNFunction(torch.autograd.Function):
         return gx.sub_(s.mul_(x), alpha=ctx.scale), None, None, None, None, None
 
 
+class _NativeLRNFunction(torch.autograd.Function):
+    """The same op as one fused C pass each way (``native/lrn.c``); channels_last fp32 on CPU.
+
+    Only x is saved: the backward recomputes the window sums, which costs less than
+    writing and re-reading the three intermediates the PyTorch path keeps.
+    """
+
+    @staticmethod
+    def forward(
+        ctx, x: Tensor, size: int, alpha: float, beta: float, k: float, groups: int
+    ) -> Tensor:  # type: ignore[override]
+        y = torch.empty_like(x)
+        lib = native.library()
+        assert lib is not None
+        n, c, h, w = x.shape
+        args = (ctypes.c_int(c), ctypes.c_int(groups), ctypes.c_int(size))
+        consts = (ctypes.c_float(alpha), ctypes.c_float(beta), ctypes.c_float(k))
+        native.run_rows(lib.alexnet_lrn_forward, n * h * w, c * 4, [x, y], *args, *consts)
+        ctx.save_for_backward(x)
+        ctx.args, ctx.consts = args, consts
+        return y
+
+    @staticmethod
+    def backward(ctx, grad: Tensor):  # type: ignore[override]
+        (x,) = ctx.saved_tensors
+        grad = grad.contiguous(memory_format=torch.channels_last)
+        gx = torch.empty_like(x)
+        lib = native.library()
+        assert lib is not None
+        n, c, h, w = x.shape
+        native.run_rows(
+            lib.alexnet_lrn_backward, n * h * w, c * 4, [x, grad, gx], *ctx.args, *ctx.consts
+        )
+        return gx, None, None, None, None, None
+
+
+def _use_native(x: Tensor) -> bool:
+    return (
+        x.device.type == "cpu"
+        and x.dtype == torch.float32
+        and x.shape[1] <= 8192
+        and x.is_contiguous(memory_format=torch.channels_last)
+        and native.library() is not None
+    )
+
+
 def _memory_format(x: Tensor) -> torch.memory_format:
     if x.is_contiguous(memory_format=torch.channels_last) and not x.is_contiguous():
         return torch.channels_last
@@ -107,8 +156,13 @@ def local_response_norm(
     k: float = 2.0,
     alpha_convention: AlphaConvention = "mean",
     groups: int = 1,
+    impl: Literal["fast", "matmul"] = "fast",
 ) -> Tensor:
     """LRN across channels of an (N, C, H, W) tensor; see the module docstring.
+
+    ``impl="fast"`` runs the fused C kernel for channels_last float32 CPU tensors when it is
+    available (:mod:`alexnet.native`) and the banded-matmul PyTorch path otherwise;
+    ``"matmul"`` always takes the PyTorch path.
 
     Low-precision inputs (bf16/fp16 under autocast) are normalised in float32 and cast
     back: x^2 sums of fp16 overflow and bf16 loses the k + alpha * s term's precision.
@@ -124,7 +178,10 @@ def local_response_norm(
     if x.dtype in (torch.float16, torch.bfloat16):
         out = _LRNFunction.apply(x.float().contiguous(memory_format=fmt), size, a, beta, k, groups)
         return out.to(x.dtype)
-    return _LRNFunction.apply(x.contiguous(memory_format=fmt), size, a, beta, k, groups)
+    x = x.contiguous(memory_format=fmt)
+    if impl == "fast" and _use_native(x):
+        return _NativeLRNFunction.apply(x, size, a, beta, k, groups)
+    return _LRNFunction.apply(x, size, a, beta, k, groups)
 
 
 class LocalResponseNorm(nn.Module):
@@ -137,20 +194,21 @@ class LocalResponseNorm(nn.Module):
         beta: float = 0.75,
         k: float = 2.0,
         alpha_convention: AlphaConvention = "mean",
-        impl: Literal["fast", "torch"] = "fast",
+        impl: Literal["fast", "matmul", "torch"] = "fast",
         groups: int = 1,
     ) -> None:
         super().__init__()
-        if impl not in ("fast", "torch"):
-            raise ValueError(f"LRN impl must be 'fast' or 'torch', got {impl!r}")
+        if impl not in ("fast", "matmul", "torch"):
+            raise ValueError(f"LRN impl must be 'fast', 'matmul' or 'torch', got {impl!r}")
         if size < 1:
             raise ValueError(f"LRN size must be >= 1, got {size}")
         if alpha_convention not in ("mean", "sum"):
             raise ValueError(f"alpha_convention must be 'mean' or 'sum', got {alpha_convention!r}")
         self.size, self.alpha, self.beta, self.k = size, alpha, beta, k
         self.alpha_convention: AlphaConvention = alpha_convention
-        # "torch" = torch.nn.functional.local_response_norm, kept as the reference side of
-        # tests and `alexnet benchmark lrn`.
+        # "fast": the fused C kernel where it applies, else the banded matmul; "matmul": the
+        # banded matmul always; "torch": torch.nn.functional.local_response_norm, kept as the
+        # reference side of tests and `alexnet benchmark lrn`.
         self.impl = impl
         self.groups = groups
 
@@ -168,7 +226,14 @@ class LocalResponseNorm(nn.Module):
                 )
             return nn.functional.local_response_norm(x, n, alpha, self.beta, self.k)
         return local_response_norm(
-            x, self.size, self.alpha, self.beta, self.k, self.alpha_convention, self.groups
+            x,
+            self.size,
+            self.alpha,
+            self.beta,
+            self.k,
+            self.alpha_convention,
+            self.groups,
+            impl="matmul" if self.impl == "matmul" else "fast",
         )
 
     def extra_repr(self) -> str:

@@ -27,6 +27,7 @@ import torch
 from torch import Tensor, nn
 
 from .config import ConfigError, ModelConfig
+from .fourier import Conv2d
 from .lrn import LocalResponseNorm
 
 VARIANTS = ("paper", "owt", "small")
@@ -138,7 +139,7 @@ class AlexNet(nn.Module):
         bn = cfg.norm == "batchnorm"
 
         def conv(cin: int, cout: int, k: int, s: int, p: int, groups: int) -> nn.Conv2d:
-            return nn.Conv2d(cin, cout, k, stride=s, padding=p, groups=groups)
+            return Conv2d(cin, cout, k, stride=s, padding=p, groups=groups, impl=cfg.conv_impl)
 
         def lrn() -> nn.Module:
             if cfg.norm != "lrn":

@@ -7,6 +7,8 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from . import native
+from .fourier import Conv2d
 from .model import AlexNet
 
 
@@ -17,6 +19,7 @@ class LayerRow:
     output_shape: tuple[int, ...]
     params: int
     macs: int
+    cpu_kernel: str = ""  # conv layers: how they run on CPU in float32 ("fourier"/"direct")
 
 
 def _macs(module: nn.Module, out: torch.Tensor) -> int:
@@ -35,11 +38,21 @@ def layer_table(model: AlexNet) -> list[LayerRow]:
     for name, module in model.named_modules():
         if name and not list(module.children()) and not isinstance(module, nn.Identity):
 
-            def hook(mod: nn.Module, _inp: object, out: torch.Tensor, name: str = name) -> None:
+            def hook(mod: nn.Module, inp: tuple, out: torch.Tensor, name: str = name) -> None:
                 params = sum(p.numel() for p in mod.parameters())
+                kernel = ""
+                if isinstance(mod, Conv2d):
+                    kernel = "fourier" if mod.uses_fourier(inp[0]) else "direct"
+                elif isinstance(mod, nn.Conv2d):
+                    kernel = "direct"
                 rows.append(
                     LayerRow(
-                        name, type(mod).__name__, tuple(out.shape[1:]), params, _macs(mod, out)
+                        name,
+                        type(mod).__name__,
+                        tuple(out.shape[1:]),
+                        params,
+                        _macs(mod, out),
+                        kernel,
                     )
                 )
 
@@ -66,6 +79,7 @@ def summary_dict(model: AlexNet) -> dict:
         "input_shape": [model.cfg.in_channels, model.cfg.input_size, model.cfg.input_size],
         "params": sum(p.numel() for p in model.parameters()),
         "macs": sum(r.macs for r in rows),
+        "native": native.status(),
         "layers": [
             {
                 "name": r.name,
@@ -73,6 +87,7 @@ def summary_dict(model: AlexNet) -> dict:
                 "output_shape": list(r.output_shape),
                 "params": r.params,
                 "macs": r.macs,
+                "cpu_kernel": r.cpu_kernel,
             }
             for r in rows
         ],
@@ -80,7 +95,10 @@ def summary_dict(model: AlexNet) -> dict:
 
 
 def format_summary(info: dict) -> str:
-    head = f"{'layer':<10} {'type':<18} {'output':>16} {'params':>12} {'mult-adds':>14}"
+    head = (
+        f"{'layer':<10} {'type':<18} {'output':>16} {'params':>12} {'mult-adds':>14}"
+        "  CPU fp32 kernel"
+    )
     lines = [
         f"AlexNet variant {info['variant']!r}, input {tuple(info['input_shape'])}",
         head,
@@ -90,7 +108,12 @@ def format_summary(info: dict) -> str:
         shape = "x".join(str(s) for s in r["output_shape"])
         params = f"{r['params']:,}" if r["params"] else ""
         macs = f"{r['macs']:,}" if r["macs"] else ""
-        lines.append(f"{r['name']:<10} {r['type']:<18} {shape:>16} {params:>12} {macs:>14}")
+        lines.append(
+            f"{r['name']:<10} {r['type']:<18} {shape:>16} {params:>12} {macs:>14}"
+            f"  {r.get('cpu_kernel', '')}".rstrip()
+        )
     lines.append("-" * len(head))
     lines.append(f"{'total':<10} {'':<18} {'':>16} {info['params']:>12,} {info['macs']:>14,}")
+    if "native" in info:
+        lines.append(f"LRN on CPU: {info['native']}")
     return "\n".join(lines)

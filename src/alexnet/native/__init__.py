@@ -1,0 +1,149 @@
+"""C kernels for the hot spots PyTorch has no fused op for, compiled on first use.
+
+The system C compiler (``$CC``, else ``cc``/``gcc``/``clang``) builds the sources here once
+per machine into ``$ALEXNET_CACHE`` (default ``~/.cache/alexnet``); the shared library is
+loaded with ctypes, so there is nothing to build at install time and no Python or torch
+headers are involved. When no compiler works, or ``ALEXNET_NATIVE=0``, callers use their
+pure-PyTorch path: same results, slower. :func:`status` says which one is active and why.
+
+Work is split into row ranges across ``torch.get_num_threads()`` threads; ctypes releases
+the GIL for the duration of each call.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import hashlib
+import os
+import shutil
+import subprocess
+import tempfile
+import threading
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import torch
+
+_SOURCE = Path(__file__).with_name("lrn.c")
+_FLAGS = ("-O3", "-fno-math-errno", "-fno-trapping-math", "-fPIC", "-shared", "-std=c99")
+_lock = threading.Lock()
+_lib: ctypes.CDLL | None = None
+_why_not: str | None = None
+_tried = False
+_pool: ThreadPoolExecutor | None = None
+
+
+def _cache_dir() -> Path:
+    if os.environ.get("ALEXNET_CACHE"):
+        return Path(os.environ["ALEXNET_CACHE"])
+    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "alexnet"
+
+
+def _compiler() -> str | None:
+    cc = os.environ.get("CC")
+    if cc:
+        return shutil.which(cc) or cc
+    return next((p for p in map(shutil.which, ("cc", "gcc", "clang")) if p), None)
+
+
+def _cpu_flags() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith(("flags", "Features")):
+                return line
+    except OSError:
+        pass
+    return ""
+
+
+def _build(cc: str) -> Path:
+    """Compile (or reuse) the library for this source, compiler and CPU; returns its path."""
+    source = _SOURCE.read_bytes()
+    key = hashlib.sha256(
+        b"\0".join([source, cc.encode(), " ".join(_FLAGS).encode(), _cpu_flags().encode()])
+    ).hexdigest()[:16]
+    out = _cache_dir() / f"alexnet-native-{key}.so"
+    if out.exists():
+        return out
+    out.parent.mkdir(parents=True, exist_ok=True)
+    errors = []
+    # -march=native vectorises for this CPU (the cache key includes its flags); retry
+    # without it for compilers that do not know the option.
+    for arch in (["-march=native"], []):
+        fd, tmp = tempfile.mkstemp(suffix=".so", dir=out.parent)
+        os.close(fd)
+        cmd = [cc, *_FLAGS, *arch, "-o", tmp, str(_SOURCE), "-lm"]
+        proc = subprocess.run(cmd, capture_output=True, text=True)
+        if proc.returncode == 0:
+            os.replace(tmp, out)  # atomic: concurrent processes never load a partial file
+            return out
+        os.unlink(tmp)
+        errors.append(f"{' '.join(cmd)}: {proc.stderr.strip()[-500:]}")
+    raise RuntimeError("; ".join(errors))
+
+
+def library() -> ctypes.CDLL | None:
+    """The compiled kernels, or None (see :func:`status`)."""
+    global _lib, _why_not, _tried
+    if _tried:
+        return _lib
+    with _lock:
+        if _tried:
+            return _lib
+        if os.environ.get("ALEXNET_NATIVE", "1").strip().lower() in ("0", "false", "no", "off"):
+            _why_not = "disabled by ALEXNET_NATIVE=0"
+        elif (cc := _compiler()) is None:
+            _why_not = "no C compiler found (set CC, or install gcc)"
+        else:
+            try:
+                lib = ctypes.CDLL(str(_build(cc)))
+                for name in ("alexnet_lrn_forward", "alexnet_lrn_backward"):
+                    getattr(lib, name).restype = ctypes.c_int
+                _lib = lib
+            except (OSError, RuntimeError) as exc:
+                _why_not = f"compiling {_SOURCE.name} failed: {exc}"
+        _tried = True
+    return _lib
+
+
+def status() -> str:
+    """One line for `alexnet info` and benchmark results."""
+    lib = library()
+    return f"native kernels: {lib._name}" if lib is not None else f"native kernels off: {_why_not}"
+
+
+_pool_key: tuple[int, int] | None = None
+
+
+def _threads() -> ThreadPoolExecutor:
+    """A pool sized to torch's thread count, rebuilt when that changes or after a fork
+    (a forked child inherits the pool object but not its threads)."""
+    global _pool, _pool_key
+    key = (os.getpid(), torch.get_num_threads())
+    if _pool is None or _pool_key != key:
+        if _pool is not None and _pool_key is not None and _pool_key[0] == key[0]:
+            _pool.shutdown(wait=False)
+        _pool = ThreadPoolExecutor(max_workers=key[1], thread_name_prefix="alexnet-native")
+        _pool_key = key
+    return _pool
+
+
+def run_rows(
+    fn: ctypes._CFuncPtr, rows: int, row_bytes: int, tensors: list[torch.Tensor], *args
+) -> None:  # type: ignore[name-defined]
+    """Call ``fn(ptr0 + off, ptr1 + off, ..., nrows, *args)`` on row chunks in parallel.
+
+    Every tensor must hold ``rows`` contiguous rows of ``row_bytes`` bytes.
+    """
+    n = max(1, min(torch.get_num_threads(), rows // 64))
+    bounds = [rows * i // n for i in range(n + 1)]
+    ptrs = [t.data_ptr() for t in tensors]
+
+    def call(lo: int, hi: int) -> int:
+        return fn(
+            *(ctypes.c_void_p(p + lo * row_bytes) for p in ptrs), ctypes.c_long(hi - lo), *args
+        )
+
+    codes = [call(0, rows)] if n == 1 else list(_threads().map(call, bounds[:-1], bounds[1:]))
+    if any(codes):
+        raise ValueError(f"{fn.__name__} rejected its arguments (code {max(codes)})")
