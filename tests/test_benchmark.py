@@ -48,3 +48,13 @@ def test_scale_benchmark_runs_two_gloo_processes():
     assert r["allreduce_s"] > 0 and r["allreduce_share_of_step"] > 0
     assert r["threads_per_process"] >= 1
     assert "all-reduce" in B.format_scale(r)
+
+
+def test_conv_benchmark_structure():
+    r = B.bench_conv(batch=2, repeats=1)
+    assert [row["layer"] for row in r["layers"]] == ["conv2", "conv3", "conv4", "conv5"]
+    assert r["layers"][0]["shape"] == [2, 96, 27, 27] and r["layers"][0]["groups"] == 2
+    for row in r["layers"]:
+        assert row["direct_ms"] > 0 and row["fourier_ms"] > 0
+        assert row["predicted_speedup"] > 1.3  # auto picks every one of them
+    assert "conv5" in B.format_conv(r)

@@ -118,3 +118,16 @@ def test_model_matches_a_float64_direct_model(variant, size):
         # Relative norm, not max: one float32 rounding can flip a max-pool choice between
         # near-equal values and move single entries (PyTorch's own kernels included).
         assert ((ga - gb).norm() / gb.norm()).item() < 1e-4, name
+
+
+@pytest.mark.slow
+def test_torch_compile_runs_the_fourier_and_native_layers_eagerly():
+    torch.manual_seed(0)
+    model = build_model(variant="small", num_classes=10).to(memory_format=torch.channels_last)
+    model.eval()
+    x = _cl(torch.randn(4, 3, 32, 32))
+    assert model.conv3.uses_fourier(torch.randn(4, 128, 8, 8))
+    compiled = torch.compile(model)
+    out = compiled(x)
+    out.sum().backward()
+    assert torch.allclose(out, model(x), atol=1e-5)

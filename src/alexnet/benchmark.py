@@ -545,29 +545,37 @@ def bench_e2e(
             workers=workers,
         )
 
-        def train_on(batches: Any, n: int) -> float:
-            it = iter(batches)
-            x, y = next(it)  # warm-up step (allocations, loader start)
-            nn.functional.cross_entropy(model(x), y).backward()
-            t0 = time.perf_counter()
-            done = 0
-            for _ in range(n):
-                try:
-                    x, y = next(it)
-                except StopIteration:
-                    loader.sampler.set_epoch(loader.sampler.epoch + 1)
-                    it = iter(batches)
-                    x, y = next(it)
-                opt.zero_grad(set_to_none=True)
-                nn.functional.cross_entropy(model(x), y).backward()
-                opt.step()
-                done += len(y)
-            return done / (time.perf_counter() - t0)
+        def epochs() -> Any:  # the loader's batches, epoch after epoch
+            epoch = 0
+            while True:
+                loader.sampler.set_epoch(epoch)
+                yield from loader
+                epoch += 1
 
-        e2e = train_on(loader, steps)
         x = torch.randn(batch, 3, 224, 224).contiguous(memory_format=torch.channels_last)
         y = torch.randint(0, 1000, (batch,))
-        model_only = train_on(iter(lambda: (x, y), None), steps)
+        sources = {"e2e": epochs(), "model_only": iter(lambda: (x, y), None)}
+
+        def train_steps(batches: Any, n: int) -> float:
+            t0 = time.perf_counter()
+            for _ in range(n):
+                xb, yb = next(batches)
+                opt.zero_grad(set_to_none=True)
+                nn.functional.cross_entropy(model(xb), yb).backward()
+                opt.step()
+            return time.perf_counter() - t0
+
+        for it in sources.values():  # warm-up: allocations, loader start
+            train_steps(it, 1)
+        # Alternate the two sides in rounds so that load from other processes on a shared
+        # machine affects both alike.
+        seconds = dict.fromkeys(sources, 0.0)
+        rounds = max(1, steps // 2)
+        for _ in range(rounds):
+            for name, it in sources.items():
+                seconds[name] += train_steps(it, steps // rounds)
+        done = rounds * (steps // rounds) * batch
+        e2e, model_only = done / seconds["e2e"], done / seconds["model_only"]
     return {
         "benchmark": "e2e",
         "machine": machine_info(),
@@ -702,3 +710,92 @@ def format_scale(r: dict[str, Any]) -> str:
             f"= {100 * r['allreduce_share_of_step']:.0f}% of a DDP step",
         ]
     )
+
+
+# --------------------------------------------------------------------------------------
+# Conv: the paper's stride-1 layers, PyTorch's direct kernels vs the Fourier-domain path
+
+
+def bench_conv(batch: int = 128, repeats: int = 5) -> dict[str, Any]:
+    """Forward + backward of conv2-conv5 of the paper's network (fp32, channels_last), with
+    PyTorch's kernel and with :mod:`alexnet.fourier`, timed in interleaved rounds, next to
+    the speedup the ``auto`` cost model predicts."""
+    from .fourier import Conv2d, estimated_speedup
+
+    model = build_model(variant="paper")
+    sides = model.geo.sizes
+    layers = []
+    for name in ("conv2", "conv3", "conv4", "conv5"):
+        conv = getattr(model, name)
+        side = sides["pool1"] if name == "conv2" else sides["pool2"]
+        x = torch.randn(batch, conv.in_channels, side, side).contiguous(
+            memory_format=torch.channels_last
+        )
+        x.requires_grad_()
+        g = torch.randn(batch, conv.out_channels, side, side).contiguous(
+            memory_format=torch.channels_last
+        )
+        fns = {}
+        for impl in ("direct", "fourier"):
+            c = Conv2d(
+                conv.in_channels,
+                conv.out_channels,
+                conv.kernel_size,
+                padding=conv.padding,
+                groups=conv.groups,
+                impl=impl,
+            ).to(memory_format=torch.channels_last)
+            c.load_state_dict(conv.state_dict())
+
+            def step(c: nn.Module = c, x: torch.Tensor = x, g: torch.Tensor = g) -> None:
+                x.grad = None
+                c.zero_grad(set_to_none=True)
+                c(x).backward(g)
+
+            fns[impl] = step
+        t = interleaved(fns, repeats)
+        k = conv.kernel_size[0]
+        layers.append(
+            {
+                "layer": name,
+                "shape": [batch, conv.in_channels, side, side],
+                "out_channels": conv.out_channels,
+                "kernel": k,
+                "groups": conv.groups,
+                "direct_ms": t["direct"] * 1e3,
+                "fourier_ms": t["fourier"] * 1e3,
+                "speedup": t["direct"] / t["fourier"],
+                "predicted_speedup": estimated_speedup(
+                    conv.in_channels, conv.out_channels, k, side, side, conv.groups
+                ),
+            }
+        )
+    total_direct = sum(r["direct_ms"] for r in layers)
+    total_fourier = sum(r["fourier_ms"] for r in layers)
+    return {
+        "benchmark": "conv",
+        "machine": machine_info(),
+        "batch": batch,
+        "repeats": repeats,
+        "layers": layers,
+        "ratio": total_direct / total_fourier,
+        "ratio_settings": "conv2-conv5 forward+backward, PyTorch's kernels / Fourier domain",
+    }
+
+
+def format_conv(r: dict[str, Any]) -> str:
+    lines = [
+        f"Convolutions forward+backward, fp32 channels_last, batch {r['batch']}, median of "
+        f"{r['repeats']} interleaved rounds — {_machine_line(r['machine'])}",
+        f"  {'layer':<6} {'input':<18} {'out':>4} {'k':>2} {'g':>2} {'direct ms':>10} "
+        f"{'Fourier ms':>10} {'speedup':>8} {'predicted':>9}",
+    ]
+    for row in r["layers"]:
+        shape = "x".join(str(v) for v in row["shape"])
+        lines.append(
+            f"  {row['layer']:<6} {shape:<18} {row['out_channels']:>4} {row['kernel']:>2} "
+            f"{row['groups']:>2} {row['direct_ms']:>10.0f} {row['fourier_ms']:>10.0f} "
+            f"{row['speedup']:>7.2f}x {row['predicted_speedup']:>8.2f}x"
+        )
+    lines.append(f"  ratio ({r['ratio_settings']}): {r['ratio']:.2f}x")
+    return "\n".join(lines)

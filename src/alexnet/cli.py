@@ -257,8 +257,13 @@ def cmd_benchmark(args: argparse.Namespace) -> int:
         )
         text = benchmark.format_model(result)
     elif args.what == "e2e":
-        result = benchmark.bench_e2e(args.source, batch=args.batch_size or 64)
+        result = benchmark.bench_e2e(
+            args.source, batch=args.batch_size or 64, steps=2 * args.repeats
+        )
         text = benchmark.format_e2e(result)
+    elif args.what == "conv":
+        result = benchmark.bench_conv(batch=args.batch_size or 128, repeats=args.repeats)
+        text = benchmark.format_conv(result)
     elif args.what == "scale":
         result = benchmark.bench_scale(batch=args.batch_size or 64)
         text = benchmark.format_scale(result)
@@ -489,10 +494,11 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("benchmark", help="speed figures measured next to their reference")
     p.add_argument(
         "what",
-        choices=["lrn", "data", "model", "e2e", "scale"],
+        choices=["lrn", "data", "model", "e2e", "scale", "conv"],
         help="lrn: our LRN vs PyTorch's; data: our input pipeline vs torchvision's; "
         "model: paper/owt vs torchvision's alexnet(); e2e: training from prepared data vs model only; "
-        "scale: one process vs 2 DDP processes on the same cores",
+        "scale: one process vs 2 DDP processes on the same cores; "
+        "conv: conv2-conv5 with PyTorch's kernels vs in the Fourier domain",
     )
     p.add_argument(
         "--batch-size",

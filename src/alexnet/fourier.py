@@ -44,7 +44,8 @@ def spectrum_side(size: int, kernel: int, padding: int) -> int:
 
 
 def _matrices(h: int, w: int, k: int, p: int, device: torch.device) -> tuple[Tensor, ...]:
-    """E1 (S2, W), E2 (S, H), I1 (H, S), I2 (W, S2), Eb (F, k*k), Ew (F, k*k); S2 = S//2+1."""
+    """E1 (S2, W), E2 (S, H), I1 (H, S), I2 (W, S2), Eb (F, k*k), Ew (F, k*k), then the
+    complex conjugates of E1, E2, I1, I2 (for the backward); S2 = S//2+1."""
     s = spectrum_side(max(h, w), k, p)
     key = (h, w, s, k, p, device.type, device.index or 0)
     if key not in _MATS:
@@ -71,7 +72,8 @@ def _matrices(h: int, w: int, k: int, p: int, device: torch.device) -> tuple[Ten
         phase = f1.view(s, 1, 1, 1) * t.view(1, 1, k, 1) + f2.view(1, s2, 1, 1) * t.view(1, 1, 1, k)
         eb = cis(step * phase).reshape(s * s2, k * k)
         ew = (eb.view(s, s2, k * k) * c.view(1, s2, 1) / (s * s)).reshape(s * s2, k * k)
-        _MATS[key] = tuple(m.to(torch.complex64).to(device) for m in (e1, e2, i1, i2, eb, ew))
+        mats = (e1, e2, i1, i2, eb, ew, e1.conj(), e2.conj(), i1.conj(), i2.conj())
+        _MATS[key] = tuple(m.resolve_conj().to(torch.complex64).to(device) for m in mats)
     return _MATS[key]
 
 
@@ -138,7 +140,7 @@ class _FourierConv2d(torch.autograd.Function):
         n, _, h, wd = x.shape
         o, cg, k, _ = w.shape
         g, og = groups, o // groups
-        e1, e2, i1, i2, eb, _ = _matrices(h, wd, k, padding, x.device)
+        e1, e2, i1, i2, eb, *_ = _matrices(h, wd, k, padding, x.device)
         f = eb.shape[0]
         wa = w.reshape(g, og, cg, k * k).permute(3, 0, 2, 1).reshape(k * k, g * cg * og)
         kf = (eb @ wa.to(eb.dtype)).view(f, g, cg, og)
@@ -159,19 +161,23 @@ class _FourierConv2d(torch.autograd.Function):
         xf, kf = ctx.saved_tensors
         n, h, wd, k, g, padding, has_bias = ctx.shape
         f, _, cg, og = kf.shape
-        e1, e2, i1, i2, _, ew = _matrices(h, wd, k, padding, grad.device)
-        gf = _to_spectrum(_spatial_in(grad, g), e1, e2).view(f, g, n, og)
+        _, _, _, _, _, ew, e1c, e2c, i1c, i2c = _matrices(h, wd, k, padding, grad.device)
+        # Work with conj(G), the gradient's conjugated spectrum: every product below is
+        # then a plain (transposed) GEMM, with no conjugated operand to materialise.
+        gfc = _to_spectrum(_spatial_in(grad, g), e1c, e2c).view(f, g, n, og)
         gx = gw = gb = None
         if ctx.needs_input_grad[0]:
-            # The adjoint of correlating with w is convolving with it: multiply by K^H.
-            gxf = torch.matmul(gf, kf.mH)  # (F, g, N, C/g)
-            full = _from_spectrum(gxf.view(e2.shape[0], e1.shape[0], g, n, cg), i1, i2)
+            # The adjoint of correlating with w is convolving with it: G K^H, and
+            # conj(G K^H) = conj(G) K^T, turned back with the conjugated inverse.
+            gxfc = torch.matmul(gfc, kf.mT)  # (F, g, N, C/g)
+            full = _from_spectrum(gxfc.view(e2c.shape[0], e1c.shape[0], g, n, cg), i1c, i2c)
             gx = _empty_channels_last(n, g * cg, h, wd, grad)
             _channels_last_view(gx, g).copy_(full.real)
         if ctx.needs_input_grad[1]:
-            # conj of the weight gradient's spectrum = X^H G, then Eb's adjoint.
-            gwf = torch.matmul(xf.mH, gf)  # (F, g, C/g, O/g)
-            gwa = (gwf.view(f, g * cg * og).transpose(0, 1) @ ew.conj()).real
+            # The weight gradient's spectrum is conj(X^H G) = X^T conj(G); Eb's adjoint
+            # then takes the real part of its product with Ew.
+            gws = torch.matmul(xf.mT, gfc)  # (F, g, C/g, O/g)
+            gwa = (gws.view(f, g * cg * og).transpose(0, 1) @ ew).real
             gw = gwa.reshape(g, cg, og, k, k).permute(0, 2, 1, 3, 4).reshape(g * og, cg, k, k)
         if has_bias and ctx.needs_input_grad[2]:
             gb = grad.sum((0, 2, 3))
@@ -193,6 +199,11 @@ def fourier_conv2d(
     if x.dtype != torch.float32 or weight.dtype != torch.float32:
         raise ValueError(f"fourier_conv2d computes in float32, got {x.dtype} and {weight.dtype}")
     return _FourierConv2d.apply(x, weight, bias, padding, groups)
+
+
+@torch.compiler.disable  # torch.compile runs the layer eagerly (its own GEMMs), between graphs
+def _fourier(x: Tensor, w: Tensor, b: Tensor | None, padding: int, groups: int) -> Tensor:
+    return _FourierConv2d.apply(x, w, b, padding, groups)
 
 
 class Conv2d(torch.nn.Conv2d):
@@ -238,7 +249,7 @@ class Conv2d(torch.nn.Conv2d):
 
     def forward(self, x: Tensor) -> Tensor:
         if self.uses_fourier(x):
-            return _FourierConv2d.apply(x, self.weight, self.bias, self.padding[0], self.groups)
+            return _fourier(x, self.weight, self.bias, self.padding[0], self.groups)
         return super().forward(x)
 
     def extra_repr(self) -> str:

@@ -132,6 +132,11 @@ class _NativeLRNFunction(torch.autograd.Function):
         return gx, None, None, None, None, None
 
 
+@torch.compiler.disable  # a ctypes call: torch.compile runs it eagerly, between graphs
+def _native_lrn(x: Tensor, size: int, alpha: float, beta: float, k: float, groups: int) -> Tensor:
+    return _NativeLRNFunction.apply(x, size, alpha, beta, k, groups)
+
+
 def _use_native(x: Tensor) -> bool:
     return (
         x.device.type == "cpu"
@@ -180,7 +185,7 @@ def local_response_norm(
         return out.to(x.dtype)
     x = x.contiguous(memory_format=fmt)
     if impl == "fast" and _use_native(x):
-        return _NativeLRNFunction.apply(x, size, a, beta, k, groups)
+        return _native_lrn(x, size, a, beta, k, groups)
     return _LRNFunction.apply(x, size, a, beta, k, groups)
 
 
