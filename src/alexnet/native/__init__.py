@@ -19,8 +19,10 @@ import shutil
 import subprocess
 import tempfile
 import threading
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from typing import Any
 
 import torch
 
@@ -129,8 +131,8 @@ def _threads() -> ThreadPoolExecutor:
 
 
 def run_rows(
-    fn: ctypes._CFuncPtr, rows: int, row_bytes: int, tensors: list[torch.Tensor], *args
-) -> None:  # type: ignore[name-defined]
+    fn: Callable[..., int], rows: int, row_bytes: int, tensors: list[torch.Tensor], *args: Any
+) -> None:
     """Call ``fn(ptr0 + off, ptr1 + off, ..., nrows, *args)`` on row chunks in parallel.
 
     Every tensor must hold ``rows`` contiguous rows of ``row_bytes`` bytes.
