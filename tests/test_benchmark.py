@@ -56,5 +56,8 @@ def test_conv_benchmark_structure():
     assert r["layers"][0]["shape"] == [2, 96, 27, 27] and r["layers"][0]["groups"] == 2
     for row in r["layers"]:
         assert row["direct_ms"] > 0 and row["fourier_ms"] > 0
-        assert row["predicted_speedup"] > 1.3  # auto picks every one of them
+        assert row["predicted_speedup"] > 1.4 and row["auto_uses_fourier"]
     assert "conv5" in B.format_conv(r)
+    small = B.bench_conv(batch=2, repeats=1, variant="small", input_size=28)
+    assert small["layers"][1]["shape"] == [2, 128, 7, 7]  # conv3 of the small net
+    assert [row["auto_uses_fourier"] for row in small["layers"]] == [False, True, False, False]

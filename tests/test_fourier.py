@@ -95,6 +95,10 @@ def test_auto_picks_paper_conv2_to_conv5_and_skips_narrow_small_layers():
     assert estimated_speedup(384, 256, 3, 13, 13, 2) > AUTO_MIN_SPEEDUP  # conv5
     assert estimated_speedup(1, 24, 5, 28, 28) < 1  # the demo's conv1
     assert estimated_speedup(24, 64, 5, 14, 14, 2) < 1  # the demo's conv2
+    # The small network at 28 px: conv2 (14x14, measured ~1.0x) stays direct, conv3 goes.
+    conv2, conv3 = Conv2d(48, 128, 5, padding=2, groups=2), Conv2d(128, 192, 3, padding=1)
+    assert not conv2.uses_fourier(torch.randn(1, 48, 14, 14))
+    assert conv3.uses_fourier(torch.randn(1, 128, 7, 7))
 
 
 @pytest.mark.parametrize("variant,size", [("paper", 224), ("small", 32)])
@@ -123,8 +127,8 @@ def test_model_matches_a_float64_direct_model(variant, size):
 @pytest.mark.slow
 def test_torch_compile_runs_the_fourier_and_native_layers_eagerly():
     torch.manual_seed(0)
-    model = build_model(variant="small", num_classes=10).to(memory_format=torch.channels_last)
-    model.eval()
+    model = build_model(variant="small", num_classes=10, conv_impl="fourier")
+    model = model.to(memory_format=torch.channels_last).eval()
     x = _cl(torch.randn(4, 3, 32, 32))
     assert model.conv3.uses_fourier(torch.randn(4, 128, 8, 8))
     compiled = torch.compile(model)

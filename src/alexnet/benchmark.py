@@ -716,13 +716,16 @@ def format_scale(r: dict[str, Any]) -> str:
 # Conv: the paper's stride-1 layers, PyTorch's direct kernels vs the Fourier-domain path
 
 
-def bench_conv(batch: int = 128, repeats: int = 5) -> dict[str, Any]:
-    """Forward + backward of conv2-conv5 of the paper's network (fp32, channels_last), with
-    PyTorch's kernel and with :mod:`alexnet.fourier`, timed in interleaved rounds, next to
-    the speedup the ``auto`` cost model predicts."""
+def bench_conv(
+    batch: int = 128, repeats: int = 5, variant: str = "paper", input_size: int | None = None
+) -> dict[str, Any]:
+    """Forward + backward of conv2-conv5 of a network (the paper's by default; fp32,
+    channels_last), with PyTorch's kernel and with :mod:`alexnet.fourier`, timed in
+    interleaved rounds, next to the speedup the cost model predicts and whether ``auto``
+    picks the Fourier path."""
     from .fourier import Conv2d, estimated_speedup
 
-    model = build_model(variant="paper")
+    model = build_model(variant=variant, input_size=input_size)
     sides = model.geo.sizes
     layers = []
     for name in ("conv2", "conv3", "conv4", "conv5"):
@@ -768,6 +771,7 @@ def bench_conv(batch: int = 128, repeats: int = 5) -> dict[str, Any]:
                 "predicted_speedup": estimated_speedup(
                     conv.in_channels, conv.out_channels, k, side, side, conv.groups
                 ),
+                "auto_uses_fourier": conv.uses_fourier(x),
             }
         )
     total_direct = sum(r["direct_ms"] for r in layers)
@@ -775,6 +779,8 @@ def bench_conv(batch: int = 128, repeats: int = 5) -> dict[str, Any]:
     return {
         "benchmark": "conv",
         "machine": machine_info(),
+        "variant": variant,
+        "input_size": model.cfg.input_size,
         "batch": batch,
         "repeats": repeats,
         "layers": layers,
@@ -785,17 +791,19 @@ def bench_conv(batch: int = 128, repeats: int = 5) -> dict[str, Any]:
 
 def format_conv(r: dict[str, Any]) -> str:
     lines = [
-        f"Convolutions forward+backward, fp32 channels_last, batch {r['batch']}, median of "
-        f"{r['repeats']} interleaved rounds — {_machine_line(r['machine'])}",
+        f"Convolutions of {r['variant']} at {r['input_size']} px, forward+backward, fp32 "
+        f"channels_last, batch {r['batch']}, median of {r['repeats']} interleaved rounds — "
+        f"{_machine_line(r['machine'])}",
         f"  {'layer':<6} {'input':<18} {'out':>4} {'k':>2} {'g':>2} {'direct ms':>10} "
-        f"{'Fourier ms':>10} {'speedup':>8} {'predicted':>9}",
+        f"{'Fourier ms':>10} {'speedup':>8} {'predicted':>9}  auto",
     ]
     for row in r["layers"]:
         shape = "x".join(str(v) for v in row["shape"])
         lines.append(
             f"  {row['layer']:<6} {shape:<18} {row['out_channels']:>4} {row['kernel']:>2} "
             f"{row['groups']:>2} {row['direct_ms']:>10.0f} {row['fourier_ms']:>10.0f} "
-            f"{row['speedup']:>7.2f}x {row['predicted_speedup']:>8.2f}x"
+            f"{row['speedup']:>7.2f}x {row['predicted_speedup']:>8.2f}x  "
+            f"{'fourier' if row['auto_uses_fourier'] else 'direct'}"
         )
     lines.append(f"  ratio ({r['ratio_settings']}): {r['ratio']:.2f}x")
     return "\n".join(lines)

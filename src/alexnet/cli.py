@@ -262,7 +262,12 @@ def cmd_benchmark(args: argparse.Namespace) -> int:
         )
         text = benchmark.format_e2e(result)
     elif args.what == "conv":
-        result = benchmark.bench_conv(batch=args.batch_size or 128, repeats=args.repeats)
+        result = benchmark.bench_conv(
+            batch=args.batch_size or 128,
+            repeats=args.repeats,
+            variant=args.model,
+            input_size=args.input_size,
+        )
         text = benchmark.format_conv(result)
     elif args.what == "scale":
         result = benchmark.bench_scale(batch=args.batch_size or 64)
@@ -510,6 +515,8 @@ def build_parser() -> argparse.ArgumentParser:
         "--precisions", default=None, help="model: e.g. fp32,bf16 (default: bf16 only where native)"
     )
     p.add_argument("--device", default="auto")
+    p.add_argument("--model", default="paper", help="conv: paper | owt | small (default: paper)")
+    p.add_argument("--input-size", type=int, default=None, help="conv: input side in pixels")
     p.add_argument(
         "--source",
         default=None,
