@@ -61,3 +61,11 @@ def test_conv_benchmark_structure():
     small = B.bench_conv(batch=2, repeats=1, variant="small", input_size=28)
     assert small["layers"][1]["shape"] == [2, 128, 7, 7]  # conv3 of the small net
     assert [row["auto_uses_fourier"] for row in small["layers"]] == [False, True, False, False]
+
+
+def test_benchmark_rejects_zero_rounds(capsys):
+    with pytest.raises(SystemExit) as e:
+        main(["benchmark", "conv", "--repeats", "0"])
+    assert e.value.code == 2 and "--repeats: must be >= 1" in capsys.readouterr().err
+    with pytest.raises(ValueError, match="repeats must be >= 1"):
+        B.interleaved({"a": lambda: None}, 0)

@@ -62,17 +62,23 @@ def time_it(fn: Callable[[], Any], repeats: int = 5, warmup: int = 1, sync: bool
 
 
 def interleaved(
-    fns: dict[str, Callable[[], Any]], repeats: int, warmup: int = 1
-) -> dict[str, float]:
-    """Median seconds per call of each function, timed in alternating rounds so that load
-    from other processes on a shared machine affects every side alike."""
+    fns: dict[Any, Callable[[], Any]], repeats: int, warmup: int = 1, sync: bool = False
+) -> dict[Any, list[float]]:
+    """Seconds per call of each function in every round, timed in alternating rounds so
+    that load from other processes on a shared machine affects every side alike."""
+    if repeats < 1:
+        raise ValueError(f"repeats must be >= 1, got {repeats}")
     for fn in fns.values():
         for _ in range(warmup):
             fn()
-    times: dict[str, list[float]] = {k: [] for k in fns}
+    times: dict[Any, list[float]] = {k: [] for k in fns}
     for _ in range(repeats):
         for k, fn in fns.items():
-            times[k].append(time_it(fn, repeats=1, warmup=0))
+            times[k].append(time_it(fn, repeats=1, warmup=0, sync=sync))
+    return times
+
+
+def medians(times: dict[Any, list[float]]) -> dict[Any, float]:
     return {k: statistics.median(v) for k, v in times.items()}
 
 
@@ -122,16 +128,12 @@ def bench_lrn(
     fns = {impl: _lrn_step(LocalResponseNorm(impl=impl), x, g) for impl in LRN_IMPLS}
     # PyTorch's LRN is much slower on channels_last; compare against its better layout.
     fns["torch_nchw"] = _lrn_step(LocalResponseNorm(impl="torch"), x_nchw, g.contiguous())
-    lrn = interleaved(fns, repeats)
+    lrn = medians(interleaved(fns, repeats))
     best_torch = min(lrn["torch"], lrn["torch_nchw"])
     batch = 128
-    steps = interleaved(
-        {
-            str(impl): _small_train_step(impl, batch)
-            for impl in (None, *LRN_IMPLS)  # None: no LRN at all
-        },
-        repeats,
-    )
+    # None: no LRN at all
+    small = {str(impl): _small_train_step(impl, batch) for impl in (None, *LRN_IMPLS)}
+    steps = medians(interleaved(small, repeats))
     return {
         "benchmark": "lrn",
         "machine": machine_info(),
@@ -429,10 +431,7 @@ def bench_model(
                 for mode in ("train", "inference")
             }
             memory = {key: _step_peak_mb(fn, cuda) for key, fn in steps.items()}  # + warm-up
-            times: dict[tuple[str, str], list[float]] = {key: [] for key in steps}
-            for _ in range(repeats):
-                for key, fn in steps.items():
-                    times[key].append(time_it(fn, repeats=1, warmup=0, sync=cuda))
+            times = interleaved(steps, repeats, warmup=0, sync=cuda)
             for name in MODELS:
                 row: dict[str, Any] = {
                     "model": name,
@@ -756,7 +755,7 @@ def bench_conv(
                 c(x).backward(g)
 
             fns[impl] = step
-        t = interleaved(fns, repeats)
+        t = medians(interleaved(fns, repeats))
         k = conv.kernel_size[0]
         layers.append(
             {

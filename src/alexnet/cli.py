@@ -288,6 +288,17 @@ def cmd_benchmark(args: argparse.Namespace) -> int:
 # --------------------------------------------------------------------------------------
 
 
+def _add_set(p: argparse.ArgumentParser, help: str) -> None:
+    p.add_argument("--set", action="append", metavar="KEY=VALUE", help=help)
+
+
+def _positive_int(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be >= 1, got {value}")
+    return value
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="alexnet",
@@ -352,12 +363,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--config", default=None, help="a YAML config file (copy a preset to start)")
     p.add_argument("--data", default=None, help="prepared data directory (sets data.path)")
     p.add_argument("--out", default=None, help="run directory (default runs/<preset>)")
-    p.add_argument(
-        "--set",
-        action="append",
-        metavar="KEY=VALUE",
-        help="override a config value, e.g. --set optim.lr=0.02",
-    )
+    _add_set(p, "override a config value, e.g. --set optim.lr=0.02")
     p.add_argument("--resume", action="store_true", help="continue the latest checkpoint in --out")
     p.add_argument(
         "--init-from",
@@ -462,12 +468,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="ablation: comma-separated, e.g. lrn,overlap-pool,dropout,pca,towers",
     )
     p.add_argument("--preset", default=None, help="ablation: training preset (default from --data)")
-    p.add_argument(
-        "--set",
-        action="append",
-        metavar="KEY=VALUE",
-        help="ablation: config override for every run",
-    )
+    _add_set(p, "ablation: config override for every run")
     p.add_argument(
         "--limit", type=int, default=0, help="use only the first N training images (quick runs)"
     )
@@ -491,9 +492,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--data", default="data/fashion-mnist", help="where the prepared Fashion-MNIST goes"
     )
     p.add_argument("--epochs", type=int, default=None, help="override the demo preset's epochs")
-    p.add_argument(
-        "--set", action="append", metavar="KEY=VALUE", help="override a demo preset value"
-    )
+    _add_set(p, "override a demo preset value")
     p.set_defaults(func=cmd_demo)
 
     p = sub.add_parser("benchmark", help="speed figures measured next to their reference")
@@ -526,7 +525,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--json", action="store_true", help="print the result as JSON (top-level 'ratio')"
     )
     p.add_argument("--output", "-o", default=None, help="also write the JSON result to this file")
-    p.add_argument("--repeats", type=int, default=5)
+    p.add_argument("--repeats", type=_positive_int, default=5, help="timed rounds (default 5)")
     p.set_defaults(func=cmd_benchmark)
     return parser
 

@@ -9,8 +9,9 @@ textbook FFT one: the maps are small, so the transforms are dense DFT matrices a
 GEMMs along each spatial axis of a (H, W, group, N, C/g) layout. Every step is then one
 large matrix product on contiguous data; the batch and channels stay the innermost
 dimensions throughout, so the only layout changes are one copy in and one copy out of
-channels_last. An rfft2-based version of the same op measured as fast on conv2 but
-slower than oneDNN on the 3x3 layers, where this one is 1.4-1.7x faster (benchmarks/README.md).
+channels_last. (An rfft2-based version was as fast on conv2 but slower than oneDNN on the
+3x3 layers in development timings; this one is 1.4-1.7x faster there, `alexnet benchmark
+conv`, figures in benchmarks/README.md.)
 
 Mathematically this is the same convolution (cross-correlation, zero padding) as
 ``torch.nn.functional.conv2d``; results agree to float32 rounding (~1e-6 relative).
