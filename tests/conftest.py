@@ -6,6 +6,9 @@ import pytest
 import torch
 
 torch.set_num_threads(min(2, os.cpu_count() or 1))
+# `model.conv_impl: auto` decides by the cost model alone in tests (no timing probe, no
+# machine-dependent choice); the probe has its own tests. Subprocesses inherit this.
+os.environ["ALEXNET_FOURIER_PROBE"] = "0"
 
 ROOT = Path(__file__).resolve().parents[1]
 SHARED = ROOT.parent / "shared"
@@ -37,6 +40,7 @@ def trained_run(tmp_path_factory):
     make_fashion_mnist(root / "raw", n_train=64, n_val=30)
     prepare(str(root / "raw"), root / "data", progress=False)
     overrides = [f"data.path={root / 'data'}", "model.width=0.25", "model.fc_width=64",
-                 "run.batch_size=16", "run.epochs=2", "data.workers=0"]  # fmt: skip
+                 "run.batch_size=16", "run.epochs=2", "data.workers=0", "run.precision=fp32",
+                 "model.conv_impl=direct", "run.threads=2"]  # fmt: skip
     train(load_train_config("fashion-mnist", None, overrides), root / "run", quiet=True)
     return root

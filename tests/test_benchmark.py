@@ -8,30 +8,29 @@ from helpers import make_folder_dataset
 
 
 def test_model_benchmark_cli_json(capsys):
-    code = main(
-        [
-            "benchmark",
-            "model",
-            "--json",
-            "--batch-size",
-            "1",
-            "--precisions",
-            "fp32",
-            "--repeats",
-            "1",
-        ]
-    )
-    assert code == 0
+    args = ["benchmark", "model", "--json", "--batch-size", "1", "--precisions", "fp32,bf16",
+            "--layouts", "channels_last", "--repeats", "1"]  # fmt: skip
+    assert main(args) == 0
     r = json.loads(capsys.readouterr().out)
     assert {row["model"] for row in r["rows"]} == {"paper", "paper-direct", "owt", "torchvision"}
-    assert len(r["rows"]) == 8  # 4 models x 2 layouts
+    assert len(r["rows"]) == 8  # 4 models x 2 precisions, channels_last only
+    peaks = r["matmul_peak_gflops"]
+    assert set(peaks) == {"fp32", "bf16"} and all(v > 0 for v in peaks.values())
     for row in r["rows"]:
-        assert row["train_images_per_s"] > 0 and row["inference_images_per_s"] > 0
-        assert row["train_fraction_of_matmul_peak"] > 0
-    paper = next(x for x in r["rows"] if x["model"] == "paper" and x["channels_last"])
-    tv = next(x for x in r["rows"] if x["model"] == "torchvision" and x["channels_last"])
-    assert r["ratio"] == paper["train_images_per_s"] / tv["train_images_per_s"]
-    assert "fp32" in r["ratio_settings"] and r["machine"]["torch"]
+        assert row["channels_last"] and row["train_images_per_s"] > 0
+        # "of peak" compares each precision with its own matmul peak.
+        frac = row["train_gflops"] / peaks[row["precision"]]
+        assert row["train_fraction_of_matmul_peak"] == pytest.approx(frac)
+
+    def train_rate(model, precision):
+        row = next(x for x in r["rows"] if (x["model"], x["precision"]) == (model, precision))
+        return row["train_images_per_s"]
+
+    for p in ("fp32", "bf16"):
+        assert r["ratios"][p] == train_rate("paper", p) / train_rate("torchvision", p)
+    assert r["ratio"] == min(r["ratios"].values())
+    assert "channels_last" in r["ratio_settings"] and r["machine"]["torch"]
+    assert main([*args[:-4], "--layouts", "sideways", "--repeats", "1"]) == 2
 
 
 def test_e2e_benchmark_structure(tmp_path):

@@ -393,6 +393,25 @@ def test_small_dataset_loader(tmp_path):
     assert sum(x.shape[0] for x, _ in val) == 32
 
 
+def test_padded_crops_of_small_jpeg_images(tmp_path):
+    # A folder of 32 px JPEGs (CIFAR-10 as many users have it) with the cifar10 preset's
+    # padded random crops: the same padded-crop arithmetic as for array datasets.
+    make_folder_dataset(tmp_path / "img", classes=2, per_class=6, size=(32, 32))
+    prepare(str(tmp_path / "img"), tmp_path / "out", size=32, workers=1, progress=False)
+    data = Prepared(tmp_path / "out")
+    spec = LoaderSpec(crop=32, train=True, pad=4, pca_std=0.0)
+    loader = make_loader(data, "train", spec, 4, torch.device("cpu"), workers=0)
+    loader.sampler.set_epoch(0)
+    b = next(loader.batches())
+    assert b["inputs"].shape == (4, 3, 32, 32)
+    raw = next(iter(loader.loader))  # the worker's batch: whole images
+    mean = torch.from_numpy(data.mean)
+    expected = T.pad_crop(raw["images"].float() - mean, raw["ys"], raw["xs"], raw["flips"], 4)
+    assert torch.allclose(b["inputs"], T.to_nchw(expected), atol=1e-4)
+    # Padding shows: some crop reaches into the zero border (offset 0 or 8 of 0..8).
+    assert set(raw["ys"].tolist() + raw["xs"].tolist()) - set(range(1, 8))
+
+
 # ---------------------------------------------------------------- interruption
 
 

@@ -110,6 +110,9 @@ def test_report_has_every_section_and_its_images_load(run):
             im.load()
     md = Path(r["markdown"]).read_text()
     assert "## Final metrics" in md and "best_val_top1_error" in md
+    # What ran, resolved: the fixture pins fp32 and PyTorch's conv kernels.
+    assert "| precision | fp32 |" in md and "| eval_precision | fp32 |" in md
+    assert "| conv impl: conv2 | direct (" in md and "| loader_workers | 0 |" in md
 
 
 def test_relu_vs_tanh_runs_and_resumes(run, tmp_path):
@@ -132,7 +135,8 @@ def test_relu_vs_tanh_runs_and_resumes(run, tmp_path):
 def test_ablation_runs_and_resumes(run, tmp_path, capsys):
     args = ["experiment", "ablation", "--data", str(run / "data"), "--out", str(tmp_path / "ab"), "--ablate", "lrn,dropout",
             "--preset", "fashion-mnist", "--epochs", "1", "--set", "model.width=0.25", "--set", "model.fc_width=64",
-            "--set", "run.batch_size=16", "--set", "data.workers=0"]  # fmt: skip
+            "--set", "run.batch_size=16", "--set", "data.workers=0", "--set", "run.precision=fp32",
+            "--set", "model.conv_impl=direct", "--set", "run.threads=2"]  # fmt: skip
     assert main(args) == 0
     out = capsys.readouterr().out
     assert "without lrn" in out and "without dropout" in out and "+1.4 / +1.2" in out

@@ -100,3 +100,47 @@ def test_paper_model_uses_per_tower_lrn():
 
     assert build_model(variant="paper").norm1.groups == 2
     assert build_model(variant="paper", towers=1).norm1.groups == 1
+
+
+def _float64_reference(x, g, size, alpha, beta, k, groups=1):
+    xd = x.detach().double().requires_grad_()
+    ref = local_response_norm(xd, size, alpha, beta, k, groups=groups)
+    return ref, *torch.autograd.grad(ref, xd, g.double())
+
+
+@pytest.mark.parametrize("channels_last", [False, True])
+def test_pytorch_path_ignores_autocast(channels_last):
+    # The banded matmul is on autocast's bf16 list; run in bf16 the window sums lose ~2^-9
+    # of their value, which with alpha * s >> k moves y by ~1e-3 relative. In float32 the
+    # error is a few dozen roundings of 2^-24, well inside 2^-16 (with an absolute floor
+    # relative to the largest value for the gradient's cancellations).
+    torch.manual_seed(0)
+    x = torch.randn(2, 16, 6, 5) * 10
+    if channels_last:
+        x = x.contiguous(memory_format=torch.channels_last)
+    x.requires_grad_()
+    g = torch.randn_like(x)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        y = local_response_norm(x, 5, 5.0, 0.75, 0.1, impl="matmul")
+        (gx,) = torch.autograd.grad(y, x, g)  # backward under autocast too
+    assert y.dtype == gx.dtype == torch.float32
+    ref, gref = _float64_reference(x, g, 5, 5.0, 0.75, 0.1)
+    assert ((y.double() - ref).abs() <= 2.0**-16 * ref.abs()).all()
+    assert ((gx.double() - gref).abs() <= 2.0**-16 * (gref.abs() + gref.abs().max())).all()
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+def test_low_precision_fallback_is_float32_under_autocast(dtype):
+    # NCHW bf16 and any fp16 take the PyTorch path in float32: under autocast the result
+    # and the input gradient must be exactly the float32 computation's, rounded once.
+    torch.manual_seed(0)
+    x = (torch.randn(2, 16, 6, 5) * 10).to(dtype).requires_grad_()
+    g = torch.randn(2, 16, 6, 5).to(dtype)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        y = local_response_norm(x, 5, 5.0, 0.75, 0.1, groups=2)
+        (gx,) = torch.autograd.grad(y, x, g)
+    assert y.dtype == gx.dtype == dtype
+    xf = x.detach().float().requires_grad_()
+    yf = local_response_norm(xf, 5, 5.0, 0.75, 0.1, groups=2, impl="matmul")
+    (gxf,) = torch.autograd.grad(yf, xf, g.float())
+    assert torch.equal(y, yf.to(dtype)) and torch.equal(gx, gxf.to(dtype))

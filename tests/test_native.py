@@ -53,20 +53,126 @@ def test_native_lrn_matches_float64_reference(shape, groups, size, beta):
 
 
 @needs_native
-def test_native_lrn_same_bits_for_any_thread_count():
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_native_lrn_same_bits_for_any_thread_count(dtype):
     torch.manual_seed(0)
-    x = _cl(torch.randn(8, 96, 13, 13).relu()).requires_grad_()
-    g = _cl(torch.randn(8, 96, 13, 13))
+    x = _cl(torch.randn(8, 96, 13, 13).relu()).to(dtype).requires_grad_()
+    g = _cl(torch.randn(8, 96, 13, 13)).to(dtype)
     threads = torch.get_num_threads()
     out = []
     try:
         for n in (1, 3):
             torch.set_num_threads(n)
             y = local_response_norm(x, groups=2)
-            out.append((y, *torch.autograd.grad(y, x, g)))
+            assert "Native" in type(y.grad_fn).__name__
+            out.append([_bits(t) for t in (y, *torch.autograd.grad(y, x, g))])
     finally:
         torch.set_num_threads(threads)
     assert torch.equal(out[0][0], out[1][0]) and torch.equal(out[0][1], out[1][1])
+
+
+def _bits(t: torch.Tensor) -> torch.Tensor:
+    return t.detach().view(torch.int16 if t.element_size() == 2 else torch.int32)
+
+
+# bf16 keeps 8 significant bits, so rounding to nearest has unit roundoff u = 2^-8: the
+# bf16 kernel reads exact bf16 values, computes in float32 (relative error ~2^-20 for these
+# few dozen operations) and rounds once, hence |y - ref| <= u |ref| + float32 error. Truncating
+# instead, or rounding twice, reaches one ulp (2u) and fails. The gradient's float32 error is
+# absolute: g d^-beta and the window term nearly cancel in places, so it is bounded by the
+# terms' size (~max |ref|) times a generous 2^-16 rather than by |ref|.
+BF16_U = 2.0**-8
+BF16_RTOL = BF16_U + 2.0**-16
+F32_ATOL_OF_MAX = 2.0**-16
+
+
+def _bf16_vs_float64(y, gx, x, g, size, alpha, beta, k, groups) -> None:
+    """y, gx (bf16) against the float64 op on the same bf16 x and g, within the bounds above."""
+    xd = x.detach().double().requires_grad_()
+    ref = local_response_norm(xd, size, alpha, beta, k, groups=groups)
+    (gref,) = torch.autograd.grad(ref, xd, g.double())
+    assert y.dtype == gx.dtype == torch.bfloat16
+    err = (y.double() - ref).abs()
+    assert (err <= BF16_RTOL * ref.abs()).all(), (err / ref.abs()).max().item()
+    gerr = (gx.double() - gref).abs()
+    bound = BF16_RTOL * gref.abs() + F32_ATOL_OF_MAX * gref.abs().max()
+    assert (gerr <= bound).all(), (gerr - bound).max().item()
+
+
+@needs_native
+@pytest.mark.parametrize(
+    "shape,groups,size,beta",
+    [
+        ((4, 96, 7, 9), 1, 5, 0.75),
+        ((4, 96, 7, 9), 2, 5, 0.75),  # the paper's towers
+        ((3, 10, 5, 5), 2, 4, 0.6),
+        ((2, 7, 3, 3), 1, 3, 0.75),
+    ],
+)
+def test_native_bf16_matches_float64_reference(shape, groups, size, beta):
+    torch.manual_seed(0)
+    x = _cl(torch.randn(shape) * 10).bfloat16().requires_grad_()
+    g = _cl(torch.randn(shape)).bfloat16()
+    y = local_response_norm(x, size, 0.05, beta, 2.0, groups=groups)
+    assert y.grad_fn is not None and "Native" in type(y.grad_fn).__name__
+    (gx,) = torch.autograd.grad(y, x, g)
+    _bf16_vs_float64(y, gx, x, g, size, 0.05, beta, 2.0, groups)
+    assert y.is_contiguous(memory_format=torch.channels_last)
+    assert gx.is_contiguous(memory_format=torch.channels_last)
+
+
+@needs_native
+def test_native_bf16_is_the_fp32_kernel_rounded_to_nearest_even():
+    # Same float32 arithmetic as the fp32 kernel on x.float(), then one round to nearest
+    # even (PyTorch's .bfloat16()), bit for bit; the size makes exact ties occur.
+    torch.manual_seed(0)
+    x = _cl(torch.randn(16, 96, 27, 27) * 10).bfloat16().requires_grad_()
+    g = _cl(torch.randn(16, 96, 27, 27)).bfloat16()
+    y = local_response_norm(x, groups=2)
+    (gx,) = torch.autograd.grad(y, x, g)
+    xf = x.detach().float().requires_grad_()
+    yf = local_response_norm(xf, groups=2)
+    (gxf,) = torch.autograd.grad(yf, xf, g.float())
+    assert "Native" in type(yf.grad_fn).__name__
+    ties = [((_bits(t) & 0xFFFF) == 0x8000).sum().item() for t in (yf, gxf)]
+    assert min(ties) > 0, ties
+    assert torch.equal(_bits(y), _bits(yf.bfloat16()))
+    assert torch.equal(_bits(gx), _bits(gxf.bfloat16()))
+
+
+@needs_native
+def test_native_bf16_special_values():
+    # NaN and inf spread through the windows exactly as in float32; a NaN stays a NaN.
+    torch.manual_seed(0)
+    x = torch.randn(3, 8, 2, 2) * 10
+    x[0, 3, 0, 0], x[1, 0, 1, 1], x[2, 7, 0, 1] = float("nan"), float("inf"), float("-inf")
+    x[2, 2:5, 1, 0] = 0.0
+    x = _cl(x).bfloat16().requires_grad_()
+    g = _cl(torch.randn(3, 8, 2, 2)).bfloat16()
+    y = local_response_norm(x, 5, 0.05, 0.75, 2.0)
+    (gx,) = torch.autograd.grad(y, x, g)
+    xf = x.detach().float().requires_grad_()
+    yf = local_response_norm(xf, 5, 0.05, 0.75, 2.0)
+    (gxf,) = torch.autograd.grad(yf, xf, g.float())
+    for ours, ref in ((y, yf), (gx, gxf)):
+        assert torch.equal(ours.isnan(), ref.isnan()) and ref.isnan().any()
+        assert torch.equal(ours[~ref.isnan()].float(), ref[~ref.isnan()].bfloat16().float())
+
+
+@needs_native
+def test_native_bf16_under_autocast():
+    torch.manual_seed(0)
+    conv = torch.nn.Conv2d(3, 96, 3, padding=1).to(memory_format=torch.channels_last)
+    inp = _cl(torch.randn(2, 3, 9, 9) * 10)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        h = conv(inp)
+        assert h.dtype == torch.bfloat16 and h.is_contiguous(memory_format=torch.channels_last)
+        h = h.detach().requires_grad_()
+        y = local_response_norm(h, groups=2)
+        g = torch.randn_like(y)
+        (gx,) = torch.autograd.grad(y, h, g)
+    assert "Native" in type(y.grad_fn).__name__
+    _bf16_vs_float64(y, gx, h, g, 5, 1e-4, 0.75, 2.0, 2)
 
 
 def test_pytorch_path_for_other_layouts_and_dtypes():
@@ -76,6 +182,20 @@ def test_pytorch_path_for_other_layouts_and_dtypes():
     assert "Native" not in type(local_response_norm(xd).grad_fn).__name__
     xm = _cl(torch.randn(2, 8, 4, 4)).requires_grad_()
     assert "Native" not in type(local_response_norm(xm, impl="matmul").grad_fn).__name__
+    for low in (_cl(x.detach().half()), x.detach().bfloat16()):  # fp16; NCHW bf16
+        y = local_response_norm(low.requires_grad_())
+        assert y.dtype == low.dtype and type(y.grad_fn).__name__ == "ToCopyBackward0"
+        assert "Native" not in type(y.grad_fn.next_functions[0][0]).__name__
+
+
+def test_lrn_path_reports_the_dtype():
+    assert native.lrn_path("cpu", torch.bfloat16, channels_last=False).startswith("PyTorch")
+    assert native.lrn_path("cpu", torch.float16).startswith("PyTorch banded matmul in float32")
+    assert native.lrn_path("cuda").endswith("(cuda tensors)")
+    if native.library() is not None:
+        assert native.lrn_path("cpu", torch.bfloat16) == "fused C kernel, bfloat16, float32 math"
+        assert native.lrn_path("cpu") == "fused C kernel, float32"
+        assert "bfloat16" in native.status()
 
 
 _PROBE = """
@@ -87,6 +207,10 @@ x = torch.randn(2, 8, 5, 5).contiguous(memory_format=torch.channels_last).requir
 y = local_response_norm(x)
 y.sum().backward()
 print(type(y.grad_fn).__name__, bool(torch.isfinite(x.grad).all()))
+xb = x.detach().bfloat16().requires_grad_()
+yb = local_response_norm(xb)
+yb.sum().backward()
+print(type(yb.grad_fn).__name__, yb.dtype, xb.grad.dtype, native.lrn_path("cpu", torch.bfloat16))
 """
 
 
@@ -100,21 +224,24 @@ def _probe(tmp_path, **env: str) -> list[str]:
 
 
 def test_falls_back_when_the_compiler_fails(tmp_path):
-    status, result = _probe(tmp_path, CC=str(tmp_path / "no-such-cc"))
+    status, result, bf16 = _probe(tmp_path, CC=str(tmp_path / "no-such-cc"))
     assert status.startswith("native kernels off: compiling lrn.c failed")
     assert result == "_LRNFunctionBackward True"
+    assert bf16.startswith("ToCopyBackward0 torch.bfloat16 torch.bfloat16 PyTorch banded")
 
 
 def test_can_be_switched_off(tmp_path):
-    status, result = _probe(tmp_path, ALEXNET_NATIVE="0")
+    status, result, bf16 = _probe(tmp_path, ALEXNET_NATIVE="0")
     assert status == "native kernels off: disabled by ALEXNET_NATIVE=0"
     assert result == "_LRNFunctionBackward True"
+    assert bf16.startswith("ToCopyBackward0 torch.bfloat16 torch.bfloat16 PyTorch banded")
 
 
 @needs_native
 def test_build_is_cached_per_machine(tmp_path):
-    status, result = _probe(tmp_path)
+    status, result, bf16 = _probe(tmp_path)
     assert result == "_NativeLRNFunctionBackward True"
+    assert bf16.startswith("_NativeLRNFunctionBackward torch.bfloat16 torch.bfloat16 fused C")
     (lib,) = (tmp_path / "cache").glob("alexnet-native-*.so")
     stamp = lib.stat().st_mtime_ns
     assert _probe(tmp_path)[0] == status  # second process: loads, does not rebuild

@@ -17,7 +17,10 @@ from alexnet.prepare import prepare
 from alexnet.train import EXIT_PREEMPTED, TrainingStopped, train
 from helpers import make_cifar10, make_fashion_mnist, make_folder_dataset
 
-SMALL = ["model.width=0.25", "model.fc_width=64", "run.batch_size=16", "data.workers=0"]
+# Everything `auto` would decide from the machine is pinned, so a test means the same on
+# every CPU: precision, conv implementation, loader workers, threads. bf16 has its own tests.
+PINNED = ["run.precision=fp32", "model.conv_impl=direct", "data.workers=0", "run.threads=2"]
+SMALL = ["model.width=0.25", "model.fc_width=64", "run.batch_size=16", *PINNED]
 
 
 @pytest.fixture(scope="module")
@@ -158,7 +161,7 @@ def test_each_preset_runs_a_few_steps(tmp_path, fmnist):
     prepare(str(tmp_path / "c"), tmp_path / "cprep", progress=False)
     make_folder_dataset(tmp_path / "img", classes=3, per_class=4, size=(280, 260))
     prepare(str(tmp_path / "img"), tmp_path / "iprep", workers=1, val_fraction=0.25, progress=False)
-    few = ["run.epochs=1", "data.workers=0", "run.batch_size=4", "data.limit_train=8"]
+    few = ["run.epochs=1", "run.batch_size=4", "data.limit_train=8", *PINNED]
     for preset, data in (
         ("fashion-mnist", fmnist),
         ("demo", fmnist),
@@ -272,9 +275,11 @@ def test_sigterm_mid_epoch_then_resume_loses_nothing(tmp_path, fmnist, cli_env):
     assert_same(weights(tmp_path / "a"), weights(tmp_path / "b"))
 
 
-def test_ddp_two_processes_match_one(tmp_path, fmnist, cli_env):
+@pytest.mark.parametrize("precision", ["fp32", "bf16"])
+def test_ddp_two_processes_match_one(tmp_path, fmnist, cli_env, precision):
     args = ["--preset", "fashion-mnist", "--data", str(fmnist), "--quiet", "--set", "run.epochs=2",
-            "--set", "model.dropout=0", "--set", "run.threads=1"] + [a for s in SMALL for a in ("--set", s)]  # fmt: skip
+            "--set", "model.dropout=0"] + [a for s in SMALL for a in ("--set", s)] + [
+            "--set", "run.threads=1", "--set", f"run.precision={precision}"]  # fmt: skip
     env = {**cli_env, "OMP_NUM_THREADS": "1"}
     one = subprocess.run([sys.executable, "-m", "alexnet", "train", *args, "--out", str(tmp_path / "one")],
                          env=env, capture_output=True, text=True, timeout=300)  # fmt: skip
@@ -284,13 +289,160 @@ def test_ddp_two_processes_match_one(tmp_path, fmnist, cli_env):
                          env=env, capture_output=True, text=True, timeout=600)  # fmt: skip
     assert two.returncode == 0, two.stderr[-3000:]
     a, b = weights(tmp_path / "one"), weights(tmp_path / "two")
-    for k in a:
-        assert torch.allclose(a[k], b[k], atol=1e-5, rtol=1e-4), k
+    if precision == "fp32":
+        for k in a:
+            assert torch.allclose(a[k], b[k], atol=1e-5, rtol=1e-4), k
+    else:
+        # Both runs do the same bf16 forward per image; they differ in how each weight
+        # gradient is summed: one bf16-rounded GEMM over the batch, or two half-batch
+        # GEMMs (each rounded) added in fp32 by the all-reduce. That is a few u per step,
+        # which the following steps carry through the net (gradients amplify input errors
+        # layer by layer, see the gradients test): measured up to 20u of how far each tensor
+        # moved over these 8 steps. Bound: 32u = 12.5% of the update; a DDP bug (gradients
+        # summed rather than averaged, a rank's share lost) moves the result by 50-100%.
+        from alexnet.config import ModelConfig, from_dict
+
+        cfg = load_checkpoint(tmp_path / "one" / "checkpoint.pt")["config"]
+        torch.manual_seed(cfg["run"]["seed"])
+        start = build_model(from_dict(ModelConfig, cfg["model"])).state_dict()
+        for k in a:
+            moved = (a[k] - start[k]).norm().item()
+            assert (a[k] - b[k]).norm().item() <= 32 * BF16_U * moved + 1e-7, k
+        assert _execution(tmp_path / "two")["precision"] == "bf16"
     s1 = json.loads((tmp_path / "one" / "summary.json").read_text())
     s2 = json.loads((tmp_path / "two" / "summary.json").read_text())
     assert s1["val_images"] == s2["val_images"] == 32
     assert s2["world_size"] == 2
     assert s1["best_val_top1_error"] == pytest.approx(s2["best_val_top1_error"])
+
+
+# ---------------------------------------------------------------- precision
+# bf16 autocast runs on every CPU (natively with AMX/AVX512-BF16, emulated elsewhere), so
+# these run wherever the suite does. bf16 keeps 8 significant bits: unit roundoff
+# u = 2^-8 ~ 3.9e-3, the scale of every bf16 tolerance below.
+BF16_U = 2.0**-8
+
+
+def test_precision_auto_follows_the_cpu_and_says_why(monkeypatch):
+    from alexnet import execution, hardware
+
+    cpu = torch.device("cpu")
+    monkeypatch.setattr(hardware, "cpu_bf16", lambda: "amx_bf16")
+    p = execution.resolve_precision("auto", cpu)
+    assert (p.name, p.autocast_dtype, p.needs_scaler) == ("bf16", torch.bfloat16, False)
+    assert "amx_bf16" in p.reason
+    monkeypatch.setattr(hardware, "cpu_bf16", lambda: None)
+    p = execution.resolve_precision("auto", cpu)
+    assert (p.name, p.autocast_dtype) == ("fp32", None) and "no native bf16" in p.reason
+    # Asked for explicitly, bf16 runs on any CPU (emulated where not native).
+    assert execution.resolve_precision("bf16", cpu).name == "bf16"
+    assert "emulated" in execution.available_precisions(cpu)["bf16"]
+
+
+def test_precision_that_cannot_run_is_an_error_naming_the_setting(monkeypatch):
+    from alexnet import execution
+
+    with pytest.raises(
+        ConfigError, match=r"run\.precision=fp16 cannot run on cpu.*available here: fp32.*bf16"
+    ):
+        execution.resolve_precision("fp16", torch.device("cpu"))
+    # A GPU without native bf16 (pre-Ampere): bf16 is refused, auto picks fp16 + scaler.
+    gpu = torch.device("cuda", 0)
+    monkeypatch.setattr(execution, "_cuda_bf16", lambda device: False)
+    monkeypatch.setattr(torch.cuda, "get_device_name", lambda device=None: "Tesla V100")
+    with pytest.raises(
+        ConfigError, match=r"run\.eval_precision=bf16 cannot run on cuda \(Tesla V100\).*fp16"
+    ):
+        execution.resolve_precision("bf16", gpu, key="run.eval_precision")
+    auto = execution.resolve_precision("auto", gpu)
+    assert (auto.name, auto.needs_scaler) == ("fp16", True)
+
+
+def test_cli_fp16_on_cpu_is_a_clean_error(capsys, tmp_path, fmnist):
+    args = ["train", "--preset", "fashion-mnist", "--data", str(fmnist), "--out", str(tmp_path / "r"),
+            "--set", "run.precision=fp16", "--set", "run.device=cpu"]  # fmt: skip
+    assert main(args) == 2
+    err = capsys.readouterr().err
+    assert "run.precision=fp16" in err and "available here" in err and "Traceback" not in err
+
+
+def _execution(run_dir):
+    return json.loads((run_dir / "summary.json").read_text())["execution"]
+
+
+def test_the_run_records_what_actually_ran(tmp_path, fmnist):
+    from alexnet.execution import resolve_precision
+
+    train(cfg_for(fmnist, "run.epochs=1", "run.precision=auto"), tmp_path / "r", quiet=True)
+    ex = _execution(tmp_path / "r")
+    assert ex["precision_requested"] == "auto"
+    assert ex["precision"] == resolve_precision("auto", torch.device("cpu")).name != "auto"
+    assert ex["eval_precision"] == "fp32" and ex["device"] == "cpu"
+    assert ex["threads"] == 2 and ex["loader_workers"] == 0
+    assert set(ex["conv_impl"]) == {"conv1", "conv2", "conv3", "conv4", "conv5"}
+    assert all(d["impl"] == "direct" for d in ex["conv_impl"].values())  # pinned by SMALL
+    assert ex["lrn"] and ex["device_name"] and ex["cores_available"] >= 1
+    assert (
+        load_checkpoint(tmp_path / "r" / "checkpoint.pt")["execution"]["precision"]
+        == ex["precision"]
+    )
+
+
+def test_bf16_training_keeps_fp32_master_weights_and_evaluates_in_fp32(tmp_path, fmnist):
+    s = train(cfg_for(fmnist, "run.epochs=2", "run.precision=bf16"), tmp_path / "r", quiet=True)
+    ex = _execution(tmp_path / "r")
+    assert (ex["precision"], ex["eval_precision"]) == ("bf16", "fp32")
+    state = load_checkpoint(tmp_path / "r" / "checkpoint.pt")
+    assert all(v.dtype == torch.float32 for v in state["model"].values())
+    assert all(
+        t.dtype == torch.float32
+        for group in state["optimizer"]["state"].values()
+        for t in group.values()
+        if torch.is_tensor(t)
+    )
+    assert s["best_val_top1_error"] is not None and 0 <= s["best_val_top1_error"] <= 1
+
+
+def test_bf16_exact_resume_is_bit_identical(tmp_path, fmnist):
+    common = ["schedule.kind=step", "schedule.step_epochs=2", "run.precision=bf16"]
+    train(cfg_for(fmnist, "run.epochs=3", *common), tmp_path / "straight", quiet=True)
+    train(cfg_for(fmnist, "run.epochs=2", *common), tmp_path / "split", quiet=True)
+    train(cfg_for(fmnist, "run.epochs=3", *common), tmp_path / "split", resume=True, quiet=True)
+    assert_same(weights(tmp_path / "straight"), weights(tmp_path / "split"))
+
+
+def test_bf16_gradients_match_fp32_within_bf16_precision():
+    # One training step's gradients in bf16 autocast against fp32, same model and batch.
+    # Every layer rounds its output going forward and its gradient going back to bf16
+    # (relative ~u each), and max-pooling routes some gradients differently where bf16
+    # rounding creates or breaks ties, so a gradient's error grows with the layers behind
+    # it: measured 1-3u at fc8, 8-25u at fc6/fc7, up to 48u at conv1 (this net at init,
+    # three seeds; the kernels alone are within 0.5u of float64). Bound: 64u = 25% and a
+    # cosine above 0.95; a wrong bf16 kernel (LRN, grouped conv, pooling) is off by O(1).
+    torch.manual_seed(0)
+    model = build_model(variant="small", num_classes=10, in_channels=1, input_size=28,
+                        width=0.5, fc_width=256, dropout=0.0, init="kaiming",
+                        conv_impl="direct").to(memory_format=torch.channels_last)  # fmt: skip
+    y = torch.arange(64) % 10
+    templates = torch.randn(10, 1, 28, 28)  # learnable classes: a gradient with signal
+    x = (templates[y] + 0.5 * torch.randn(64, 1, 28, 28)).contiguous(
+        memory_format=torch.channels_last
+    )
+
+    def grads(dtype):
+        model.zero_grad()
+        with torch.autocast("cpu", dtype=dtype, enabled=dtype is not None):
+            logits = model(x)
+        torch.nn.functional.cross_entropy(logits.float(), y).backward()
+        return {n: p.grad.clone() for n, p in model.named_parameters()}
+
+    g32, g16 = grads(None), grads(torch.bfloat16)
+    for name, ref in g32.items():
+        rel = ((g16[name] - ref).norm() / ref.norm()).item()
+        cos = torch.nn.functional.cosine_similarity(g16[name].flatten(), ref.flatten(), 0)
+        assert rel < 64 * BF16_U and cos > 0.95, (name, rel, cos)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        assert model(x).dtype == torch.bfloat16  # the bf16 path really ran
 
 
 def test_towers_on_two_devices_equal_the_grouped_model():

@@ -7,7 +7,6 @@ the docs can be traced to the command and hardware that produced it.
 from __future__ import annotations
 
 import os
-import platform
 import statistics
 import time
 from collections.abc import Callable
@@ -16,33 +15,9 @@ from typing import Any
 import torch
 from torch import nn
 
-from . import native
+from .hardware import machine_info
 from .lrn import LocalResponseNorm
 from .model import build_model
-
-
-def machine_info() -> dict[str, Any]:
-    cpu = platform.processor() or platform.machine()
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    cpu = line.split(":", 1)[1].strip()
-                    break
-    except OSError:
-        pass
-    info: dict[str, Any] = {
-        "cpu": cpu,
-        "cores": os.cpu_count(),
-        "threads": torch.get_num_threads(),
-        "cpu_capability": torch.backends.cpu.get_cpu_capability(),
-        "torch": torch.__version__,
-        "python": platform.python_version(),
-        "cuda": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
-        "native": native.status(),
-        "thp_mem_alloc": os.environ.get("THP_MEM_ALLOC_ENABLE"),
-    }
-    return info
 
 
 def time_it(fn: Callable[[], Any], repeats: int = 5, warmup: int = 1, sync: bool = False) -> float:
@@ -82,7 +57,9 @@ def medians(times: dict[Any, list[float]]) -> dict[Any, float]:
     return {k: statistics.median(v) for k, v in times.items()}
 
 
-def _lrn_step(lrn: nn.Module, x: torch.Tensor, g: torch.Tensor) -> Callable[[], None]:
+def _lrn_step(
+    lrn: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor, g: torch.Tensor
+) -> Callable[[], None]:
     def step() -> None:
         x.grad = None
         lrn(x).backward(g)
@@ -115,12 +92,25 @@ def _small_train_step(norm_impl: str | None, batch: int) -> Callable[[], None]:
 LRN_IMPLS = ("torch", "matmul", "fast")
 
 
+def _torch_lrn_for_bf16() -> tuple[Callable[[torch.Tensor], torch.Tensor], str]:
+    """PyTorch's LRN on bf16 data: as is where this torch has bf16 kernels for it, else (CPU
+    avg_pool3d has none in torch 2.x) through float32 and back, as a bf16 model must."""
+    lrn = LocalResponseNorm(impl="torch")
+    probe = torch.randn(1, 8, 2, 2, dtype=torch.bfloat16, requires_grad=True)
+    try:
+        lrn(probe).sum().backward()
+        return lrn, "bfloat16"
+    except (NotImplementedError, RuntimeError):
+        return (lambda t: lrn(t.float()).to(t.dtype)), "float32 upcast (no bf16 kernel)"
+
+
 def bench_lrn(
     shape: tuple[int, int, int, int] = (128, 96, 55, 55), repeats: int = 5
 ) -> dict[str, Any]:
     """Our LRN vs ``torch.nn.functional.local_response_norm``, forward + backward, fp32,
     channels_last (the training layout): PyTorch's, our banded-matmul path and our default
-    (the fused C kernel where it is available)."""
+    (the fused C kernel where it is available); then the same on bf16 data, as autocast
+    hands it to LRN (ours returns bf16 and computes in float32)."""
     torch.manual_seed(0)
     x = torch.randn(shape).contiguous(memory_format=torch.channels_last).requires_grad_()
     g = torch.randn(shape).contiguous(memory_format=torch.channels_last)
@@ -128,6 +118,15 @@ def bench_lrn(
     fns = {impl: _lrn_step(LocalResponseNorm(impl=impl), x, g) for impl in LRN_IMPLS}
     # PyTorch's LRN is much slower on channels_last; compare against its better layout.
     fns["torch_nchw"] = _lrn_step(LocalResponseNorm(impl="torch"), x_nchw, g.contiguous())
+    # bf16: PyTorch's only in its faster layout (NCHW, per the fp32 rows) to bound the run
+    # time; "matmul" is the float32 fallback bf16 took before it had a kernel.
+    xb = x.detach().bfloat16().requires_grad_()  # keeps channels_last
+    gb = g.bfloat16()
+    torch_bf16, torch_bf16_mode = _torch_lrn_for_bf16()
+    xb_nchw = xb.detach().contiguous().requires_grad_()
+    fns["torch_nchw_bf16"] = _lrn_step(torch_bf16, xb_nchw, gb.contiguous())
+    fns["matmul_bf16"] = _lrn_step(LocalResponseNorm(impl="matmul"), xb, gb)
+    fns["fast_bf16"] = _lrn_step(LocalResponseNorm(impl="fast"), xb, gb)
     lrn = medians(interleaved(fns, repeats))
     best_torch = min(lrn["torch"], lrn["torch_nchw"])
     batch = 128
@@ -146,6 +145,15 @@ def bench_lrn(
         "ours_lrn_ms": lrn["fast"] * 1e3,
         "ratio": best_torch / lrn["fast"],
         "ratio_settings": "PyTorch's LRN in its faster layout / ours on channels_last",
+        "bf16": {
+            "torch_mode": torch_bf16_mode,
+            "torch_lrn_nchw_ms": lrn["torch_nchw_bf16"] * 1e3,
+            "matmul_lrn_ms": lrn["matmul_bf16"] * 1e3,
+            "ours_lrn_ms": lrn["fast_bf16"] * 1e3,
+            "ratio": lrn["torch_nchw_bf16"] / lrn["fast_bf16"],
+            "ratio_settings": "PyTorch's LRN on bf16 data in NCHW / ours on bf16 channels_last",
+            "ours_fp32_over_bf16": lrn["fast"] / lrn["fast_bf16"],
+        },
         "small_model_train_step": {
             "batch": batch,
             "no_lrn_images_per_s": batch / steps["None"],
@@ -159,6 +167,7 @@ def bench_lrn(
 def format_lrn(r: dict[str, Any]) -> str:
     s = r["small_model_train_step"]
     m = r["machine"]
+    b = r["bf16"]
     return "\n".join(
         [
             f"LRN forward+backward, input {tuple(r['shape'])} fp32 channels_last — {m['cpu']} "
@@ -168,6 +177,13 @@ def format_lrn(r: dict[str, Any]) -> str:
             f"  alexnet, banded-matmul path              {r['matmul_lrn_ms']:9.1f} ms",
             f"  alexnet LocalResponseNorm (default)      {r['ours_lrn_ms']:9.1f} ms",
             f"  ratio (PyTorch's faster layout / ours)   {r['ratio']:9.2f}x",
+            f"The same on bf16 data (ours: bf16 in and out, float32 math); PyTorch's LRN via "
+            f"{b['torch_mode']}",
+            f"  PyTorch's LRN on an NCHW copy            {b['torch_lrn_nchw_ms']:9.1f} ms",
+            f"  alexnet, float32 fallback (matmul)       {b['matmul_lrn_ms']:9.1f} ms",
+            f"  alexnet LocalResponseNorm (default)      {b['ours_lrn_ms']:9.1f} ms",
+            f"  ratio (PyTorch's NCHW / ours)            {b['ratio']:9.2f}x",
+            f"  ours fp32 / ours bf16                    {b['ours_fp32_over_bf16']:9.2f}x",
             f"Small AlexNet training step, batch {s['batch']}, 32x32, channels_last (images/s)",
             f"  without LRN                              {s['no_lrn_images_per_s']:9.0f}",
             f"  PyTorch's LRN                            {s['torch_lrn_images_per_s']:9.0f}",
@@ -397,39 +413,47 @@ def bench_model(
     precisions: list[str] | None = None,
     repeats: int = 3,
     device: str = "auto",
+    layouts: tuple[str, ...] = ("NCHW", "channels_last"),
 ) -> dict[str, Any]:
     """paper and owt vs torchvision's alexnet(): training and inference images/s.
 
-    For each precision and memory format the three models are built side by side and timed
-    in interleaved rounds (paper, owt, torchvision, paper, ...), so a slow spell on a shared
-    machine hits all of them alike; each figure is the median over ``repeats`` rounds.
+    For each precision and memory format the models are built side by side and timed in
+    interleaved rounds (paper, paper-direct, owt, torchvision, paper, ...), so a slow spell
+    on a shared machine hits all of them alike; each figure is the median over ``repeats``
+    rounds. "of peak" divides by the dense matmul rate measured in the same precision.
     """
     from .distributed import resolve_device
+    from .hardware import cpu_bf16
     from .summary import summary_dict
-    from .train import cpu_has_native_bf16
 
     dev = resolve_device(device)
     cuda = dev.type == "cuda"
     if cuda:
         torch.backends.cudnn.benchmark = True
     batch = batch or (256 if cuda else 128)
+    bad = [x for x in layouts if x not in ("NCHW", "channels_last")]
+    if bad or not layouts:
+        raise ValueError(f"layouts must be NCHW and/or channels_last, got {list(layouts)}")
     skipped = None
     if precisions is None:
-        precisions = ["fp32", "bf16"] if (cuda or cpu_has_native_bf16()) else ["fp32"]
+        precisions = ["fp32", "bf16"] if (cuda or cpu_bf16()) else ["fp32"]
         if "bf16" not in precisions:
             skipped = "bf16 not measured by default: this CPU has no native bf16 (AMX/AVX512-BF16), where bf16 autocast ran ~10x slower than fp32; pass --precisions fp32,bf16 to measure it"
     macs = {v: summary_dict(build_model(variant=v))["macs"] for v in ("paper", "owt")}
     macs["torchvision"] = macs["owt"]
     macs["paper-direct"] = macs["paper"]
-    peak = matmul_peak_gflops() if not cuda else None
+    peak_dtypes = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
+    peaks = {} if cuda else {p: matmul_peak_gflops(dtype=peak_dtypes[p]) for p in precisions}
     rows = []
     for precision in precisions:
-        for cl in (False, True):
+        for cl in (layout == "channels_last" for layout in layouts):
             steps = {
                 (name, mode): _model_step(name, precision, cl, batch, dev, mode == "train")
                 for name in MODELS
                 for mode in ("train", "inference")
             }
+            for fn in steps.values():  # conv_impl auto decides (and may probe) here
+                fn()
             memory = {key: _step_peak_mb(fn, cuda) for key, fn in steps.items()}  # + warm-up
             times = interleaved(steps, repeats, warmup=0, sync=cuda)
             for name in MODELS:
@@ -446,34 +470,38 @@ def bench_model(
                 # backward GEMMs). Direct-convolution FLOPs: for layers that run in the
                 # Fourier domain this is the work done per second had they run directly.
                 row["train_gflops"] = row["train_images_per_s"] * 3 * 2 * macs[name] / 1e9
-                if peak:
-                    row["train_fraction_of_matmul_peak"] = row["train_gflops"] / peak
+                if peaks.get(precision):
+                    row["train_fraction_of_matmul_peak"] = row["train_gflops"] / peaks[precision]
                 row["train_step_peak_mb"] = memory[name, "train"]
                 row["inference_step_peak_mb"] = memory[name, "inference"]
                 rows.append(row)
             del steps
 
-    def find(model: str, precision: str, cl: bool) -> dict[str, Any]:
+    def find(model: str, precision: str) -> dict[str, Any]:
+        cl = "channels_last" in layouts
         return next(
             r
             for r in rows
             if r["model"] == model and r["precision"] == precision and r["channels_last"] == cl
         )
 
-    ref_precision = "bf16" if "bf16" in precisions else precisions[0]
-    ratio = (
-        find("paper", ref_precision, True)["train_images_per_s"]
-        / find("torchvision", ref_precision, True)["train_images_per_s"]
-    )
+    ratios = {
+        p: find("paper", p)["train_images_per_s"] / find("torchvision", p)["train_images_per_s"]
+        for p in precisions
+    }
+    layout = "channels_last" if "channels_last" in layouts else "NCHW"
     return {
         "benchmark": "model",
         "machine": machine_info(),
         "device": str(dev),
         "repeats": repeats,
-        "matmul_peak_gflops_fp32": peak,
+        "matmul_peak_gflops": peaks,
+        "matmul_peak_gflops_fp32": peaks.get("fp32"),
         "rows": rows,
-        "ratio": ratio,
-        "ratio_settings": f"paper / torchvision training images/s, {ref_precision}, channels_last, batch {batch}",
+        "ratios": ratios,
+        "ratio": min(ratios.values()),
+        "ratio_settings": f"paper / torchvision training images/s, {layout}, batch {batch}; "
+        "the lowest over " + ", ".join(precisions),
         "note": skipped,
     }
 
@@ -485,8 +513,8 @@ def format_model(r: dict[str, Any]) -> str:
         f"  median of {r['repeats']} interleaved rounds; {m['native']}; step MB = memory one training step adds",
         "  GFLOP/s counts direct-convolution work (3 x forward); paper-direct = paper with PyTorch's conv kernels only",
     ]
-    if r["matmul_peak_gflops_fp32"]:
-        lines.append(f"  measured fp32 matmul peak: {r['matmul_peak_gflops_fp32']:.0f} GFLOP/s")
+    for precision, peak in (r.get("matmul_peak_gflops") or {}).items():
+        lines.append(f"  measured {precision} matmul peak: {peak:.0f} GFLOP/s")
     lines.append(
         f"  {'model':<13} {'prec':<5} {'layout':<13} {'train img/s':>11} {'infer img/s':>11} {'GFLOP/s':>8} {'of peak':>7} {'step MB':>8}"
     )
@@ -497,6 +525,8 @@ def format_model(r: dict[str, Any]) -> str:
             f"{row['train_images_per_s']:>11.1f} {row['inference_images_per_s']:>11.1f} {row['train_gflops']:>8.0f} "
             f"{(f'{100 * frac:.0f}%' if frac else '-'):>7} {row['train_step_peak_mb']:>8.0f}"
         )
+    for precision, ratio in (r.get("ratios") or {}).items():
+        lines.append(f"  {precision}: paper / torchvision training {ratio:.2f}x")
     lines.append(f"  ratio ({r['ratio_settings']}): {r['ratio']:.2f}x")
     if r["note"]:
         lines.append(f"  note: {r['note']}")
@@ -720,8 +750,10 @@ def bench_conv(
 ) -> dict[str, Any]:
     """Forward + backward of conv2-conv5 of a network (the paper's by default; fp32,
     channels_last), with PyTorch's kernel and with :mod:`alexnet.fourier`, timed in
-    interleaved rounds, next to the speedup the cost model predicts and whether ``auto``
-    picks the Fourier path."""
+    interleaved rounds, next to the speedup the cost model predicts and what ``auto``
+    chooses on this machine: its own probe's answer (batch min(batch, 32), read from the
+    probe cache where an earlier run measured it), so predicted, measured and chosen can be
+    compared."""
     from .fourier import Conv2d, estimated_speedup
 
     model = build_model(variant=variant, input_size=input_size)
@@ -757,6 +789,8 @@ def bench_conv(
             fns[impl] = step
         t = medians(interleaved(fns, repeats))
         k = conv.kernel_size[0]
+        auto_fourier = conv.uses_fourier(x)  # probes (or reads the cache) like training does
+        decision = conv.decision or {}
         layers.append(
             {
                 "layer": name,
@@ -770,7 +804,11 @@ def bench_conv(
                 "predicted_speedup": estimated_speedup(
                     conv.in_channels, conv.out_channels, k, side, side, conv.groups
                 ),
-                "auto_uses_fourier": conv.uses_fourier(x),
+                "auto_uses_fourier": auto_fourier,
+                "auto": decision.get("impl"),
+                "auto_reason": decision.get("reason"),
+                "auto_measured": decision.get("measured"),
+                "auto_probe_batch": decision.get("probe_batch"),
             }
         )
     total_direct = sum(r["direct_ms"] for r in layers)
@@ -793,16 +831,19 @@ def format_conv(r: dict[str, Any]) -> str:
         f"Convolutions of {r['variant']} at {r['input_size']} px, forward+backward, fp32 "
         f"channels_last, batch {r['batch']}, median of {r['repeats']} interleaved rounds — "
         f"{_machine_line(r['machine'])}",
+        "  speedup: measured here (direct / Fourier); predicted: the cost model; auto: what "
+        "Conv2d(impl='auto') chooses on this machine, and why",
         f"  {'layer':<6} {'input':<18} {'out':>4} {'k':>2} {'g':>2} {'direct ms':>10} "
         f"{'Fourier ms':>10} {'speedup':>8} {'predicted':>9}  auto",
     ]
     for row in r["layers"]:
         shape = "x".join(str(v) for v in row["shape"])
+        auto = row.get("auto") or ("fourier" if row["auto_uses_fourier"] else "direct")
+        why = f" ({row['auto_reason']})" if row.get("auto_reason") else ""
         lines.append(
             f"  {row['layer']:<6} {shape:<18} {row['out_channels']:>4} {row['kernel']:>2} "
-            f"{row['groups']:>2} {row['direct_ms']:>10.0f} {row['fourier_ms']:>10.0f} "
-            f"{row['speedup']:>7.2f}x {row['predicted_speedup']:>8.2f}x  "
-            f"{'fourier' if row['auto_uses_fourier'] else 'direct'}"
+            f"{row['groups']:>2} {row['direct_ms']:>10.1f} {row['fourier_ms']:>10.1f} "
+            f"{row['speedup']:>7.2f}x {row['predicted_speedup']:>8.2f}x  {auto}{why}"
         )
     lines.append(f"  ratio ({r['ratio_settings']}): {r['ratio']:.2f}x")
     return "\n".join(lines)

@@ -41,8 +41,12 @@ def cmd_info(args: argparse.Namespace) -> int:
         overrides["in_channels"] = args.in_channels
     if args.input_size is not None:
         overrides["input_size"] = args.input_size
+    from .distributed import resolve_device
+    from .execution import execution_plan, format_plan
+
     info = summary_dict(build_model(**overrides))
-    _emit(info, format_summary, args.json)
+    info["execution"] = execution_plan(resolve_device(args.device))
+    _emit(info, lambda i: f"{format_summary(i)}\n{format_plan(i['execution'])}", args.json)
     return 0
 
 
@@ -253,8 +257,9 @@ def cmd_benchmark(args: argparse.Namespace) -> int:
     elif args.what == "model":
         precisions = args.precisions.split(",") if args.precisions else None
         result = benchmark.bench_model(
-            args.batch_size, precisions, repeats=args.repeats, device=args.device
-        )
+            args.batch_size, precisions, repeats=args.repeats, device=args.device,
+            layouts=tuple(args.layouts.split(",")),
+        )  # fmt: skip
         text = benchmark.format_model(result)
     elif args.what == "e2e":
         result = benchmark.bench_e2e(
@@ -292,6 +297,18 @@ def _add_set(p: argparse.ArgumentParser, help: str) -> None:
     p.add_argument("--set", action="append", metavar="KEY=VALUE", help=help)
 
 
+def _workers(text: str) -> int | str:
+    if text == "auto":
+        return text
+    try:
+        value = int(text)
+    except ValueError:
+        value = -1
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be auto or an integer >= 0, got {text!r}")
+    return value
+
+
 def _positive_int(text: str) -> int:
     value = int(text)
     if value < 1:
@@ -313,7 +330,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--in-channels", type=int, default=None)
     p.add_argument("--input-size", type=int, default=None, help="square input side in pixels")
     p.add_argument(
-        "--json", action="store_true", help="print JSON (top-level 'params', 'macs', 'layers')"
+        "--device", default="auto", help="whose execution settings to show: auto | cpu | cuda[:N]"
+    )
+    p.add_argument(
+        "--json",
+        action="store_true",
+        help="print JSON (top-level 'params', 'macs', 'layers', 'execution')",
     )
     p.set_defaults(func=cmd_info)
 
@@ -385,7 +407,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--split", default="val")
     p.add_argument("--views", default="center", choices=["center", "ten-crop"])
     p.add_argument("--batch-size", type=int, default=128)
-    p.add_argument("--workers", type=int, default=2)
+    p.add_argument(
+        "--workers", type=_workers, default="auto", help="decoding processes (default: auto)"
+    )
     p.add_argument("--device", default="auto")
     p.add_argument("--json", default=None, metavar="FILE", help="write everything as JSON")
     p.add_argument("--csv", default=None, metavar="FILE", help="write per-class accuracy as CSV")
@@ -413,7 +437,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--dtype", default="float16", choices=["float16", "float32"])
     p.add_argument("--batch-size", type=int, default=128)
-    p.add_argument("--workers", type=int, default=2)
+    p.add_argument(
+        "--workers", type=_workers, default="auto", help="decoding processes (default: auto)"
+    )
     p.add_argument("--device", default="auto")
     p.add_argument("--quiet", action="store_true")
     p.set_defaults(func=cmd_features)
@@ -514,6 +540,11 @@ def build_parser() -> argparse.ArgumentParser:
         "--precisions", default=None, help="model: e.g. fp32,bf16 (default: bf16 only where native)"
     )
     p.add_argument("--device", default="auto")
+    p.add_argument(
+        "--layouts",
+        default="NCHW,channels_last",
+        help="model: memory formats to time (default NCHW,channels_last)",
+    )
     p.add_argument("--model", default="paper", help="conv: paper | owt | small (default: paper)")
     p.add_argument("--input-size", type=int, default=None, help="conv: input side in pixels")
     p.add_argument(

@@ -251,7 +251,9 @@ class DataConfig:
     normalize: Literal["mean_image", "torchvision"] = "mean_image"
     # Multiplies (pixels - mean image), 0..255 units. The paper feeds raw differences (1.0).
     input_scale: float = 1.0
-    workers: int = 2  # decoding processes per rank (JPEG data)
+    # Decoding processes per rank (JPEG data). auto: one per spare core of this rank, at
+    # most 8 (none on a single core); the number used is recorded with the run.
+    workers: int | Literal["auto"] = "auto"
     val_views: Literal["center", "ten-crop"] = "center"
     # Use at most this many training images (0 = all): smoke runs and quick experiments.
     limit_train: int = 0
@@ -261,7 +263,7 @@ class DataConfig:
             raise ConfigError(f"data.pca_std must be >= 0, got {self.pca_std}")
         if self.pad < 0:
             raise ConfigError(f"data.pad must be >= 0, got {self.pad}")
-        if self.workers < 0:
+        if self.workers != "auto" and self.workers < 0:
             raise ConfigError(f"data.workers must be >= 0, got {self.workers}")
         if self.crop is not None and self.crop < 1:
             raise ConfigError(f"data.crop must be >= 1, got {self.crop}")
@@ -286,8 +288,13 @@ class OptimConfig:
     # Transfer learning: lr multiplier for conv layers (0 freezes them).
     conv_lr_mult: float = 1.0
     label_smoothing: float = 0.0
+    # Rescale the gradient when its global L2 norm exceeds this (0 = off; the paper has no
+    # clipping). Keeps short, high-lr recipes from blowing up in their first steps.
+    clip_grad_norm: float = 0.0
 
     def __post_init__(self) -> None:
+        if self.clip_grad_norm < 0:
+            raise ConfigError(f"optim.clip_grad_norm must be >= 0, got {self.clip_grad_norm}")
         if self.lr <= 0:
             raise ConfigError(f"optim.lr must be > 0, got {self.lr}")
         if not 0 <= self.momentum < 1:
@@ -339,12 +346,17 @@ class RunConfig:
     batch_size: int = 128  # global batch, split evenly across DDP ranks
     seed: int = 0
     device: str = "auto"  # auto | cpu | cuda | cuda:N
-    # auto: bf16 on GPUs that have it, fp16 + grad scaler on older GPUs; on CPUs bf16 only
-    # when they have native bf16 (AMX/AVX512-BF16), else fp32 (measured ~10x slower on AVX2).
+    # Training precision. auto: bf16 on GPUs that have it, fp16 + grad scaler on older GPUs;
+    # on CPUs bf16 where they have native bf16 (AMX, AVX512-BF16, ARM BF16), else fp32.
+    # What ran is recorded in summary.json ("execution"); policy in alexnet.execution.
     precision: Literal["auto", "fp32", "bf16", "fp16"] = "auto"
+    # Precision of validation and test passes (auto: as run.precision resolves).
+    eval_precision: Literal["auto", "fp32", "bf16", "fp16"] = "fp32"
     channels_last: bool = True
     compile: bool = False
-    threads: int = 0  # CPU threads per rank; 0 = PyTorch's default
+    # CPU threads per rank; 0 = this rank's share of the available cores (or
+    # OMP_NUM_THREADS when set, as torchrun does).
+    threads: int = 0
     eval_every: int = 1  # epochs between validation passes
     checkpoint_every: int = 1  # epochs between checkpoints (always at the end)
     log_every: int = 50  # steps between plain-text progress lines when not a TTY
@@ -354,6 +366,8 @@ class RunConfig:
     def __post_init__(self) -> None:
         if self.epochs < 1:
             raise ConfigError(f"run.epochs must be >= 1, got {self.epochs}")
+        if self.threads < 0:
+            raise ConfigError(f"run.threads must be >= 0, got {self.threads}")
         if self.batch_size < 1:
             raise ConfigError(f"run.batch_size must be >= 1, got {self.batch_size}")
         if self.eval_every < 1 or self.checkpoint_every < 1 or self.log_every < 1:

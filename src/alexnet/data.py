@@ -32,6 +32,7 @@ import torch
 from torch import Tensor
 
 from . import transforms as T
+from .hardware import resolve_workers
 from .sources import DataError
 
 FORMAT = "alexnet-prepared"
@@ -356,6 +357,8 @@ class DeviceLoader:
             self.array_labels = torch.from_numpy(self.split.labels).to(device)
         else:
             mode = "train" if spec.train else ("full" if spec.views == "ten-crop" else "center")
+            if spec.train and spec.pad:  # padded crops are cut on the device, as for arrays
+                mode = "full"
             self.loader = torch.utils.data.DataLoader(
                 JpegBatches(self.split, spec.crop, mode),
                 sampler=sampler,
@@ -402,7 +405,7 @@ class DeviceLoader:
             out = (x.to(dt) - mean) / std
             if spec.train:
                 out = T.finish(out, 1.0, offset)
-        elif self.array_images is not None:
+        elif self.array_images is not None or (spec.train and spec.pad):
             # Small images: subtract the whole mean image, then pad + random crop + flip.
             out = T.finish(x.to(dt) - self.mean.to(dt), spec.input_scale, offset)
             if spec.train:
@@ -449,11 +452,12 @@ def make_loader(
     seed: int = 0,
     rank: int = 0,
     world_size: int = 1,
-    workers: int = 2,
+    workers: int | str = "auto",
     dtype: torch.dtype = torch.float32,
     mean: np.ndarray | None = None,
 ) -> DeviceLoader:
-    """A loader for ``split``: random training draws or exact evaluation views."""
+    """A loader for ``split``: random training draws or exact evaluation views. ``workers``:
+    decoding processes for JPEG data, ``"auto"`` for one per spare core."""
     h, w, _ = data.image_size
     n = len(data.split(split))
     if spec.train:
@@ -472,4 +476,5 @@ def make_loader(
             rank=rank,
             world_size=world_size,
         )
-    return DeviceLoader(data, split, spec, sampler, device, workers, dtype, mean)
+    n_workers = resolve_workers(workers)
+    return DeviceLoader(data, split, spec, sampler, device, n_workers, dtype, mean)

@@ -62,6 +62,8 @@ def run(
         "test_top1_error_center": centre["top1_error"],
         "test_top5_error_center": centre["top5_error"],
         "train_seconds": summary["wall_seconds"],
+        "train_precision": summary["execution"]["precision"],
+        "test_precision": "fp32",
         "train_and_test_seconds": time.time() - t0,
         "run_dir": str(out_path),
     }
@@ -73,6 +75,8 @@ def run(
         f"{100 * result['test_accuracy']:.2f}% (top-1 / top-5 error {100 * ten['top1_error']:.2f}% / "
         f"{100 * ten['top5_error']:.2f}%)\n"
         f"  centre view alone: accuracy {100 * result['test_accuracy_center']:.2f}%\n"
+        f"trained in {result['train_precision']} ({summary['execution']['precision_reason']}), "
+        f"tested in fp32\n"
         f"training and testing took {result['train_and_test_seconds']:.0f} s",
         flush=True,
     )

@@ -102,7 +102,7 @@ def run_evaluation(
     split: str = "val",
     views: str = "center",
     batch_size: int = 128,
-    workers: int = 2,
+    workers: int | str = "auto",
     device: str = "auto",
     progress: bool = True,
     top_confusions: int = 10,

@@ -13,6 +13,19 @@ channels_last. (An rfft2-based version was as fast on conv2 but slower than oneD
 3x3 layers in development timings; this one is 1.4-1.7x faster there, `alexnet benchmark
 conv`, figures in benchmarks/README.md.)
 
+Which path is faster depends on the CPU (its vector units, oneDNN's kernels for it), so
+``Conv2d(impl="auto")`` measures: at the first forward for an input size it times forward
++ backward of both paths on random data of the layer's shape (batch min(N, 32), a warm-up
+then interleaved rounds, medians) and takes the Fourier path only if that is at least
+``MEASURED_MIN_SPEEDUP`` faster. Results are cached on disk per machine (CPU model and
+flags, torch version, thread count, this file's code, layer shape) in ``$ALEXNET_CACHE``
+(default ``~/.cache/alexnet``), ``fourier-probe-*.json``, so a machine probes a shape
+once; delete the files to re-measure. The cost model :func:`estimated_speedup` remains a
+pre-filter: layers it predicts below ``PROBE_MIN_PREDICTED`` stay direct untimed.
+``ALEXNET_FOURIER_PROBE=0`` skips probing and the cache: the cost model alone decides
+(Fourier from a predicted ``AUTO_MIN_SPEEDUP``), as before probing existed.
+``Conv2d.decision`` and :func:`conv_decisions` report what was chosen and why.
+
 Mathematically this is the same convolution (cross-correlation, zero padding) as
 ``torch.nn.functional.conv2d``; results agree to float32 rounding (~1e-6 relative).
 
@@ -30,10 +43,25 @@ gradients of x through K^H, of w through X^H G and Eb's adjoint.
 
 from __future__ import annotations
 
+import contextlib
+import hashlib
+import json
 import math
+import os
+import statistics
+import tempfile
+import time
+import warnings
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor
+
+from .hardware import cpu_flags, cpu_model
+from .native import _cache_dir
 
 _MATS: dict[tuple[int, ...], tuple[Tensor, ...]] = {}
 
@@ -81,9 +109,20 @@ def _matrices(h: int, w: int, k: int, p: int, device: torch.device) -> tuple[Ten
 # Transforms cost more per multiply-add than their GEMM count suggests (complex data,
 # layout copies, small inner dimensions); 3.6 is fitted to per-layer timings on the AVX2
 # CPU of benchmarks/README.md. The model still predicts 1.1-1.3x more speedup than
-# `alexnet benchmark conv` measures, hence the margin in the threshold.
+# `alexnet benchmark conv` measures there, and on other CPUs it can be far off (an
+# AVX-512 AMD CPU: conv4 predicted 1.75x, measured 0.71x), so "auto" measures instead.
 _TRANSFORM_COST = 3.6
+# With ALEXNET_FOURIER_PROBE=0 the cost model alone decides, with this margin.
 AUTO_MIN_SPEEDUP = 1.4
+# The probe's pre-filter: below this prediction the layer is not timed at all. The model
+# has overestimated the Fourier path on every CPU measured so far, never underestimated.
+PROBE_MIN_PREDICTED = 1.0
+# A probe is a few rounds on one small batch, on a machine that may be busy: differences
+# of a few per cent are noise there. Ties go to PyTorch's kernel, which needs no
+# transform matrices and rounds like everyone else's, so Fourier has to win clearly.
+MEASURED_MIN_SPEEDUP = 1.1
+_PROBE_BATCH = 32  # enough to fill the GEMMs of both paths; the ratio barely moves above
+_PROBE_ROUNDS = 5
 
 
 def estimated_speedup(cin: int, cout: int, k: int, h: int, w: int, groups: int = 1) -> float:
@@ -203,9 +242,176 @@ def fourier_conv2d(
     return _FourierConv2d.apply(x, weight, bias, padding, groups)
 
 
-@torch.compiler.disable  # torch.compile runs the layer eagerly (its own GEMMs), between graphs
-def _fourier(x: Tensor, w: Tensor, b: Tensor | None, padding: int, groups: int) -> Tensor:
-    return _FourierConv2d.apply(x, w, b, padding, groups)
+_NO_PROBE = 0  # > 0 inside no_probe()
+
+
+def _probe_enabled() -> bool:
+    return not _NO_PROBE and os.environ.get("ALEXNET_FOURIER_PROBE", "1").strip().lower() not in (
+        "0", "false", "no", "off"
+    )  # fmt: skip
+
+
+@contextlib.contextmanager
+def no_probe() -> Iterator[None]:
+    """Decide by the cost model alone inside this block (``alexnet info``'s one-image pass
+    would otherwise time every layer at batch 1)."""
+    global _NO_PROBE
+    _NO_PROBE += 1
+    try:
+        yield
+    finally:
+        _NO_PROBE -= 1
+
+
+_MACHINE: dict[str, Any] = {}
+
+
+def _machine() -> dict[str, Any]:
+    """What makes a probe's answer specific to this machine and software."""
+    if not _MACHINE:
+        _MACHINE.update(
+            cpu=cpu_model(),
+            cpu_flags=hashlib.sha256(cpu_flags().encode()).hexdigest()[:16],
+            cpu_capability=torch.backends.cpu.get_cpu_capability(),
+            torch=str(torch.__version__),
+            # This file's code: a change to either path's speed invalidates old probes.
+            code=hashlib.sha256(Path(__file__).read_bytes()).hexdigest()[:16],
+        )
+    return {**_MACHINE, "threads": torch.get_num_threads()}
+
+
+def _time_probe(
+    cin: int,
+    cout: int,
+    k: int,
+    groups: int,
+    h: int,
+    w: int,
+    batch: int,
+    *,
+    channels_last: bool,
+    input_grad: bool,
+    bias: bool,
+) -> tuple[float, float]:
+    """Median seconds of one forward + backward, (direct, Fourier), on random data of this
+    shape: interleaved rounds after one warm-up each, so that load from other processes
+    affects both alike. Private data and generator: the caller's tensors, parameters,
+    autograd graph and global RNG state are untouched."""
+    # The caller may be under no_grad or inference_mode (evaluation); the probe needs grad
+    # and tensors made outside inference mode.
+    with torch.inference_mode(False), torch.enable_grad():
+        gen = torch.Generator().manual_seed(0)
+        fmt = torch.channels_last if channels_last else torch.contiguous_format
+        p = (k - 1) // 2
+        x = torch.randn(batch, cin, h, w, generator=gen).contiguous(memory_format=fmt)
+        wt = torch.randn(cout, cin // groups, k, k, generator=gen).contiguous(memory_format=fmt)
+        wt.mul_((cin // groups * k * k) ** -0.5)
+        b = torch.randn(cout, generator=gen) if bias else None
+        g = torch.randn(batch, cout, h, w, generator=gen).contiguous(memory_format=fmt)
+        leaves = [t.requires_grad_() for t in (x if input_grad else None, wt, b) if t is not None]
+
+        def direct() -> None:
+            torch.autograd.grad(F.conv2d(x, wt, b, padding=p, groups=groups), leaves, g)
+
+        def fourier() -> None:
+            torch.autograd.grad(_FourierConv2d.apply(x, wt, b, p, groups), leaves, g)
+
+        fns = (direct, fourier)
+        times: tuple[list[float], list[float]] = ([], [])
+        for fn in fns:
+            fn()
+        for _ in range(_PROBE_ROUNDS):
+            for fn, t in zip(fns, times, strict=True):
+                t0 = time.perf_counter()
+                fn()
+                t.append(time.perf_counter() - t0)
+    return statistics.median(times[0]), statistics.median(times[1])
+
+
+def _read_probe(path: Path, key: dict[str, Any]) -> tuple[float, float] | None:
+    """(direct, Fourier) ms from a cache file written for ``key``; None when it is missing,
+    unreadable, corrupt or for something else (then the caller probes and overwrites)."""
+    try:
+        data = json.loads(path.read_text())
+        times = float(data["direct_ms"]), float(data["fourier_ms"])
+        if data["key"] == key and all(math.isfinite(t) and t > 0 for t in times):
+            return times
+    except (OSError, ValueError, TypeError, KeyError, AttributeError):
+        pass
+    return None
+
+
+def _write_atomic(path: Path, data: dict[str, Any]) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=path.name, suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w") as f:
+            json.dump(data, f, indent=1)
+        os.replace(tmp, path)  # atomic: concurrent processes never read a partial file
+    except BaseException:
+        os.unlink(tmp)
+        raise
+
+
+def _probe(
+    cin: int,
+    cout: int,
+    k: int,
+    groups: int,
+    h: int,
+    w: int,
+    batch: int,
+    predicted: float,
+    *,
+    channels_last: bool = True,
+    input_grad: bool = True,
+    bias: bool = True,
+) -> dict[str, Any]:
+    """Measured direct vs Fourier time of one layer shape on this machine, from the cache
+    in ``$ALEXNET_CACHE`` where an earlier probe wrote it, else timed now and written."""
+    key = {
+        **_machine(),
+        "layer": {"cin": cin, "cout": cout, "k": k, "groups": groups, "h": h, "w": w},
+        "batch": batch,
+        "channels_last": channels_last,
+        "input_grad": input_grad,
+        "bias": bias,
+    }
+    digest = hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:20]
+    path = _cache_dir() / f"fourier-probe-{digest}.json"
+    times = _read_probe(path, key)
+    cached = times is not None
+    if times is None:
+        d, f = _time_probe(
+            cin, cout, k, groups, h, w, batch,
+            channels_last=channels_last, input_grad=input_grad, bias=bias,
+        )  # fmt: skip
+        times = d * 1e3, f * 1e3
+    speedup = times[0] / times[1]
+    # The choice is made from the times, so a changed threshold applies to cached probes.
+    choice = "fourier" if speedup >= MEASURED_MIN_SPEEDUP else "direct"
+    if not cached:
+        record = {
+            "key": key,
+            "direct_ms": times[0],
+            "fourier_ms": times[1],
+            "speedup": speedup,
+            "choice": choice,
+            "predicted": predicted,
+            "min_speedup": MEASURED_MIN_SPEEDUP,
+        }
+        try:
+            _write_atomic(path, record)
+        except OSError as e:  # a read-only cache costs a probe per process, nothing else
+            warnings.warn(f"could not write the Fourier probe cache {path}: {e}", stacklevel=2)
+    return {
+        "impl": choice,
+        "direct_ms": round(times[0], 3),
+        "fourier_ms": round(times[1], 3),
+        "measured": round(speedup, 3),
+        "cached": cached,
+        "cache_file": str(path),
+    }
 
 
 class Conv2d(torch.nn.Conv2d):
@@ -213,10 +419,14 @@ class Conv2d(torch.nn.Conv2d):
 
     ``impl``: "direct" is PyTorch's kernel; "fourier" uses :func:`fourier_conv2d` whenever
     the call qualifies (CPU, float32 without autocast, stride 1, odd square kernel of 3 or
-    more, "same" padding); "auto" only where :func:`estimated_speedup` also predicts at
-    least 1.4x (AlexNet's conv2-conv5 at 224 px; some of the small network's layers; none
-    of the demo's narrow ones). Anything else (GPUs, where cuDNN picks its own
+    more, "same" padding); "auto" where it qualifies and is measured faster on this
+    machine (see the module docstring). Anything else (GPUs, where cuDNN picks its own
     algorithms; bf16; the paper's strided conv1) runs the direct kernel.
+
+    :attr:`decision` says what the last new kind of input (size, dtype, device) got and
+    why: None until the first forward, then a JSON-serialisable dict with at least
+    ``impl`` ("fourier" | "direct") and ``reason``. Decisions are kept per input size
+    and settings, so later forwards only look them up.
     """
 
     def __init__(self, *args, impl: str = "auto", **kwargs) -> None:  # type: ignore[no-untyped-def]
@@ -224,35 +434,135 @@ class Conv2d(torch.nn.Conv2d):
         if impl not in ("auto", "direct", "fourier"):
             raise ValueError(f"conv impl must be 'auto', 'direct' or 'fourier', got {impl!r}")
         self.impl = impl
+        self.decision: dict[str, Any] | None = None
+        self._decided: dict[tuple[Any, ...], dict[str, Any]] = {}
+
+    def _not_eligible(self, x: Tensor) -> str | None:
+        """Why :func:`fourier_conv2d` cannot compute this call, or None."""
+        k, (kh, kw) = self.kernel_size[0], self.kernel_size
+        if x.device.type != "cpu":
+            return f"{x.device.type} input"
+        if x.dim() != 4:
+            return f"{x.dim()}-d input"
+        if torch.is_autocast_enabled("cpu"):
+            return "autocast"
+        if x.dtype != torch.float32 or self.weight.dtype != torch.float32:
+            return f"{x.dtype} input, {self.weight.dtype} weight"
+        if self.stride != (1, 1):
+            return f"stride {self.stride}"
+        if kh != kw or k < 3 or k % 2 == 0:
+            return f"{kh}x{kw} kernel"
+        if self.dilation != (1, 1):
+            return f"dilation {self.dilation}"
+        if self.padding != ((k - 1) // 2,) * 2 or self.padding_mode != "zeros":
+            return f"padding {self.padding} {self.padding_mode}, not 'same' zeros"
+        return None
+
+    def _make_decision(self, x: Tensor) -> dict[str, Any]:
+        if self.impl == "direct":
+            return {"impl": "direct", "reason": "forced by impl='direct'"}
+        why_not = self._not_eligible(x)
+        if why_not is not None:
+            return {"impl": "direct", "reason": f"not eligible: {why_not}"}
+        if self.impl == "fourier":
+            return {"impl": "fourier", "reason": "forced by impl='fourier'"}
+        cin, cout, k, g = self.in_channels, self.out_channels, self.kernel_size[0], self.groups
+        h, w = x.shape[-2], x.shape[-1]
+        predicted = estimated_speedup(cin, cout, k, h, w, g)
+        info = {"predicted": round(predicted, 3), "input_hw": [h, w]}
+        if not _probe_enabled():
+            impl = "fourier" if predicted >= AUTO_MIN_SPEEDUP else "direct"
+            reason = f"predicted {predicted:.2f}x by the cost model, not measured"
+            return {"impl": impl, "reason": reason, **info}
+        if predicted < PROBE_MIN_PREDICTED:
+            return {"impl": "direct", "reason": f"predicted {predicted:.2f}x, not probed", **info}
+        batch = max(1, min(x.shape[0], _PROBE_BATCH))
+        m = _probe(
+            cin, cout, k, g, h, w, batch, predicted,
+            channels_last=x.is_contiguous(memory_format=torch.channels_last),
+            input_grad=x.requires_grad,
+            bias=self.bias is not None,
+        )  # fmt: skip
+        reason = f"measured {m['measured']:.2f}x at batch {batch}" + (
+            " (cached)" if m["cached"] else ""
+        )
+        return {**m, "reason": reason, "probe_batch": batch, **info}
+
+    @torch.compiler.disable  # file I/O and timing: eager, see forward
+    def _decide(self, x: Tensor) -> bool:
+        key = (
+            self.impl,
+            x.device.type,
+            x.dtype,
+            self.weight.dtype,
+            torch.is_autocast_enabled("cpu"),
+            x.dim(),
+            x.shape[-2],
+            x.shape[-1],
+        )
+        decision = self._decided.get(key)
+        if decision is None:
+            decision = self._decided[key] = self._make_decision(x)
+            self.decision = decision
+        return decision["impl"] == "fourier"
 
     def uses_fourier(self, x: Tensor) -> bool:
+        """Whether a forward with ``x`` runs in the Fourier domain. Under "auto" the first
+        call for an input size decides, probing if needed (see the module docstring); the
+        batch size of that call sets the probe's (at most 32)."""
+        if self._plainly_direct(x):
+            if self.decision is None:
+                self._decide(x)  # records why, once
+            return False
+        return self._decide(x)
+
+    def _plainly_direct(self, x: Tensor) -> bool:
+        """Direct whatever is measured: known from the module and device alone."""
         k = self.kernel_size[0]
         return (
-            self.impl != "direct"
-            and k >= 3
-            and k % 2 == 1
-            and self.kernel_size == (k, k)
-            and self.stride == (1, 1)
-            and self.dilation == (1, 1)
-            and self.padding == ((k - 1) // 2,) * 2
-            and self.padding_mode == "zeros"
-            and x.device.type == "cpu"
-            and x.dtype == torch.float32
-            and self.weight.dtype == torch.float32
-            and not torch.is_autocast_enabled("cpu")
-            and (
-                self.impl == "fourier"
-                or estimated_speedup(
-                    self.in_channels, self.out_channels, k, x.shape[-2], x.shape[-1], self.groups
-                )
-                >= AUTO_MIN_SPEEDUP
-            )
+            self.impl == "direct"
+            or x.device.type != "cpu"
+            or self.kernel_size != (k, k)
+            or k < 3
+            or k % 2 == 0
+            or self.stride != (1, 1)
+            or self.dilation != (1, 1)
+            or self.padding != ((k - 1) // 2,) * 2
+            or self.padding_mode != "zeros"
         )
 
     def forward(self, x: Tensor) -> Tensor:
-        if self.uses_fourier(x):
-            return _fourier(x, self.weight, self.bias, self.padding[0], self.groups)
+        if self._plainly_direct(x):
+            # Known without a lookup: torch.compile keeps these layers in its graphs (GPUs,
+            # strided layers) after one graph break that records the decision.
+            if self.decision is None:
+                self._decide(x)
+            return super().forward(x)
+        return self._cpu_forward(x)
+
+    # torch.compile runs the layer eagerly, between graphs, whichever path it takes: the
+    # decision needs file I/O and timing, and a lookup of it traced into a graph would
+    # rest on dynamo's guards on a changing dict. On CPU, inductor calls oneDNN for the
+    # direct path anyway; the Fourier path is its own GEMMs.
+    @torch.compiler.disable
+    def _cpu_forward(self, x: Tensor) -> Tensor:
+        if self._decide(x):
+            return _FourierConv2d.apply(x, self.weight, self.bias, self.padding[0], self.groups)
         return super().forward(x)
 
     def extra_repr(self) -> str:
         return f"{super().extra_repr()}, impl={self.impl!r}"
+
+
+def conv_decisions(model: torch.nn.Module) -> dict[str, dict[str, Any]]:
+    """Each :class:`Conv2d` of ``model`` by qualified name -> its :attr:`Conv2d.decision`
+    (a copy; ``{"impl": None, "reason": "not run yet"}`` before its first forward).
+    JSON-serialisable, for run records. Wrappers' prefixes (``torch.compile``'s
+    ``_orig_mod.``, DDP's ``module.``) are dropped."""
+    out = {}
+    for name, m in model.named_modules():
+        if isinstance(m, Conv2d):
+            for prefix in ("_orig_mod.", "module."):
+                name = name.removeprefix(prefix)
+            out[name] = dict(m.decision) if m.decision else {"impl": None, "reason": "not run yet"}
+    return out

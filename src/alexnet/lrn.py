@@ -15,10 +15,16 @@ and the backward is the closed form
     dL/da[j] = g[j] * d[j]^-beta - 2 beta alpha' a[j] * sum_{i: j in W(i)} g[i] b[i] / d[i]
 
 with d = k + alpha' * sum a^2, so the whole op is a handful of memory passes.
+
+Precision: everything is computed in float32 (or float64 for float64 inputs), never in
+autocast's lower precision. bf16 channels_last CPU tensors go to the fused C kernel, which
+reads and writes bf16 and computes in float32; other bf16/fp16 inputs are upcast for the
+PyTorch path and the result cast back.
 """
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 from typing import Literal
 
@@ -68,6 +74,13 @@ def _inv_pow_(d: Tensor, beta: float, out: Tensor) -> Tensor:
     return torch.pow(d, -beta, out=out)
 
 
+def _autocast_off(device: torch.device) -> contextlib.AbstractContextManager[object]:
+    """Autocast would run the window-sum matmul in bf16/fp16; the sum must stay in x's dtype."""
+    if torch.amp.is_autocast_available(device.type):
+        return torch.autocast(device.type, enabled=False)
+    return contextlib.nullcontext()
+
+
 class _LRNFunction(torch.autograd.Function):
     # Every pass after the first few is in place: on CPU a fresh large tensor costs far more
     # (page faults on first touch) than the arithmetic on it.
@@ -75,11 +88,12 @@ class _LRNFunction(torch.autograd.Function):
     def forward(
         ctx, x: Tensor, size: int, alpha: float, beta: float, k: float, groups: int
     ) -> Tensor:  # type: ignore[override]
-        band = _window_matrix(x.shape[1], size, x.device, x.dtype, groups)
-        sq = x * x
-        d = _window_sum(sq, band.mul_(alpha)).add_(k)  # k + alpha' * sum of squares
-        inv = _inv_pow_(d, beta, out=sq)  # reuses the squares' memory
-        y = x * inv
+        with _autocast_off(x.device):
+            band = _window_matrix(x.shape[1], size, x.device, x.dtype, groups)
+            sq = x * x
+            d = _window_sum(sq, band.mul_(alpha)).add_(k)  # k + alpha' * sum of squares
+            inv = _inv_pow_(d, beta, out=sq)  # reuses the squares' memory
+            y = x * inv
         ctx.save_for_backward(x, d, inv, y, band)
         ctx.scale = 2.0 * beta
         return y
@@ -87,17 +101,22 @@ class _LRNFunction(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad: Tensor):  # type: ignore[override]
         x, d, inv, y, band = ctx.saved_tensors
-        grad = grad.contiguous(memory_format=_memory_format(x))
-        # t[i] = g[i] * b[i] / d[i]; channel j collects t from every i whose window holds j
-        # (the transposed band, already scaled by alpha').
-        t = (grad * y).div_(d)
-        s = _window_sum(t, band.t().contiguous())
-        gx = torch.mul(grad, inv, out=t)  # t is no longer needed
-        return gx.sub_(s.mul_(x), alpha=ctx.scale), None, None, None, None, None
+        # A backward called inside an autocast region would otherwise autocast too.
+        with _autocast_off(x.device):
+            grad = grad.contiguous(memory_format=_memory_format(x))
+            # t[i] = g[i] * b[i] / d[i]; channel j collects t from every i whose window
+            # holds j (the transposed band, already scaled by alpha').
+            t = (grad * y).div_(d)
+            s = _window_sum(t, band.t().contiguous())
+            gx = torch.mul(grad, inv, out=t)  # t is no longer needed
+            gx = gx.sub_(s.mul_(x), alpha=ctx.scale)
+        return gx, None, None, None, None, None
 
 
 class _NativeLRNFunction(torch.autograd.Function):
-    """The same op as one fused C pass each way (``native/lrn.c``); channels_last fp32 on CPU.
+    """The same op as one fused C pass each way (``native/lrn.c``); channels_last float32
+    or bfloat16 on CPU. bf16 stays bf16 in memory (half the traffic) and is computed in
+    float32, rounded once per output: the fp32 kernel's result on x.float(), rounded.
 
     Only x is saved: the backward recomputes the window sums, which costs less than
     writing and re-reading the three intermediates the PyTorch path keeps.
@@ -107,13 +126,13 @@ class _NativeLRNFunction(torch.autograd.Function):
     def forward(
         ctx, x: Tensor, size: int, alpha: float, beta: float, k: float, groups: int
     ) -> Tensor:  # type: ignore[override]
+        fns = native.kernels(x.dtype)
+        assert fns is not None
         y = torch.empty_like(x)
-        lib = native.library()
-        assert lib is not None
         n, c, h, w = x.shape
         args = (ctypes.c_int(c), ctypes.c_int(groups), ctypes.c_int(size))
         consts = (ctypes.c_float(alpha), ctypes.c_float(beta), ctypes.c_float(k))
-        native.run_rows(lib.alexnet_lrn_forward, n * h * w, c * 4, [x, y], *args, *consts)
+        native.run_rows(fns[0], n * h * w, c * x.element_size(), [x, y], *args, *consts)
         ctx.save_for_backward(x)
         ctx.args, ctx.consts = args, consts
         return y
@@ -121,14 +140,14 @@ class _NativeLRNFunction(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad: Tensor):  # type: ignore[override]
         (x,) = ctx.saved_tensors
-        grad = grad.contiguous(memory_format=torch.channels_last)
+        fns = native.kernels(x.dtype)
+        assert fns is not None
+        # The kernel reads grad as raw memory in x's row layout and element type.
+        grad = grad.to(x.dtype).contiguous(memory_format=torch.channels_last)
         gx = torch.empty_like(x)
-        lib = native.library()
-        assert lib is not None
         n, c, h, w = x.shape
-        native.run_rows(
-            lib.alexnet_lrn_backward, n * h * w, c * 4, [x, grad, gx], *ctx.args, *ctx.consts
-        )
+        rows, row_bytes = n * h * w, c * x.element_size()
+        native.run_rows(fns[1], rows, row_bytes, [x, grad, gx], *ctx.args, *ctx.consts)
         return gx, None, None, None, None, None
 
 
@@ -138,12 +157,12 @@ def _native_lrn(x: Tensor, size: int, alpha: float, beta: float, k: float, group
 
 
 def _use_native(x: Tensor) -> bool:
+    """channels_last float32/bfloat16 CPU tensors, when the kernels compiled."""
     return (
         x.device.type == "cpu"
-        and x.dtype == torch.float32
         and x.shape[1] <= 8192
         and x.is_contiguous(memory_format=torch.channels_last)
-        and native.library() is not None
+        and native.kernels(x.dtype) is not None
     )
 
 
@@ -165,12 +184,13 @@ def local_response_norm(
 ) -> Tensor:
     """LRN across channels of an (N, C, H, W) tensor; see the module docstring.
 
-    ``impl="fast"`` runs the fused C kernel for channels_last float32 CPU tensors when it is
-    available (:mod:`alexnet.native`) and the banded-matmul PyTorch path otherwise;
-    ``"matmul"`` always takes the PyTorch path.
+    ``impl="fast"`` runs the fused C kernel for channels_last float32 and bfloat16 CPU
+    tensors when it is available (:mod:`alexnet.native`) and the banded-matmul PyTorch path
+    otherwise; ``"matmul"`` always takes the PyTorch path.
 
     Low-precision inputs (bf16/fp16 under autocast) are normalised in float32 and cast
-    back: x^2 sums of fp16 overflow and bf16 loses the k + alpha * s term's precision.
+    back: x^2 sums of fp16 overflow and bf16 loses the k + alpha * s term's precision. The
+    result and the input gradient keep x's dtype; autocast never lowers the inner math.
     """
     if x.dim() != 4:
         raise ValueError(f"local_response_norm expects (N, C, H, W), got shape {tuple(x.shape)}")
@@ -179,13 +199,13 @@ def local_response_norm(
     if x.shape[1] % groups:
         raise ValueError(f"{x.shape[1]} channels do not split into {groups} LRN groups")
     a = alpha / size if alpha_convention == "mean" else alpha
-    fmt = _memory_format(x)
-    if x.dtype in (torch.float16, torch.bfloat16):
-        out = _LRNFunction.apply(x.float().contiguous(memory_format=fmt), size, a, beta, k, groups)
-        return out.to(x.dtype)
-    x = x.contiguous(memory_format=fmt)
+    x = x.contiguous(memory_format=_memory_format(x))
     if impl == "fast" and _use_native(x):
         return _native_lrn(x, size, a, beta, k, groups)
+    if x.dtype in (torch.float16, torch.bfloat16):
+        # .float() keeps the layout; the cast back is outside _LRNFunction, so autograd
+        # hands the upcast gradient back to x in x's dtype.
+        return _LRNFunction.apply(x.float(), size, a, beta, k, groups).to(x.dtype)
     return _LRNFunction.apply(x, size, a, beta, k, groups)
 
 

@@ -18,6 +18,7 @@ import yaml
 SECTIONS = [
     "Configuration",
     "Environment",
+    "Execution",
     "Final metrics",
     "Training curves",
     "conv1 filters",
@@ -27,9 +28,22 @@ SECTIONS = [
 
 
 def _environment() -> dict[str, Any]:
-    from .benchmark import machine_info
+    from .hardware import machine_info
 
     return machine_info()
+
+
+def _execution_rows(execution: dict[str, Any]) -> list[tuple[str, str]]:
+    """summary.json's "execution" record as (key, value) rows; one row per conv layer."""
+    rows = []
+    for key, value in execution.items():
+        if key in ("conv_impl", "eval_conv_impl") and isinstance(value, dict):
+            label = "conv impl" if key == "conv_impl" else "eval conv impl"
+            for layer, d in value.items():
+                rows.append((f"{label}: {layer}", f"{d.get('impl')} ({d.get('reason', '')})"))
+        else:
+            rows.append((key, str(value)))
+    return rows
 
 
 def build_report(
@@ -78,6 +92,9 @@ def build_report(
             figures[name] = None
             notes[name] = f"prepared data not found ({data_dir}); pass --data DIR"
     env = _environment()
+    execution = _execution_rows(summary.get("execution") or {}) or [
+        ("not recorded", "this run's summary.json has no execution record")
+    ]
     metrics = {k: v for k, v in {**summary, **test}.items() if not isinstance(v, (dict, list))}
     title = f"AlexNet run report — {run.name}"
     out_html = Path(out) if out else run / "report.html"
@@ -104,14 +121,17 @@ def build_report(
             f"<tr><th>{html.escape(str(k))}</th><td>{html.escape(str(v))}</td></tr>"
             for k, v in env.items()
         ],
+        "</table><h2 id='execution'>Execution</h2><table>",
+        *[f"<tr><th>{html.escape(k)}</th><td>{html.escape(v)}</td></tr>" for k, v in execution],
         "</table><h2 id='final-metrics'>Final metrics</h2><table>",
         *[f"<tr><th>{html.escape(k)}</th><td>{html.escape(v)}</td></tr>" for k, v in rows],
         "</table>",
     ]
     md = [f"# {title}", "", "## Configuration", "", "```yaml", yaml.safe_dump(cfg, sort_keys=False).rstrip(), "```", "",
           "## Environment", "", "| key | value |", "|---|---|", *[f"| {k} | {v} |" for k, v in env.items()], "",
+          "## Execution", "", "| key | value |", "|---|---|", *[f"| {k} | {v} |" for k, v in execution], "",
           "## Final metrics", "", "| metric | value |", "|---|---|", *[f"| {k} | {v} |" for k, v in rows], ""]  # fmt: skip
-    for name in SECTIONS[3:]:
+    for name in SECTIONS[4:]:
         anchor = name.lower().replace(" ", "-")
         parts.append(f"<h2 id='{anchor}'>{html.escape(name)}</h2>")
         md += [f"## {name}", ""]

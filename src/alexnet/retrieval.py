@@ -25,7 +25,7 @@ import torch
 
 
 def extract_features(
-    weights: str, data_dir: str, split: str, out: str, batch_size: int = 128, workers: int = 2,
+    weights: str, data_dir: str, split: str, out: str, batch_size: int = 128, workers: int | str = "auto",
     device: str = "auto", dtype: str = "float16", progress: bool = True,
 ) -> dict[str, Any]:  # fmt: skip
     from tqdm import tqdm

@@ -8,7 +8,7 @@ import torch
 from torch import nn
 
 from . import native
-from .fourier import Conv2d
+from .fourier import Conv2d, no_probe
 from .model import AlexNet
 
 
@@ -19,7 +19,9 @@ class LayerRow:
     output_shape: tuple[int, ...]
     params: int
     macs: int
-    cpu_kernel: str = ""  # conv layers: how they run on CPU in float32 ("fourier"/"direct")
+    # conv layers: how `conv_impl: auto` runs them on CPU in float32 by the cost model
+    # ("fourier"/"direct"); training measures instead (alexnet.fourier), see summary.json.
+    cpu_kernel: str = ""
 
 
 def _macs(module: nn.Module, out: torch.Tensor) -> int:
@@ -62,7 +64,7 @@ def layer_table(model: AlexNet) -> list[LayerRow]:
     was_training = model.training
     model.eval()
     try:
-        with torch.no_grad():
+        with torch.no_grad(), no_probe():
             model(torch.zeros(1, cfg.in_channels, size, size))
     finally:
         model.train(was_training)
@@ -97,7 +99,7 @@ def summary_dict(model: AlexNet) -> dict:
 def format_summary(info: dict) -> str:
     head = (
         f"{'layer':<10} {'type':<18} {'output':>16} {'params':>12} {'mult-adds':>14}"
-        "  CPU fp32 kernel"
+        "  CPU fp32 conv (predicted)"
     )
     lines = [
         f"AlexNet variant {info['variant']!r}, input {tuple(info['input_shape'])}",
@@ -116,4 +118,8 @@ def format_summary(info: dict) -> str:
     lines.append(f"{'total':<10} {'':<18} {'':>16} {info['params']:>12,} {info['macs']:>14,}")
     if "native" in info:
         lines.append(f"LRN on CPU: {info['native']}")
+    lines.append(
+        "conv_impl auto times both conv paths per layer at a run's first step on this machine "
+        "(cached in $ALEXNET_CACHE) and records the choice in the run's summary.json"
+    )
     return "\n".join(lines)

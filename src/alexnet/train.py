@@ -30,6 +30,13 @@ from .checkpoint import atomic_save, export_weights, load_checkpoint, load_match
 from .config import ConfigError, TrainConfig, from_dict, save_yaml, to_dict
 from .data import LoaderSpec, Prepared, make_loader
 from .evaluate import autocast_context, evaluate_model, topk_correct
+from .execution import (
+    execution_record,
+    resolve_precision,
+    resolve_threads,
+    resolve_workers,
+)
+from .fourier import conv_decisions
 from .model import AlexNet, build_model
 from .optim import LRSchedule, build_optimizer, set_lr
 
@@ -50,31 +57,6 @@ class TrainingStopped(Exception):
 
 # --------------------------------------------------------------------------------------
 # Setup helpers
-
-
-def cpu_has_native_bf16() -> bool:
-    try:
-        with open("/proc/cpuinfo") as f:
-            flags = f.read()
-    except OSError:
-        return False
-    return "amx_bf16" in flags or "avx512_bf16" in flags
-
-
-def resolve_precision(precision: str, device: torch.device) -> tuple[torch.dtype | None, bool]:
-    """(autocast dtype or None for fp32, whether a grad scaler is needed)."""
-    if precision == "auto":
-        if device.type == "cuda":
-            precision = "bf16" if torch.cuda.is_bf16_supported() else "fp16"
-        else:
-            precision = "bf16" if cpu_has_native_bf16() else "fp32"
-    if precision == "fp32":
-        return None, False
-    if precision == "bf16":
-        return torch.bfloat16, False
-    if device.type != "cuda":
-        raise ConfigError("run.precision=fp16 needs a CUDA device; use bf16 or fp32 on CPU")
-    return torch.float16, True
 
 
 def configure_model_from_data(cfg: TrainConfig, data: Prepared, log: Any) -> TrainConfig:
@@ -215,6 +197,7 @@ def train_one_epoch(
         ctx["dist"],
     )
     cfg: TrainConfig = ctx["cfg"]
+    clip = cfg.optim.clip_grad_norm
     model.train()
     total = len(loader)
     bar = ctx["make_bar"](total, progress.batch, f"epoch {progress.epoch + 1}/{cfg.run.epochs}")
@@ -239,10 +222,15 @@ def train_one_epoch(
             optimizer.zero_grad(set_to_none=True)
             if scaler is not None:
                 scaler.scale(loss).backward()
+                if clip:
+                    scaler.unscale_(optimizer)
+                    nn.utils.clip_grad_norm_(model.parameters(), clip)
                 scaler.step(optimizer)
                 scaler.update()
             else:
                 loss.backward()
+                if clip:
+                    nn.utils.clip_grad_norm_(model.parameters(), clip)
                 optimizer.step()
             with torch.no_grad():
                 c1, c5 = topk_correct(logits.float(), y)
@@ -253,6 +241,8 @@ def train_one_epoch(
             progress.seen += n
             progress.batch += 1
             progress.global_step += 1
+            if ctx["conv_impl"] is None:  # what the training step ran, once decided
+                ctx["conv_impl"] = conv_decisions(model)
             if bar is not None:
                 rate = (progress.seen - seen0) / max(time.perf_counter() - t0, 1e-9)
                 bar.update(
@@ -383,10 +373,17 @@ def _train(
             f"run.batch_size={cfg.run.batch_size} does not split evenly over {dist.world_size} ranks; "
             f"use a multiple of {dist.world_size}"
         )
-    if cfg.run.threads:
-        torch.set_num_threads(cfg.run.threads)
     dev = dist.device
-    autocast, needs_scaler = resolve_precision(cfg.run.precision, dev)
+    if dev.type == "cpu":
+        torch.set_num_threads(resolve_threads(cfg.run.threads))
+    precision = resolve_precision(cfg.run.precision, dev)
+    eval_precision = resolve_precision(
+        cfg.run.precision if cfg.run.eval_precision == "auto" else cfg.run.eval_precision,
+        dev,
+        key="run.eval_precision",
+    )
+    autocast, needs_scaler = precision.autocast_dtype, precision.needs_scaler
+    workers = resolve_workers(cfg.data.workers)
     ckpt_path = out / "checkpoint.pt"
     if dist.is_main:
         out.mkdir(parents=True, exist_ok=True)
@@ -415,7 +412,7 @@ def _train(
     )  # fmt: skip
     train_loader = make_loader(
         data, "train", spec, per_rank, dev, seed=cfg.run.seed, rank=dist.rank,
-        world_size=dist.world_size, workers=cfg.data.workers,
+        world_size=dist.world_size, workers=workers,
     )  # fmt: skip
     if cfg.data.limit_train:
         train_loader.sampler.n = min(cfg.data.limit_train, train_loader.sampler.n)
@@ -429,7 +426,7 @@ def _train(
         val_spec = dataclasses.replace(spec, train=False, views=cfg.data.val_views)
         val_loader = make_loader(
             data, "val", val_spec, per_rank, dev, seed=cfg.run.seed, rank=dist.rank,
-            world_size=dist.world_size, workers=cfg.data.workers,
+            world_size=dist.world_size, workers=workers,
         )  # fmt: skip
     schedule = LRSchedule(cfg.schedule, cfg.optim.lr, cfg.run.epochs, len(train_loader))
     scaler = torch.amp.GradScaler("cuda") if needs_scaler else None
@@ -473,18 +470,35 @@ def _train(
         log(
             f"resumed {out} at epoch {progress.epoch + 1}, step {progress.batch} (global step {progress.global_step})"
         )
+        before = (state.get("execution") or {}).get("precision")
+        if before and before != precision.name:
+            log(
+                f"note: this run trained in {before} so far and continues in {precision.name} "
+                f"({precision.reason}); set run.precision={before} to keep it"
+            )
 
     if dist.is_main:
         save_yaml(cfg, out / "config.yaml")
     log(
         f"training {cfg.model.variant} ({sum(p.numel() for p in model.parameters()):,} params) on "
         f"{len(data.split('train')):,} images, {dist.world_size} rank(s), device {dev}, "
-        f"precision {autocast or 'fp32'}, batch {cfg.run.batch_size} -> {out}"
+        f"batch {cfg.run.batch_size} -> {out}"
     )
+    log(
+        f"precision {precision.name} ({precision.reason}), evaluation {eval_precision.name}; "
+        f"{torch.get_num_threads()} threads, {workers} loader worker(s)"
+    )
+
+    def execution() -> dict[str, Any]:
+        return execution_record(
+            dev, precision, eval_precision, workers, dist.world_size, ctx["conv_impl"],
+            conv_decisions(model), cfg.run.channels_last, cfg.run.compile,
+        )  # fmt: skip
+
     every = cfg.run.log_every
     ctx = {
         "device": dev, "autocast": autocast, "scaler": scaler, "stop": stop, "dist": dist, "cfg": cfg,
-        "ckpt_path": ckpt_path,
+        "ckpt_path": ckpt_path, "conv_impl": None,
         "make_bar": (lambda total, initial, desc: _Bar(total, initial, desc, every)) if (dist.is_main and not quiet) else (lambda *a: None),
     }  # fmt: skip
     writer = _tensorboard(out) if dist.is_main else None
@@ -494,10 +508,8 @@ def _train(
         sync()
         progress.wall_seconds = time.perf_counter() - t_start
         if dist.is_main:
-            atomic_save(
-                checkpoint_state(model, optimizer, schedule, scaler, progress, cfg, data, best),
-                ckpt_path,
-            )
+            ckpt = checkpoint_state(model, optimizer, schedule, scaler, progress, cfg, data, best)
+            atomic_save({**ckpt, "execution": execution()}, ckpt_path)
         D.barrier()
 
     last_val: dict[str, float] = {}
@@ -523,7 +535,7 @@ def _train(
                 (epoch + 1) % cfg.run.eval_every == 0 or is_last or cfg.schedule.kind == "plateau"
             ):
                 sync()
-                last_val = evaluate_model(model, val_loader, dev, autocast)
+                last_val = evaluate_model(model, val_loader, dev, eval_precision.autocast_dtype)
                 row.update({f"val_{k}": v for k, v in last_val.items() if k != "images"})
                 if (
                     best["val_top1_error"] is None
@@ -592,6 +604,7 @@ def _train(
         "torch": torch.__version__,
         "device": str(dev),
         "world_size": dist.world_size,
+        "execution": execution(),
     }
     if dist.is_main:
         export_weights(

@@ -5,6 +5,7 @@ per machine into ``$ALEXNET_CACHE`` (default ``~/.cache/alexnet``); the shared l
 loaded with ctypes, so there is nothing to build at install time and no Python or torch
 headers are involved. When no compiler works, or ``ALEXNET_NATIVE=0``, callers use their
 pure-PyTorch path: same results, slower. :func:`status` says which one is active and why.
+The kernels take float32 and bfloat16 storage (:data:`KERNELS`); bf16 is computed in float32.
 
 Work is split into row ranges across ``torch.get_num_threads()`` threads; ctypes releases
 the GIL for the duration of each call.
@@ -26,6 +27,8 @@ from typing import Any
 
 import torch
 
+from ..hardware import cpu_flags
+
 _SOURCE = Path(__file__).with_name("lrn.c")
 _FLAGS = ("-O3", "-fno-math-errno", "-fno-trapping-math", "-fPIC", "-shared", "-std=c99")
 _lock = threading.Lock()
@@ -33,6 +36,12 @@ _lib: ctypes.CDLL | None = None
 _why_not: str | None = None
 _tried = False
 _pool: ThreadPoolExecutor | None = None
+
+# (forward, backward) C symbols per tensor dtype; every one returns 0 or an error code.
+KERNELS: dict[torch.dtype, tuple[str, str]] = {
+    torch.float32: ("alexnet_lrn_forward", "alexnet_lrn_backward"),
+    torch.bfloat16: ("alexnet_lrn_forward_bf16", "alexnet_lrn_backward_bf16"),
+}
 
 
 def _cache_dir() -> Path:
@@ -48,21 +57,11 @@ def _compiler() -> str | None:
     return next((p for p in map(shutil.which, ("cc", "gcc", "clang")) if p), None)
 
 
-def _cpu_flags() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith(("flags", "Features")):
-                return line
-    except OSError:
-        pass
-    return ""
-
-
 def _build(cc: str) -> Path:
     """Compile (or reuse) the library for this source, compiler and CPU; returns its path."""
     source = _SOURCE.read_bytes()
     key = hashlib.sha256(
-        b"\0".join([source, cc.encode(), " ".join(_FLAGS).encode(), _cpu_flags().encode()])
+        b"\0".join([source, cc.encode(), " ".join(_FLAGS).encode(), cpu_flags().encode()])
     ).hexdigest()[:16]
     out = _cache_dir() / f"alexnet-native-{key}.so"
     if out.exists():
@@ -99,7 +98,7 @@ def library() -> ctypes.CDLL | None:
         else:
             try:
                 lib = ctypes.CDLL(str(_build(cc)))
-                for name in ("alexnet_lrn_forward", "alexnet_lrn_backward"):
+                for name in (n for pair in KERNELS.values() for n in pair):
                     getattr(lib, name).restype = ctypes.c_int
                 _lib = lib
             except (OSError, RuntimeError) as exc:
@@ -111,7 +110,42 @@ def library() -> ctypes.CDLL | None:
 def status() -> str:
     """One line for `alexnet info` and benchmark results."""
     lib = library()
-    return f"native kernels: {lib._name}" if lib is not None else f"native kernels off: {_why_not}"
+    if lib is None:
+        return f"native kernels off: {_why_not}"
+    dtypes = ", ".join(str(d).removeprefix("torch.") for d in KERNELS)
+    return f"native kernels ({dtypes}): {lib._name}"
+
+
+def kernels(dtype: torch.dtype) -> tuple[Callable[..., int], Callable[..., int]] | None:
+    """The (forward, backward) C functions for ``dtype``, or None where there are none."""
+    lib = library()
+    if lib is None or dtype not in KERNELS:
+        return None
+    forward, backward = KERNELS[dtype]
+    return getattr(lib, forward), getattr(lib, backward)
+
+
+def lrn_path(
+    device: torch.device | str,
+    autocast_dtype: torch.dtype | None = None,
+    channels_last: bool = True,
+) -> str:
+    """Which LRN implementation a model on ``device`` runs with the default ``impl="fast"``:
+    the layer sees conv outputs in autocast's dtype, else float32 (mirrors lrn._use_native)."""
+    dtype = autocast_dtype if autocast_dtype is not None else torch.float32
+    name = str(dtype).removeprefix("torch.")
+    dev = torch.device(device).type
+    if dev == "cpu" and channels_last and kernels(dtype) is not None:
+        return f"fused C kernel, {name}" + (", float32 math" if dtype != torch.float32 else "")
+    if dev != "cpu":
+        why = f"{dev} tensors"
+    elif not channels_last:
+        why = "NCHW layout"
+    elif dtype not in KERNELS:
+        why = f"no {name} kernel"
+    else:
+        why = status()
+    return f"PyTorch banded matmul in float32 ({why})"
 
 
 _pool_key: tuple[int, int] | None = None

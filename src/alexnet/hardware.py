@@ -1,0 +1,111 @@
+"""What this machine is: CPU model and features, cores available, accelerators.
+
+The one place that reads ``/proc/cpuinfo``. Everything ``auto`` decides from the hardware
+(precision, loader workers, threads) starts here, and :func:`machine_info` is what runs,
+benchmarks and reports record about the machine.
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+import platform
+from pathlib import Path
+from typing import Any
+
+import torch
+
+# CPU features that run bf16 matrix products natively (x86: AMX tiles or AVX512-BF16
+# dot products; ARM: the BF16 extension). Without them oneDNN emulates bf16 through fp32,
+# which measured ~10x slower than fp32 itself on an AVX2-only CPU.
+_BF16_FLAGS = ("amx_bf16", "avx512_bf16", "bf16")
+
+
+@functools.cache
+def _cpuinfo() -> dict[str, str]:
+    """The first processor's fields of /proc/cpuinfo ({} where there is none)."""
+    try:
+        return parse_cpuinfo(Path("/proc/cpuinfo").read_text())
+    except OSError:
+        return {}
+
+
+def parse_cpuinfo(text: str) -> dict[str, str]:
+    """The first processor block of a /proc/cpuinfo text as {field: value}."""
+    fields: dict[str, str] = {}
+    for line in text.splitlines():
+        if not line.strip():
+            if fields:
+                break
+            continue
+        key, _, value = line.partition(":")
+        fields.setdefault(key.strip(), value.strip())
+    return fields
+
+
+def cpu_model() -> str:
+    info = _cpuinfo()
+    return (
+        info.get("model name")
+        or info.get("Model")
+        or platform.processor()
+        or platform.machine()
+        or "unknown CPU"
+    )
+
+
+def cpu_flags() -> str:
+    """The CPU feature list (x86 ``flags``, ARM ``Features``), space separated."""
+    info = _cpuinfo()
+    return info.get("flags") or info.get("Features") or ""
+
+
+def cpu_bf16() -> str | None:
+    """The feature that gives this CPU native bf16 arithmetic, or None (emulated)."""
+    flags = set(cpu_flags().split())
+    return next((f for f in _BF16_FLAGS if f in flags), None)
+
+
+def available_cores() -> int:
+    """Cores this process may run on (its affinity mask, e.g. under taskset or SLURM)."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):
+        return os.cpu_count() or 1
+
+
+def ranks_on_this_node() -> int:
+    """Processes sharing this machine's cores (torchrun's LOCAL_WORLD_SIZE)."""
+    return max(1, int(os.environ.get("LOCAL_WORLD_SIZE", "1")))
+
+
+def cores_per_rank() -> int:
+    return max(1, available_cores() // ranks_on_this_node())
+
+
+def resolve_workers(requested: int | str) -> int:
+    """Loader workers: ``auto`` = one decoding process per spare core of this rank (none on
+    a single core, at most 8); a number is used as given."""
+    if requested == "auto":
+        return min(8, cores_per_rank() - 1)
+    if isinstance(requested, bool) or not isinstance(requested, int) or requested < 0:
+        raise ValueError(f"loader workers must be 'auto' or an integer >= 0, got {requested!r}")
+    return requested
+
+
+def machine_info() -> dict[str, Any]:
+    """The machine as runs, benchmarks and reports record it."""
+    from . import native
+
+    return {
+        "cpu": cpu_model(),
+        "cores": available_cores(),
+        "threads": torch.get_num_threads(),
+        "cpu_capability": torch.backends.cpu.get_cpu_capability(),
+        "cpu_bf16": cpu_bf16() or "none (emulated)",
+        "torch": str(torch.__version__),
+        "python": platform.python_version(),
+        "cuda": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
+        "native": native.status(),
+        "thp_mem_alloc": os.environ.get("THP_MEM_ALLOC_ENABLE"),
+    }

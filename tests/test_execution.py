@@ -1,0 +1,89 @@
+"""What `auto` resolves to from the hardware; every machine fact is faked, so these mean
+the same on any CPU."""
+
+import json
+
+import pytest
+import torch
+
+from alexnet import execution, hardware
+from alexnet.cli import main
+
+AVX2_EPYC = """processor	: 0
+vendor_id	: AuthenticAMD
+model name	: AMD EPYC 7B13
+flags		: fpu sse sse2 avx avx2 fma
+
+processor	: 1
+model name	: AMD EPYC 7B13
+flags		: fpu sse sse2 avx avx2 fma
+"""
+XEON_AMX = "model name\t: Intel(R) Xeon(R) Processor\nflags\t\t: avx2 avx512f avx512_bf16 amx_bf16 amx_tile\n"
+GRAVITON = "processor\t: 0\nBogoMIPS\t: 2100.00\nFeatures\t: fp asimd sve bf16 i8mm\n"
+
+
+@pytest.mark.parametrize(
+    "text, model, bf16",
+    [
+        (AVX2_EPYC, "AMD EPYC 7B13", None),
+        (XEON_AMX, "Intel(R) Xeon(R) Processor", "amx_bf16"),
+        (GRAVITON, None, "bf16"),
+        ("", None, None),
+    ],
+)
+def test_cpu_model_and_native_bf16_from_cpuinfo(monkeypatch, text, model, bf16):
+    monkeypatch.setattr(hardware, "_cpuinfo", lambda: hardware.parse_cpuinfo(text))
+    assert hardware.cpu_bf16() == bf16
+    if model:
+        assert hardware.cpu_model() == model
+    assert hardware.cpu_model()  # never empty: falls back to the platform's name
+    # avx512_bf16 as a substring of another flag must not count.
+    monkeypatch.setattr(hardware, "_cpuinfo", lambda: {"flags": "avx512_bf16x avx2"})
+    assert hardware.cpu_bf16() is None
+
+
+@pytest.mark.parametrize(
+    "cores, ranks, workers, threads",
+    [(1, 1, 0, 1), (2, 1, 1, 2), (16, 1, 8, 16), (16, 4, 3, 4), (64, 8, 7, 8), (3, 8, 0, 1)],
+)
+def test_workers_and_threads_follow_the_cores_available(
+    monkeypatch, cores, ranks, workers, threads
+):
+    monkeypatch.setattr(hardware, "available_cores", lambda: cores)
+    monkeypatch.setenv("LOCAL_WORLD_SIZE", str(ranks))
+    monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+    assert hardware.resolve_workers("auto") == workers
+    assert execution.resolve_threads(0) == threads
+    assert hardware.resolve_workers(3) == 3 and execution.resolve_threads(5) == 5
+    with pytest.raises(ValueError, match="'auto' or an integer >= 0"):
+        hardware.resolve_workers(-1)
+
+
+def test_threads_respect_omp_num_threads(monkeypatch):
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")
+    assert execution.resolve_threads(0) == torch.get_num_threads()
+
+
+def test_info_shows_what_auto_resolves_to(capsys, monkeypatch):
+    monkeypatch.setattr(hardware, "cpu_bf16", lambda: None)
+    assert main(["info", "--model", "small", "--device", "cpu", "--json"]) == 0
+    plan = json.loads(capsys.readouterr().out)["execution"]
+    assert plan["precision_auto"] == "fp32" and "no native bf16" in plan["precision_reason"]
+    assert set(plan["precisions_available"]) == {"fp32", "bf16"}
+    assert plan["eval_precision_default"] == "fp32"
+    assert set(plan["lrn"]) == {"fp32", "bf16"}
+    assert plan["loader_workers_auto"] == hardware.resolve_workers("auto")
+    monkeypatch.setattr(hardware, "cpu_bf16", lambda: "avx512_bf16")
+    assert main(["info", "--model", "small", "--device", "cpu"]) == 0
+    text = capsys.readouterr().out
+    assert "run.precision auto -> bf16 (auto: the CPU has native bf16 (avx512_bf16))" in text
+
+
+def test_bad_workers_value_is_a_config_error():
+    from alexnet.config import ConfigError, load_train_config
+
+    assert load_train_config("imagenet-paper").data.workers == "auto"
+    with pytest.raises(ConfigError, match=r"data\.workers"):
+        load_train_config("demo", None, ["data.workers=many"])
+    with pytest.raises(ConfigError, match=r"data\.workers must be >= 0"):
+        load_train_config("demo", None, ["data.workers=-2"])
