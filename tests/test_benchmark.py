@@ -31,6 +31,9 @@ def test_model_benchmark_cli_json(capsys):
     assert r["ratio"] == min(r["ratios"].values())
     assert "channels_last" in r["ratio_settings"] and r["machine"]["torch"]
     assert main([*args[:-4], "--layouts", "sideways", "--repeats", "1"]) == 2
+    assert main(["benchmark", "model", "--precisions", "fp32,xyz", "--batch-size", "1"]) == 2
+    assert main(["benchmark", "model", "--precisions", "fp16", "--device", "cpu"]) == 2
+    assert "--precisions=fp16 cannot run on cpu" in capsys.readouterr().err
 
 
 def test_e2e_benchmark_structure(tmp_path):

@@ -289,7 +289,15 @@ def test_demo_flow_on_tiny_data(run, tmp_path, capsys):
 
     assert (
         demo.run(
-            str(tmp_path / "demo"), str(run / "data"), epochs=1, overrides=["run.batch_size=16"]
+            str(tmp_path / "demo"),
+            str(run / "data"),
+            epochs=1,
+            overrides=[
+                "run.batch_size=16",
+                "run.precision=fp32",
+                "model.conv_impl=direct",
+                "run.threads=2",
+            ],
         )
         == 0
     )

@@ -4,7 +4,6 @@ the same on any CPU."""
 import json
 
 import pytest
-import torch
 
 from alexnet import execution, hardware
 from alexnet.cli import main
@@ -50,6 +49,7 @@ def test_workers_and_threads_follow_the_cores_available(
     monkeypatch, cores, ranks, workers, threads
 ):
     monkeypatch.setattr(hardware, "available_cores", lambda: cores)
+    monkeypatch.setattr(hardware, "TORCH_DEFAULT_THREADS", 64)
     monkeypatch.setenv("LOCAL_WORLD_SIZE", str(ranks))
     monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
     assert hardware.resolve_workers("auto") == workers
@@ -59,9 +59,16 @@ def test_workers_and_threads_follow_the_cores_available(
         hardware.resolve_workers(-1)
 
 
-def test_threads_respect_omp_num_threads(monkeypatch):
+def test_threads_respect_omp_num_threads_and_torchs_default(monkeypatch):
+    monkeypatch.setattr(hardware, "available_cores", lambda: 32)
+    monkeypatch.setattr(hardware, "TORCH_DEFAULT_THREADS", 16)  # 16 cores, 2 SMT threads each
+    monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+    assert execution.resolve_threads(0) == 16
+    monkeypatch.setattr(hardware, "TORCH_DEFAULT_THREADS", 1)  # what OMP_NUM_THREADS=1 gives
     monkeypatch.setenv("OMP_NUM_THREADS", "1")
-    assert execution.resolve_threads(0) == torch.get_num_threads()
+    assert execution.resolve_threads(0) == 1
+    monkeypatch.setenv("LOCAL_WORLD_SIZE", "")  # set but empty: one rank
+    assert hardware.ranks_on_this_node() == 1
 
 
 def test_info_shows_what_auto_resolves_to(capsys, monkeypatch):

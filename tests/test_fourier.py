@@ -85,9 +85,11 @@ class FakeTimer:
     def __init__(self, direct: float, fourier: float) -> None:
         self.times = (direct, fourier)
         self.calls: list[tuple] = []
+        self.settings: list[dict] = []
 
     def __call__(self, *shape, **settings) -> tuple[float, float]:
         self.calls.append(shape)
+        self.settings.append(settings)
         return self.times
 
 
@@ -268,6 +270,17 @@ def test_layers_predicted_below_the_prefilter_are_not_probed(cache, monkeypatch)
     assert timer.calls == [] and _probe_files(cache) == []
 
 
+def test_evaluation_is_timed_forward_only_and_apart_from_training(cache, monkeypatch):
+    timer = _timer(monkeypatch, 1.0, 2.0)
+    conv = _layer()
+    with torch.no_grad():
+        conv(torch.randn(4, 128, 7, 7))
+    assert [s["train"] for s in timer.settings] == [False]
+    conv(torch.randn(4, 128, 7, 7, requires_grad=True))
+    assert [s["train"] for s in timer.settings] == [False, True]
+    assert len(_probe_files(cache)) == 2
+
+
 def test_info_predicts_without_timing_anything(cache, monkeypatch):
     # `alexnet info` runs one image through the model: no probe at batch 1, no cache file.
     from alexnet.summary import summary_dict
@@ -284,6 +297,11 @@ def test_info_predicts_without_timing_anything(cache, monkeypatch):
     assert timer.calls == [] and _probe_files(cache) == []
     assert _layer().uses_fourier(torch.randn(4, 128, 7, 7))  # outside: probes again
     assert len(timer.calls) == 1
+    conv = _layer()  # a guess made under no_probe() is not reused outside it
+    with fourier.no_probe():
+        conv(torch.randn(1, 128, 7, 7))
+    conv(torch.randn(4, 128, 7, 7))
+    assert conv.decision["reason"].startswith("measured")  # from the probe cache
 
 
 def test_a_real_probe_leaves_rng_parameters_and_autograd_alone(cache, monkeypatch):

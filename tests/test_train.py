@@ -370,22 +370,69 @@ def _execution(run_dir):
     return json.loads((run_dir / "summary.json").read_text())["execution"]
 
 
-def test_the_run_records_what_actually_ran(tmp_path, fmnist):
-    from alexnet.execution import resolve_precision
+@pytest.mark.parametrize("native_bf16, ran", [("amx_bf16", "bf16"), (None, "fp32")])
+def test_the_run_records_what_actually_ran(tmp_path, fmnist, monkeypatch, native_bf16, ran):
+    from alexnet import hardware
 
+    monkeypatch.setattr(hardware, "cpu_bf16", lambda: native_bf16)  # the same on any CPU
     train(cfg_for(fmnist, "run.epochs=1", "run.precision=auto"), tmp_path / "r", quiet=True)
     ex = _execution(tmp_path / "r")
-    assert ex["precision_requested"] == "auto"
-    assert ex["precision"] == resolve_precision("auto", torch.device("cpu")).name != "auto"
-    assert ex["eval_precision"] == "fp32" and ex["device"] == "cpu"
-    assert ex["threads"] == 2 and ex["loader_workers"] == 0
+    assert (ex["precision_requested"], ex["precision"], ex["eval_precision"]) == (
+        "auto",
+        ran,
+        "fp32",
+    )
+    assert ex["device"] == "cpu" and ex["threads"] == 2
+    assert ex["loader_workers"] == 0  # array data: no decoding processes, whatever asked
     assert set(ex["conv_impl"]) == {"conv1", "conv2", "conv3", "conv4", "conv5"}
     assert all(d["impl"] == "direct" for d in ex["conv_impl"].values())  # pinned by SMALL
-    assert ex["lrn"] and ex["device_name"] and ex["cores_available"] >= 1
-    assert (
-        load_checkpoint(tmp_path / "r" / "checkpoint.pt")["execution"]["precision"]
-        == ex["precision"]
-    )
+    lrn = "bfloat16" if ran == "bf16" else "float32"
+    assert lrn in ex["lrn"] and ex["device_name"] and ex["cores_available"] >= 1
+    assert load_checkpoint(tmp_path / "r" / "checkpoint.pt")["execution"]["precision"] == ran
+
+
+def test_resuming_in_another_precision_is_said_and_recorded(tmp_path, fmnist, capsys):
+    train(cfg_for(fmnist, "run.epochs=1", "run.precision=bf16"), tmp_path / "r", quiet=True)
+    train(cfg_for(fmnist, "run.epochs=2", "run.precision=fp32"), tmp_path / "r", resume=True)
+    out = capsys.readouterr().out
+    assert "trained in bf16 until global step 4 and continues in fp32" in out
+    assert "set run.precision=bf16 to keep it" in out
+    history = _execution(tmp_path / "r")["precision_history"]
+    assert history == [{"from_step": 0, "precision": "bf16"}, {"from_step": 4, "precision": "fp32"}]
+
+
+def test_eval_precision_reaches_evaluation(tmp_path, fmnist, monkeypatch):
+    from alexnet import train as T
+
+    seen = []
+    original = T.evaluate_model
+
+    def spy(models, loader, device, autocast_dtype=None, progress=None):
+        seen.append(autocast_dtype)
+        return original(models, loader, device, autocast_dtype, progress)
+
+    monkeypatch.setattr(T, "evaluate_model", spy)
+    cfg = cfg_for(fmnist, "run.epochs=1", "run.eval_precision=bf16")
+    train(cfg, tmp_path / "r", quiet=True)
+    assert seen == [torch.bfloat16] and _execution(tmp_path / "r")["eval_precision"] == "bf16"
+
+
+def test_clip_grad_norm_bounds_the_step(tmp_path, fmnist, monkeypatch):
+    # With a tiny limit every step's gradient is rescaled to exactly that norm.
+    norms = []
+    original = torch.optim.SGD.step
+
+    def spy(self, *a, **k):
+        grads = [p.grad for g in self.param_groups for p in g["params"] if p.grad is not None]
+        norms.append(torch.linalg.vector_norm(torch.stack([g.norm() for g in grads])).item())
+        return original(self, *a, **k)
+
+    monkeypatch.setattr(torch.optim.SGD, "step", spy)
+    cfg = cfg_for(fmnist, "run.epochs=1", "optim.form=pytorch", "optim.clip_grad_norm=0.01")
+    train(cfg, tmp_path / "r", quiet=True)
+    assert len(norms) == 4 and all(n == pytest.approx(0.01, rel=1e-3) for n in norms)
+    with pytest.raises(ConfigError, match=r"optim\.clip_grad_norm must be >= 0"):
+        cfg_for(fmnist, "optim.clip_grad_norm=-1")
 
 
 def test_bf16_training_keeps_fp32_master_weights_and_evaluates_in_fp32(tmp_path, fmnist):

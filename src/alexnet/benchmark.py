@@ -439,6 +439,10 @@ def bench_model(
         precisions = ["fp32", "bf16"] if (cuda or cpu_bf16()) else ["fp32"]
         if "bf16" not in precisions:
             skipped = "bf16 not measured by default: this CPU has no native bf16 (AMX/AVX512-BF16), where bf16 autocast ran ~10x slower than fp32; pass --precisions fp32,bf16 to measure it"
+    from .execution import resolve_precision
+
+    for p in precisions:  # an unknown or impossible precision fails before any work
+        resolve_precision(p, dev, key="--precisions")
     macs = {v: summary_dict(build_model(variant=v))["macs"] for v in ("paper", "owt")}
     macs["torchvision"] = macs["owt"]
     macs["paper-direct"] = macs["paper"]

@@ -41,11 +41,18 @@ def cmd_info(args: argparse.Namespace) -> int:
         overrides["in_channels"] = args.in_channels
     if args.input_size is not None:
         overrides["input_size"] = args.input_size
+    import torch
+
     from .distributed import resolve_device
     from .execution import execution_plan, format_plan
 
     info = summary_dict(build_model(**overrides))
-    info["execution"] = execution_plan(resolve_device(args.device))
+    dev = args.device
+    if dev != "auto" and dev != "cpu" and not dev.startswith("cuda"):
+        raise ValueError(f"--device: {dev!r} is not allowed; choose auto, cpu, cuda or cuda:N")
+    if dev.startswith("cuda") and not torch.cuda.is_available():
+        raise ValueError(f"--device {dev}: no CUDA device is available here; use cpu or auto")
+    info["execution"] = execution_plan(resolve_device(dev))
     _emit(info, lambda i: f"{format_summary(i)}\n{format_plan(i['execution'])}", args.json)
     return 0
 

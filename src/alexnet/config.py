@@ -350,7 +350,7 @@ class RunConfig:
     # on CPUs bf16 where they have native bf16 (AMX, AVX512-BF16, ARM BF16), else fp32.
     # What ran is recorded in summary.json ("execution"); policy in alexnet.execution.
     precision: Literal["auto", "fp32", "bf16", "fp16"] = "auto"
-    # Precision of validation and test passes (auto: as run.precision resolves).
+    # Precision of validation and test passes (auto: the same policy as run.precision).
     eval_precision: Literal["auto", "fp32", "bf16", "fp16"] = "fp32"
     channels_last: bool = True
     compile: bool = False

@@ -405,11 +405,13 @@ class DeviceLoader:
             out = (x.to(dt) - mean) / std
             if spec.train:
                 out = T.finish(out, 1.0, offset)
+                if self.array_images is not None or spec.pad:
+                    out = T.pad_crop(out, b["ys"], b["xs"], b["flips"], spec.pad, spec.crop)
         elif self.array_images is not None or (spec.train and spec.pad):
             # Small images: subtract the whole mean image, then pad + random crop + flip.
             out = T.finish(x.to(dt) - self.mean.to(dt), spec.input_scale, offset)
             if spec.train:
-                out = T.pad_crop(out, b["ys"], b["xs"], b["flips"], spec.pad)
+                out = T.pad_crop(out, b["ys"], b["xs"], b["flips"], spec.pad, spec.crop)
         elif spec.train:
             out = T.subtract_mean_crops(
                 x, self.mean, b["ys"], b["xs"], b["flips"], dt, offset, self.mean_flipped

@@ -60,8 +60,14 @@ def _cuda_bf16(device: torch.device) -> bool:
         return torch.cuda.get_device_capability(device)[0] >= 8
 
 
+def _check_device(device: torch.device) -> None:
+    if device.type not in ("cpu", "cuda"):
+        raise ConfigError(f"device {device.type!r} is not supported; use cpu or cuda")
+
+
 def available_precisions(device: torch.device) -> dict[str, str]:
     """Precision -> how it runs on ``device``, for every precision that can run there."""
+    _check_device(device)
     if device.type == "cuda":
         out = {"fp32": "fp32 (TF32 matmuls)", "fp16": "fp16 autocast + grad scaler"}
         if _cuda_bf16(device):
@@ -79,6 +85,7 @@ def resolve_precision(
 ) -> Precision:
     """The precision ``requested`` means on ``device``; an error naming ``key`` and what is
     available where it cannot run (fp16 on CPU, bf16 on a GPU without native bf16)."""
+    _check_device(device)
     if requested == "auto":
         if device.type == "cuda":
             if _cuda_bf16(device):
@@ -96,7 +103,7 @@ def resolve_precision(
     if requested not in available:
         where = torch.cuda.get_device_name(device) if device.type == "cuda" else "the CPU"
         why = (
-            "fp16 autocast with a grad scaler is for CUDA devices"
+            "fp16 autocast runs on CUDA devices only here"
             if requested == "fp16"
             else "this GPU has no native bf16 (Ampere or newer has)"
         )
@@ -109,13 +116,14 @@ def resolve_precision(
 
 
 def resolve_threads(requested: int) -> int:
-    """``run.threads``: 0 = this rank's share of the available cores, unless
-    OMP_NUM_THREADS says otherwise (torchrun sets it to 1 for several ranks per node)."""
+    """``run.threads``: 0 = this rank's share of the cores it may run on, at most
+    PyTorch's own default (physical cores: SMT siblings add little to GEMMs), unless
+    OMP_NUM_THREADS is set (torchrun sets it to 1 for several ranks per node)."""
     if requested > 0:
         return requested
     if os.environ.get("OMP_NUM_THREADS"):
-        return torch.get_num_threads()
-    return hardware.cores_per_rank()
+        return hardware.TORCH_DEFAULT_THREADS
+    return min(hardware.cores_per_rank(), hardware.TORCH_DEFAULT_THREADS)
 
 
 def _device_facts(device: torch.device) -> dict[str, Any]:

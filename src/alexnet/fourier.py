@@ -292,8 +292,10 @@ def _time_probe(
     channels_last: bool,
     input_grad: bool,
     bias: bool,
+    train: bool = True,
 ) -> tuple[float, float]:
-    """Median seconds of one forward + backward, (direct, Fourier), on random data of this
+    """Median seconds of one forward + backward (``train``) or one forward, (direct,
+    Fourier), on random data of this
     shape: interleaved rounds after one warm-up each, so that load from other processes
     affects both alike. Private data and generator: the caller's tensors, parameters,
     autograd graph and global RNG state are untouched."""
@@ -311,9 +313,17 @@ def _time_probe(
         leaves = [t.requires_grad_() for t in (x if input_grad else None, wt, b) if t is not None]
 
         def direct() -> None:
+            if not train:
+                with torch.no_grad():
+                    F.conv2d(x, wt, b, padding=p, groups=groups)
+                return
             torch.autograd.grad(F.conv2d(x, wt, b, padding=p, groups=groups), leaves, g)
 
         def fourier() -> None:
+            if not train:
+                with torch.no_grad():
+                    _FourierConv2d.apply(x, wt, b, p, groups)
+                return
             torch.autograd.grad(_FourierConv2d.apply(x, wt, b, p, groups), leaves, g)
 
         fns = (direct, fourier)
@@ -366,6 +376,7 @@ def _probe(
     channels_last: bool = True,
     input_grad: bool = True,
     bias: bool = True,
+    train: bool = True,
 ) -> dict[str, Any]:
     """Measured direct vs Fourier time of one layer shape on this machine, from the cache
     in ``$ALEXNET_CACHE`` where an earlier probe wrote it, else timed now and written."""
@@ -375,6 +386,7 @@ def _probe(
         "batch": batch,
         "channels_last": channels_last,
         "input_grad": input_grad,
+        "train": train,
         "bias": bias,
     }
     digest = hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:20]
@@ -384,7 +396,7 @@ def _probe(
     if times is None:
         d, f = _time_probe(
             cin, cout, k, groups, h, w, batch,
-            channels_last=channels_last, input_grad=input_grad, bias=bias,
+            channels_last=channels_last, input_grad=input_grad, bias=bias, train=train,
         )  # fmt: skip
         times = d * 1e3, f * 1e3
     speedup = times[0] / times[1]
@@ -481,6 +493,7 @@ class Conv2d(torch.nn.Conv2d):
             cin, cout, k, g, h, w, batch, predicted,
             channels_last=x.is_contiguous(memory_format=torch.channels_last),
             input_grad=x.requires_grad,
+            train=torch.is_grad_enabled(),  # evaluation: forward time only
             bias=self.bias is not None,
         )  # fmt: skip
         reason = f"measured {m['measured']:.2f}x at batch {batch}" + (
@@ -499,6 +512,8 @@ class Conv2d(torch.nn.Conv2d):
             x.dim(),
             x.shape[-2],
             x.shape[-1],
+            torch.is_grad_enabled(),  # training and evaluation are timed apart
+            _NO_PROBE > 0,  # a cost-model guess under no_probe() must not outlive it
         )
         decision = self._decided.get(key)
         if decision is None:
@@ -511,8 +526,7 @@ class Conv2d(torch.nn.Conv2d):
         call for an input size decides, probing if needed (see the module docstring); the
         batch size of that call sets the probe's (at most 32)."""
         if self._plainly_direct(x):
-            if self.decision is None:
-                self._decide(x)  # records why, once
+            self._decide(x)  # records why
             return False
         return self._decide(x)
 
@@ -522,6 +536,8 @@ class Conv2d(torch.nn.Conv2d):
         return (
             self.impl == "direct"
             or x.device.type != "cpu"
+            or x.dtype != torch.float32
+            or torch.is_autocast_enabled("cpu")
             or self.kernel_size != (k, k)
             or k < 3
             or k % 2 == 0

@@ -19,6 +19,9 @@ import torch
 # dot products; ARM: the BF16 extension). Without them oneDNN emulates bf16 through fp32,
 # which measured ~10x slower than fp32 itself on an AVX2-only CPU.
 _BF16_FLAGS = ("amx_bf16", "avx512_bf16", "bf16")
+# PyTorch's thread count before anything here changes it (physical cores, or
+# OMP_NUM_THREADS when set).
+TORCH_DEFAULT_THREADS = torch.get_num_threads()
 
 
 @functools.cache
@@ -76,7 +79,10 @@ def available_cores() -> int:
 
 def ranks_on_this_node() -> int:
     """Processes sharing this machine's cores (torchrun's LOCAL_WORLD_SIZE)."""
-    return max(1, int(os.environ.get("LOCAL_WORLD_SIZE", "1")))
+    try:
+        return max(1, int(os.environ.get("LOCAL_WORLD_SIZE") or 1))
+    except ValueError:
+        return 1
 
 
 def cores_per_rank() -> int:

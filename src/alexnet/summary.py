@@ -119,7 +119,7 @@ def format_summary(info: dict) -> str:
     if "native" in info:
         lines.append(f"LRN on CPU: {info['native']}")
     lines.append(
-        "conv_impl auto times both conv paths per layer at a run's first step on this machine "
-        "(cached in $ALEXNET_CACHE) and records the choice in the run's summary.json"
+        "conv_impl auto times both paths of a layer the first time it runs in fp32 on this "
+        f"CPU (cached in {native._cache_dir()}); runs record each choice in summary.json"
     )
     return "\n".join(lines)

@@ -31,6 +31,7 @@ from .config import ConfigError, TrainConfig, from_dict, save_yaml, to_dict
 from .data import LoaderSpec, Prepared, make_loader
 from .evaluate import autocast_context, evaluate_model, topk_correct
 from .execution import (
+    available_precisions,
     execution_record,
     resolve_precision,
     resolve_threads,
@@ -72,7 +73,7 @@ def configure_model_from_data(cfg: TrainConfig, data: Prepared, log: Any) -> Tra
         changes["input_size"] = crop
     if changes:
         log(f"from the data: model {', '.join(f'{k}={v}' for k, v in changes.items())}")
-    model_cfg = dataclasses.replace(cfg.model, input_size=crop, **changes)
+    model_cfg = dataclasses.replace(cfg.model, **{"input_size": crop, **changes})
     return dataclasses.replace(cfg, model=model_cfg, data=dataclasses.replace(cfg.data, crop=crop))
 
 
@@ -374,14 +375,9 @@ def _train(
             f"use a multiple of {dist.world_size}"
         )
     dev = dist.device
-    if dev.type == "cpu":
-        torch.set_num_threads(resolve_threads(cfg.run.threads))
+    torch.set_num_threads(resolve_threads(cfg.run.threads))
     precision = resolve_precision(cfg.run.precision, dev)
-    eval_precision = resolve_precision(
-        cfg.run.precision if cfg.run.eval_precision == "auto" else cfg.run.eval_precision,
-        dev,
-        key="run.eval_precision",
-    )
+    eval_precision = resolve_precision(cfg.run.eval_precision, dev, key="run.eval_precision")
     autocast, needs_scaler = precision.autocast_dtype, precision.needs_scaler
     workers = resolve_workers(cfg.data.workers)
     ckpt_path = out / "checkpoint.pt"
@@ -434,6 +430,7 @@ def _train(
     best: dict[str, Any] = {"val_top1_error": None, "val_top5_error": None, "epoch": None}
 
     state = load_checkpoint(ckpt_path, map_location=dev) if resume else None
+    precision_history: list[dict[str, Any]] = []  # [{from_step, precision}], one per change
     if state is not None:
         model.load_state_dict(state["model"])
 
@@ -470,12 +467,21 @@ def _train(
         log(
             f"resumed {out} at epoch {progress.epoch + 1}, step {progress.batch} (global step {progress.global_step})"
         )
-        before = (state.get("execution") or {}).get("precision")
+        history = state.get("precision_history") or []
+        before = history[-1]["precision"] if history else None
         if before and before != precision.name:
-            log(
-                f"note: this run trained in {before} so far and continues in {precision.name} "
-                f"({precision.reason}); set run.precision={before} to keep it"
+            keep = (
+                f"; set run.precision={before} to keep it"
+                if before in available_precisions(dev)
+                else f"; {before} cannot run here"
             )
+            log(
+                f"note: this run trained in {before} until global step {progress.global_step} "
+                f"and continues in {precision.name} ({precision.reason}){keep}"
+            )
+        precision_history = list(history)
+    if not precision_history or precision_history[-1]["precision"] != precision.name:
+        precision_history.append({"from_step": progress.global_step, "precision": precision.name})
 
     if dist.is_main:
         save_yaml(cfg, out / "config.yaml")
@@ -484,16 +490,21 @@ def _train(
         f"{len(data.split('train')):,} images, {dist.world_size} rank(s), device {dev}, "
         f"batch {cfg.run.batch_size} -> {out}"
     )
+    if train_loader.loader is None:  # array data: batches are gathered in this process
+        workers = 0
     log(
         f"precision {precision.name} ({precision.reason}), evaluation {eval_precision.name}; "
         f"{torch.get_num_threads()} threads, {workers} loader worker(s)"
     )
 
     def execution() -> dict[str, Any]:
-        return execution_record(
+        record = execution_record(
             dev, precision, eval_precision, workers, dist.world_size, ctx["conv_impl"],
             conv_decisions(model), cfg.run.channels_last, cfg.run.compile,
         )  # fmt: skip
+        if len(precision_history) > 1:
+            record["precision_history"] = precision_history
+        return record
 
     every = cfg.run.log_every
     ctx = {
@@ -509,7 +520,8 @@ def _train(
         progress.wall_seconds = time.perf_counter() - t_start
         if dist.is_main:
             ckpt = checkpoint_state(model, optimizer, schedule, scaler, progress, cfg, data, best)
-            atomic_save({**ckpt, "execution": execution()}, ckpt_path)
+            ckpt = {**ckpt, "execution": execution(), "precision_history": precision_history}
+            atomic_save(ckpt, ckpt_path)
         D.barrier()
 
     last_val: dict[str, float] = {}

@@ -130,10 +130,13 @@ def ten_crop(x: Tensor, size: int) -> Tensor:
     return torch.stack(views)
 
 
-def pad_crop(x: Tensor, ys: Tensor, xs: Tensor, flips: Tensor, pad: int) -> Tensor:
-    """Small-image preset: a random crop of the zero-padded, already mean-subtracted
-    (N, H, W, C) batch, mirrored where flipped (zero padding = the mean)."""
-    size = x.shape[1]
+def pad_crop(
+    x: Tensor, ys: Tensor, xs: Tensor, flips: Tensor, pad: int, size: int | None = None
+) -> Tensor:
+    """Small-image preset: a random ``size`` crop (default: the image's side) of the
+    zero-padded, already mean-subtracted (N, H, W, C) batch, mirrored where flipped (zero
+    padding = the mean)."""
+    size = size or x.shape[1]
     if pad:
         x = torch.nn.functional.pad(x, (0, 0, pad, pad, pad, pad))
     return crop_batch(x, ys, xs, flips, size)
