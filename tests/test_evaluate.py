@@ -39,6 +39,28 @@ def test_safetensors_export_evaluates_the_same(run):
     assert a["top1_error"] == b["top1_error"] and a["loss"] == pytest.approx(b["loss"])
 
 
+def test_evaluate_in_bf16_and_a_precision_that_cannot_run(run, capsys):
+    args = ([str(run / "run" / "checkpoint.pt")], str(run / "data"))
+    a = run_evaluation(*args, progress=False)
+    b = run_evaluation(*args, progress=False, precision="bf16")
+    assert (a["precision"], b["precision"]) == ("fp32", "bf16")
+    # bf16 really ran (the loss moved) and stayed within bf16's rounding of fp32's.
+    assert b["loss"] != a["loss"] and b["loss"] == pytest.approx(a["loss"], rel=2**-4)
+    weights = str(run / "run" / "checkpoint.pt")
+    cmd = [
+        "evaluate",
+        weights,
+        "--data",
+        str(run / "data"),
+        "--precision",
+        "fp16",
+        "--device",
+        "cpu",
+    ]
+    assert main(cmd) == 2
+    assert "--precision=fp16 cannot run on cpu" in capsys.readouterr().err
+
+
 def test_ensemble_of_identical_checkpoints_equals_one(run):
     ck = str(run / "run" / "checkpoint.pt")
     one = run_evaluation([ck], str(run / "data"), progress=False)

@@ -114,7 +114,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 
     report = run_evaluation(
         args.weights, args.data, args.split, args.views, args.batch_size, args.workers, args.device,
-        progress=not args.quiet,
+        progress=not args.quiet, precision=args.precision,
     )  # fmt: skip
     if int(os.environ.get("RANK", "0")) != 0:
         return 0
@@ -413,6 +413,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--data", required=True, help="prepared data directory")
     p.add_argument("--split", default="val")
     p.add_argument("--views", default="center", choices=["center", "ten-crop"])
+    p.add_argument(
+        "--precision", default="fp32", help="fp32 (default), bf16 or fp16 where the device runs it"
+    )
     p.add_argument("--batch-size", type=int, default=128)
     p.add_argument(
         "--workers", type=_workers, default="auto", help="decoding processes (default: auto)"

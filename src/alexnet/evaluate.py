@@ -106,17 +106,22 @@ def run_evaluation(
     device: str = "auto",
     progress: bool = True,
     top_confusions: int = 10,
+    precision: str = "fp32",
 ) -> dict[str, Any]:
     """Top-1/top-5 error of one model or the average of several models' softmax outputs
-    (the paper's "5 CNNs"), per-class accuracy and the most confused class pairs."""
+    (the paper's "5 CNNs"), per-class accuracy and the most confused class pairs.
+    ``precision``: fp32, or bf16/fp16 autocast where the device runs it."""
     import time
 
     from . import distributed as D
     from .data import Prepared, make_loader
+    from .execution import resolve_precision
     from .inference import load_model
 
     dist = D.setup(device)
     try:
+        resolved = resolve_precision(precision, dist.device, key="--precision")
+        autocast = resolved.autocast_dtype
         data = Prepared(data_dir)
         loaded = [load_model(w, dist.device) for w in weights]
         first = loaded[0]
@@ -157,7 +162,8 @@ def run_evaluation(
         with torch.no_grad():
             for batch in loader.batches():
                 x, y = batch["inputs"], batch["labels"]
-                probs = view_probabilities(models, x)
+                with autocast_context(dist.device, autocast):
+                    probs = view_probabilities(models, x)
                 pred = probs.argmax(1)
                 confusion.index_put_((y, pred), torch.ones_like(y), accumulate=True)
                 _, c5 = topk_correct(probs, y)
@@ -170,7 +176,7 @@ def run_evaluation(
         seconds = time.perf_counter() - t0
         for t in (confusion, top5_hits, nll):
             D.all_reduce_sum(t)
-        return _report(
+        report = _report(
             confusion.cpu(),
             top5_hits.cpu(),
             float(nll.item()),
@@ -183,6 +189,7 @@ def run_evaluation(
             dist.world_size,
             top_confusions,
         )
+        return {**report, "precision": resolved.name}
     finally:
         D.cleanup()
 
@@ -249,7 +256,8 @@ def _report(
 def format_report(r: dict[str, Any]) -> str:
     kind = f"ensemble of {len(r['models'])} models" if r["ensemble"] else r["models"][0]
     lines = [
-        f"{kind} on {r['data']} [{r['split']}], {r['views']} views, {r['images']:,} images",
+        f"{kind} on {r['data']} [{r['split']}], {r['views']} views, {r['images']:,} images, "
+        f"{r.get('precision', 'fp32')}",
         f"  top-1 error {100 * r['top1_error']:.2f}%   top-5 error {100 * r['top5_error']:.2f}%"
         f"   (accuracy {100 * r['top1_accuracy']:.2f}% / {100 * r['top5_accuracy']:.2f}%)",
         f"  {r['images_per_s'] or 0:,.0f} images/s",

@@ -15,7 +15,7 @@ conv`, figures in benchmarks/README.md.)
 
 Which path is faster depends on the CPU (its vector units, oneDNN's kernels for it), so
 ``Conv2d(impl="auto")`` measures: at the first forward for an input size it times forward
-+ backward of both paths on random data of the layer's shape (batch min(N, 32), a warm-up
++ backward (forward only when gradients are off, as in evaluation) of both paths on random data of the layer's shape (batch min(N, 32), a warm-up
 then interleaved rounds, medians) and takes the Fourier path only if that is at least
 ``MEASURED_MIN_SPEEDUP`` faster. Results are cached on disk per machine (CPU model and
 flags, torch version, thread count, this file's code, layer shape) in ``$ALEXNET_CACHE``
@@ -109,8 +109,8 @@ def _matrices(h: int, w: int, k: int, p: int, device: torch.device) -> tuple[Ten
 # Transforms cost more per multiply-add than their GEMM count suggests (complex data,
 # layout copies, small inner dimensions); 3.6 is fitted to per-layer timings on the AVX2
 # CPU of benchmarks/README.md. The model still predicts 1.1-1.3x more speedup than
-# `alexnet benchmark conv` measures there, and on other CPUs it can be far off (an
-# AVX-512 AMD CPU: conv4 predicted 1.75x, measured 0.71x), so "auto" measures instead.
+# `alexnet benchmark conv` measures there, and on other CPUs it can be far off (the
+# AVX-512 Xeon of benchmarks/README.md: conv5 predicted 1.56x, measured 0.84x), so "auto" measures instead.
 _TRANSFORM_COST = 3.6
 # With ALEXNET_FOURIER_PROBE=0 the cost model alone decides, with this margin.
 AUTO_MIN_SPEEDUP = 1.4
@@ -363,41 +363,24 @@ def _write_atomic(path: Path, data: dict[str, Any]) -> None:
         raise
 
 
-def _probe(
-    cin: int,
-    cout: int,
-    k: int,
-    groups: int,
-    h: int,
-    w: int,
-    batch: int,
-    predicted: float,
-    *,
-    channels_last: bool = True,
-    input_grad: bool = True,
-    bias: bool = True,
-    train: bool = True,
-) -> dict[str, Any]:
-    """Measured direct vs Fourier time of one layer shape on this machine, from the cache
-    in ``$ALEXNET_CACHE`` where an earlier probe wrote it, else timed now and written."""
+def _probe(shape: tuple[int, ...], predicted: float, **settings: bool) -> dict[str, Any]:
+    """Measured direct vs Fourier time of one layer on this machine, from the cache in
+    ``$ALEXNET_CACHE`` where an earlier probe wrote it, else timed now and written.
+    ``shape`` is (cin, cout, k, groups, h, w, batch); ``settings`` are
+    :func:`_time_probe`'s keywords (channels_last, input_grad, bias, train)."""
+    cin, cout, k, groups, h, w, batch = shape
     key = {
         **_machine(),
         "layer": {"cin": cin, "cout": cout, "k": k, "groups": groups, "h": h, "w": w},
         "batch": batch,
-        "channels_last": channels_last,
-        "input_grad": input_grad,
-        "train": train,
-        "bias": bias,
+        **settings,
     }
     digest = hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:20]
     path = _cache_dir() / f"fourier-probe-{digest}.json"
     times = _read_probe(path, key)
     cached = times is not None
     if times is None:
-        d, f = _time_probe(
-            cin, cout, k, groups, h, w, batch,
-            channels_last=channels_last, input_grad=input_grad, bias=bias, train=train,
-        )  # fmt: skip
+        d, f = _time_probe(*shape, **settings)
         times = d * 1e3, f * 1e3
     speedup = times[0] / times[1]
     # The choice is made from the times, so a changed threshold applies to cached probes.
@@ -490,7 +473,7 @@ class Conv2d(torch.nn.Conv2d):
             return {"impl": "direct", "reason": f"predicted {predicted:.2f}x, not probed", **info}
         batch = max(1, min(x.shape[0], _PROBE_BATCH))
         m = _probe(
-            cin, cout, k, g, h, w, batch, predicted,
+            (cin, cout, k, g, h, w, batch), predicted,
             channels_last=x.is_contiguous(memory_format=torch.channels_last),
             input_grad=x.requires_grad,
             train=torch.is_grad_enabled(),  # evaluation: forward time only
