@@ -2,10 +2,12 @@
 the same on any CPU."""
 
 import json
+import os
 
 import pytest
+import torch
 
-from alexnet import execution, hardware
+from alexnet import allocator, execution, hardware
 from alexnet.cli import main
 
 AVX2_EPYC = """processor	: 0
@@ -94,3 +96,51 @@ def test_bad_workers_value_is_a_config_error():
         load_train_config("demo", None, ["data.workers=many"])
     with pytest.raises(ConfigError, match=r"data\.workers must be >= 0"):
         load_train_config("demo", None, ["data.workers=-2"])
+
+
+@pytest.mark.parametrize(
+    "env, expect",
+    [
+        ({"ALEXNET_MALLOC": "system"}, "system (ALEXNET_MALLOC=system)"),
+        ({"LD_PRELOAD": "/usr/lib/x86_64-linux-gnu/libjemalloc.so.2"}, "preloaded: jemalloc"),
+        ({"MALLOC_ARENA_MAX_": "2"}, "glibc, MALLOC_* settings from the environment"),
+    ],
+)
+def test_allocator_leaves_a_users_choice_alone(monkeypatch, env, expect):
+    called = []
+    monkeypatch.setattr(allocator, "_state", "system")
+    monkeypatch.setattr(allocator.ctypes, "CDLL", lambda *a: called.append(a))
+    for key in ("ALEXNET_MALLOC", "LD_PRELOAD"):
+        monkeypatch.delenv(key, raising=False)
+    for key, value in env.items():
+        monkeypatch.setenv(key, value)
+    assert allocator.configure().startswith(expect)
+    assert not called  # mallopt never reached
+
+
+def test_allocator_keeps_the_heap_on_glibc_and_says_so(monkeypatch):
+    calls: list[tuple[int, int]] = []
+
+    class Libc:
+        def mallopt(self, param: int, value: int) -> int:
+            calls.append((param, value))
+            return 1
+
+    monkeypatch.setattr(allocator, "_state", "system")
+    monkeypatch.setattr(allocator.ctypes, "CDLL", lambda *a: Libc())
+    monkeypatch.setattr(allocator.platform, "system", lambda: "Linux")
+    monkeypatch.setattr(allocator.platform, "libc_ver", lambda: ("glibc", "2.36"))
+    for key in [k for k in os.environ if k.startswith("MALLOC_")] + [
+        "ALEXNET_MALLOC",
+        "LD_PRELOAD",
+    ]:
+        monkeypatch.delenv(key, raising=False)
+    monkeypatch.delenv("THP_MEM_ALLOC_ENABLE", raising=False)
+    text = allocator.configure()
+    assert calls == [(-4, 0), (-1, 2**31 - 1)]  # M_MMAP_MAX=0, M_TRIM_THRESHOLD=INT_MAX
+    assert text == "glibc, heap kept (no mmap, no trim); THP_MEM_ALLOC_ENABLE=1"
+    assert execution.execution_plan(torch.device("cpu"))["host_memory"] == text
+    # a failing mallopt is reported, not hidden
+    monkeypatch.setattr(allocator, "_state", "system")
+    Libc.mallopt = lambda self, p, v: 0  # type: ignore[method-assign]
+    assert allocator.configure().startswith("system (mallopt failed)")

@@ -15,6 +15,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from . import allocator
 from .hardware import machine_info
 from .lrn import LocalResponseNorm
 from .model import build_model
@@ -347,7 +348,8 @@ def _rss_mb() -> float:
 
 def _step_peak_mb(fn: Callable[[], Any], cuda: bool) -> float:
     """Peak memory one call of ``fn`` adds: CUDA's allocator peak, or on CPU the highest
-    resident set sampled every millisecond during the call minus the RSS before it."""
+    resident set sampled every millisecond during the call minus the RSS before it (free heap
+    pages are released first: the heap is kept between steps, see alexnet/allocator.py)."""
     if cuda:
         torch.cuda.synchronize()
         torch.cuda.reset_peak_memory_stats()
@@ -357,6 +359,7 @@ def _step_peak_mb(fn: Callable[[], Any], cuda: bool) -> float:
         return (torch.cuda.max_memory_allocated() - base) / 2**20
     import threading
 
+    allocator.release_free()
     base, peak, done = _rss_mb(), [0.0], threading.Event()
 
     def sample() -> None:

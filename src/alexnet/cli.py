@@ -572,10 +572,11 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    # PyTorch's CPU allocator backs large tensors with transparent huge pages when this is
-    # set before torch loads: first-touch page faults otherwise dominate AlexNet's big
-    # activations on CPU (see benchmarks/README.md). An explicit user setting wins.
-    os.environ.setdefault("THP_MEM_ALLOC_ENABLE", "1")
+    # Before torch loads: huge pages and a heap that keeps freed activations mapped, so
+    # CPU steps do not re-fault ~1.4 GB of fresh pages each time (alexnet/allocator.py).
+    from . import allocator
+
+    allocator.configure()
     parser = build_parser()
     args = parser.parse_args(argv)
     if not getattr(args, "func", None):

@@ -25,7 +25,7 @@ from typing import Any
 
 import torch
 
-from . import hardware
+from . import allocator, hardware
 from .config import ConfigError
 from .hardware import resolve_workers
 
@@ -161,6 +161,7 @@ def execution_record(
         "precision_reason": precision.reason,
         "eval_precision": eval_precision.name,
         "threads": torch.get_num_threads(),
+        "host_memory": allocator.describe(),
         "loader_workers": workers,
         "world_size": world_size,
         "channels_last": channels_last,
@@ -188,6 +189,7 @@ def execution_plan(device: torch.device) -> dict[str, Any]:
         "eval_precision_default": "fp32",
         "threads_auto": resolve_threads(0),
         "loader_workers_auto": resolve_workers("auto"),
+        "host_memory": allocator.describe(),
         "lrn": {
             name: native.lrn_path(device, _DTYPES[name]) for name in available_precisions(device)
         },
@@ -207,5 +209,6 @@ def format_plan(plan: dict[str, Any]) -> str:
             f"data.workers auto -> {plan['loader_workers_auto']}",
             f"  CPU bf16: {plan['cpu_bf16']}, PyTorch CPU capability {plan['cpu_capability']}",
             f"  LRN: {lrn}",
+            f"  host memory: {plan['host_memory']}",
         ]
     )

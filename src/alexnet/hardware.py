@@ -15,6 +15,8 @@ from typing import Any
 
 import torch
 
+from . import allocator
+
 # CPU features that run bf16 matrix products natively (x86: AMX tiles or AVX512-BF16
 # dot products; ARM: the BF16 extension). Without them oneDNN emulates bf16 through fp32,
 # which measured ~10x slower than fp32 itself on an AVX2-only CPU.
@@ -113,5 +115,5 @@ def machine_info() -> dict[str, Any]:
         "python": platform.python_version(),
         "cuda": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
         "native": native.status(),
-        "thp_mem_alloc": os.environ.get("THP_MEM_ALLOC_ENABLE"),
+        "host_memory": allocator.describe(),
     }
