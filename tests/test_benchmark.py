@@ -7,6 +7,15 @@ from alexnet.cli import main
 from helpers import make_folder_dataset
 
 
+def test_model_benchmark_rejects_bad_options(capsys):
+    base = ["benchmark", "model", "--batch-size", "1", "--repeats", "1"]
+    assert main([*base, "--layouts", "sideways"]) == 2
+    assert main([*base, "--precisions", "fp32,xyz"]) == 2
+    assert main([*base, "--precisions", "fp16", "--device", "cpu"]) == 2
+    assert "--precisions=fp16 cannot run on cpu" in capsys.readouterr().err
+
+
+@pytest.mark.slow
 def test_model_benchmark_cli_json(capsys):
     args = ["benchmark", "model", "--json", "--batch-size", "1", "--precisions", "fp32,bf16",
             "--layouts", "channels_last", "--repeats", "1"]  # fmt: skip
@@ -30,23 +39,19 @@ def test_model_benchmark_cli_json(capsys):
         assert r["ratios"][p] == train_rate("paper", p) / train_rate("torchvision", p)
     assert r["ratio"] == min(r["ratios"].values())
     assert "channels_last" in r["ratio_settings"] and r["machine"]["torch"]
-    assert main([*args[:-4], "--layouts", "sideways", "--repeats", "1"]) == 2
-    assert main(["benchmark", "model", "--precisions", "fp32,xyz", "--batch-size", "1"]) == 2
-    assert main(["benchmark", "model", "--precisions", "fp16", "--device", "cpu"]) == 2
-    assert "--precisions=fp16 cannot run on cpu" in capsys.readouterr().err
 
 
+@pytest.mark.slow
 def test_e2e_benchmark_structure(tmp_path):
     src = make_folder_dataset(tmp_path / "src", classes=2, per_class=4, size=(300, 260))
     r = B.bench_e2e(str(src), variant="owt", batch=2, steps=2, workers=0)
     assert r["e2e_images_per_s"] > 0 and r["model_only_images_per_s"] > 0
-    assert r["ratio"] == r["e2e_images_per_s"] / r["model_only_images_per_s"]
 
 
+@pytest.mark.slow
 def test_scale_benchmark_runs_two_gloo_processes():
     r = B.bench_scale(variant="small", batch=4, steps=1, processes=2)
     assert r["one_process_images_per_s"] > 0 and r["ddp_images_per_s"] > 0
-    assert r["ratio"] == pytest.approx(r["ddp_images_per_s"] / r["one_process_images_per_s"])
     assert r["allreduce_s"] > 0 and r["allreduce_share_of_step"] > 0
     assert r["threads_per_process"] >= 1
     assert "all-reduce" in B.format_scale(r)

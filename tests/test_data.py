@@ -328,10 +328,12 @@ def prepared_folder(tmp_path_factory):
 
 def test_training_batches_are_deterministic_across_workers(prepared_folder):
     data = Prepared(prepared_folder)
-    spec = LoaderSpec(crop=224, train=True)
+    spec, prep = LoaderSpec(train=True), data.preprocessing(224)
     outs = []
     for workers in (0, 2):
-        loader = make_loader(data, "train", spec, 8, torch.device("cpu"), seed=7, workers=workers)
+        loader = make_loader(
+            data, "train", spec, 8, torch.device("cpu"), prep, seed=7, workers=workers
+        )
         loader.sampler.set_epoch(3)
         outs.append([(x.clone(), y.clone()) for x, y in loader])
     assert len(outs[0]) == len(outs[1]) > 0
@@ -344,8 +346,9 @@ def test_training_batches_are_deterministic_across_workers(prepared_folder):
 def test_training_batch_is_crop_minus_mean_plus_pca(prepared_folder):
     data = Prepared(prepared_folder)
     loader = make_loader(
-        data, "train", LoaderSpec(crop=224, train=True), 4, torch.device("cpu"), seed=1, workers=0
-    )
+        data, "train", LoaderSpec(train=True), 4, torch.device("cpu"), data.preprocessing(224),
+        seed=1, workers=0,
+    )  # fmt: skip
     loader.sampler.set_epoch(0)
     plan = loader.sampler.plan()[0]
     x, _ = next(iter(loader))
@@ -361,16 +364,10 @@ def test_training_batch_is_crop_minus_mean_plus_pca(prepared_folder):
 
 def test_eval_views(prepared_folder):
     data = Prepared(prepared_folder)
-    centre = make_loader(
-        data, "val", LoaderSpec(crop=224, train=False), 5, torch.device("cpu"), workers=0
-    )
+    prep, cpu = data.preprocessing(224), torch.device("cpu")
+    centre = make_loader(data, "val", LoaderSpec(train=False), 5, cpu, prep, workers=0)
     ten = make_loader(
-        data,
-        "val",
-        LoaderSpec(crop=224, train=False, views="ten-crop"),
-        5,
-        torch.device("cpu"),
-        workers=0,
+        data, "val", LoaderSpec(train=False, views="ten-crop"), 5, cpu, prep, workers=0
     )
     xc = torch.cat([x for x, _ in centre])
     xt = torch.cat([x for x, _ in ten], dim=1)
@@ -384,12 +381,11 @@ def test_small_dataset_loader(tmp_path):
     make_fashion_mnist(tmp_path / "fm")
     prepare(str(tmp_path / "fm"), tmp_path / "out", progress=False)
     data = Prepared(tmp_path / "out")
-    loader = make_loader(
-        data, "train", LoaderSpec(crop=28, train=True, pad=2, pca_std=0.0), 16, torch.device("cpu")
-    )
+    prep, cpu = data.preprocessing(28), torch.device("cpu")
+    loader = make_loader(data, "train", LoaderSpec(train=True, pad=2, pca_std=0.0), 16, cpu, prep)
     x, y = next(iter(loader))
     assert x.shape == (16, 1, 28, 28) and y.shape == (16,)
-    val = make_loader(data, "val", LoaderSpec(crop=28, train=False), 10, torch.device("cpu"))
+    val = make_loader(data, "val", LoaderSpec(train=False), 10, cpu, prep)
     assert sum(x.shape[0] for x, _ in val) == 32
 
 
@@ -399,8 +395,10 @@ def test_padded_crops_of_small_jpeg_images(tmp_path):
     make_folder_dataset(tmp_path / "img", classes=2, per_class=6, size=(32, 32))
     prepare(str(tmp_path / "img"), tmp_path / "out", size=32, workers=1, progress=False)
     data = Prepared(tmp_path / "out")
-    spec = LoaderSpec(crop=32, train=True, pad=4, pca_std=0.0)
-    loader = make_loader(data, "train", spec, 4, torch.device("cpu"), workers=0)
+    spec = LoaderSpec(train=True, pad=4, pca_std=0.0)
+    loader = make_loader(
+        data, "train", spec, 4, torch.device("cpu"), data.preprocessing(32), workers=0
+    )
     loader.sampler.set_epoch(0)
     b = next(loader.batches())
     assert b["inputs"].shape == (4, 3, 32, 32)
@@ -429,6 +427,11 @@ def _prepare_cmd(src, dst):
     ]
 
 
+def _writing_blob(dst):
+    """The training split's JPEG blob is being written (its temporary file exists)."""
+    return dst.is_dir() and any(p.name.endswith(".tmp.jpg") for p in dst.iterdir())
+
+
 def test_interrupted_prepare_leaves_nothing_complete_then_rebuilds(tmp_path, cli_env):
     src = make_folder_dataset(tmp_path / "src", classes=4, per_class=60, size=(640, 480))
     dst = tmp_path / "dst"
@@ -436,9 +439,9 @@ def test_interrupted_prepare_leaves_nothing_complete_then_rebuilds(tmp_path, cli
         _prepare_cmd(src, dst), env=cli_env, stdout=subprocess.PIPE, stderr=subprocess.PIPE
     )
     deadline = time.time() + 60
-    while time.time() < deadline and not (dst / "train.jpg.tmp").exists():
+    while time.time() < deadline and not _writing_blob(dst):
         time.sleep(0.05)
-    assert (dst / "train.jpg.tmp").exists(), "prepare never started writing"
+    assert _writing_blob(dst), "prepare never started writing"
     proc.send_signal(signal.SIGKILL)
     proc.wait()
     assert not (dst / "meta.json").exists()
@@ -466,7 +469,7 @@ def test_sigterm_stops_cleanly(tmp_path, cli_env):
         text=True,
     )
     deadline = time.time() + 60
-    while time.time() < deadline and not (dst / "train.jpg.tmp").exists():
+    while time.time() < deadline and not _writing_blob(dst):
         time.sleep(0.05)
     proc.send_signal(signal.SIGTERM)
     _, err = proc.communicate(timeout=60)

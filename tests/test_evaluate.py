@@ -7,13 +7,15 @@ import pytest
 import torch
 import torchvision
 
-from alexnet.checkpoint import export_weights, load_weights
+from alexnet.checkpoint import load_weights
 from alexnet.cli import main
-from alexnet.data import Prepared
-from alexnet.evaluate import run_evaluation, view_probabilities
+from alexnet.convert import to_torchvision_state_dict
+from alexnet.data import Prepared, make_loader
+from alexnet.evaluate import run_evaluation
 from alexnet.fourier import Conv2d
 from alexnet.inference import images_to_inputs, load_model
-from alexnet.model import build_model, to_torchvision_state_dict
+from alexnet.metrics import model_outputs, view_probabilities
+from alexnet.model import build_model
 from alexnet.prepare import prepare
 from alexnet.retrieval import nearest
 from helpers import make_folder_dataset, photo
@@ -178,10 +180,20 @@ def test_predict_directory_with_a_corrupt_file(run, tmp_path, capsys):
     assert len(out) == 4
     bad = [r for r in out if "error" in r]
     assert len(bad) == 1 and bad[0]["path"].endswith("bad.png")
-    good = [r for r in out if "predictions" in r]
-    for r in good:
+    good = sorted((r for r in out if "predictions" in r), key=lambda r: r["path"])
+    # The PNGs hold the prepared val images: predict's decoding must give the evaluation
+    # loader's probabilities for them.
+    lm = load_model(run / "run" / "model.safetensors")
+    loader = make_loader(
+        Prepared(run / "data"), "val", lm.loader_spec(), 3, torch.device("cpu"), lm.prep, workers=0
+    )
+    expected = next(model_outputs(lm.model, loader.batches(), torch.device("cpu")))[0]
+    for r, p in zip(good, expected, strict=True):
         assert len(r["predictions"]) == 3
-        assert sum(p["probability"] for p in r["predictions"]) <= 1.0 + 1e-6
+        top = p.topk(3)
+        assert [q["index"] for q in r["predictions"]] == top.indices.tolist()
+        got = torch.tensor([q["probability"] for q in r["predictions"]])
+        assert torch.allclose(got, top.values, atol=1e-5)
         assert r["predictions"][0]["name"] in Prepared(run / "data").names
     assert "could not be read" in capsys.readouterr().err
 
@@ -194,13 +206,7 @@ def test_predict_matches_the_evaluation_pipeline(run):
     from alexnet.data import make_loader
 
     loader = make_loader(
-        Prepared(run / "data"),
-        "val",
-        lm.loader_spec(),
-        2,
-        torch.device("cpu"),
-        workers=0,
-        mean=lm.mean,
+        Prepared(run / "data"), "val", lm.loader_spec(), 2, torch.device("cpu"), lm.prep, workers=0
     )
     x_eval, _ = next(iter(loader))
     assert torch.allclose(x, x_eval, atol=1e-5)
@@ -235,7 +241,9 @@ def test_torchvision_weights_round_trip(tmp_path):
     torch.save(tv.state_dict(), tmp_path / "alexnet-owt-test.pth")
     lm = load_model(tmp_path / "alexnet-owt-test.pth")
     assert (
-        lm.model.cfg.variant == "owt" and lm.normalize == "torchvision" and lm.names[0] == "tench"
+        lm.model.cfg.variant == "owt"
+        and lm.prep.normalize == "torchvision"
+        and lm.names[0] == "tench"
     )
     x = torch.randn(2, 3, 224, 224)
     ours, ref = lm.model(x), tv(x)
@@ -284,8 +292,10 @@ def test_bad_weights_file(tmp_path, capsys):
     assert main(["predict", str(tmp_path / "junk.pt"), str(tmp_path)]) == 2
     assert "not a loadable checkpoint" in capsys.readouterr().err
     photo(10, 10, 0).save(tmp_path / "a.png")
-    export_weights(
-        tmp_path / "x.safetensors", {"w": torch.zeros(1)}, model_config={}, classes=[], names=[]
+    from safetensors.torch import save_file
+
+    save_file(
+        {"w": torch.zeros(1)}, str(tmp_path / "x.safetensors"), metadata={"model_config": "{}"}
     )
     assert main(["predict", str(tmp_path / "x.safetensors"), str(tmp_path / "a.png")]) == 2
 
@@ -326,5 +336,13 @@ def test_demo_flow_on_tiny_data(run, tmp_path, capsys):
     out = capsys.readouterr().out
     assert "10-crop views" in out and "report:" in out
     result = json.loads((tmp_path / "demo" / "test.json").read_text())
-    assert result["test_images"] == 30 and 0 <= result["test_accuracy"] <= 1
+    assert result["test_images"] == 30
+    # The demo's test figures are what `alexnet evaluate` says of the same weights.
+    for views, key in (("ten-crop", "test_top1_error"), ("center", "test_top1_error_center")):
+        r = run_evaluation(
+            [str(tmp_path / "demo" / "model.safetensors")], str(run / "data"), views=views,
+            workers=0, device="cpu", progress=False,
+        )  # fmt: skip
+        assert result[key] == pytest.approx(r["top1_error"], abs=1e-9)
+    assert result["test_accuracy"] == pytest.approx(1 - result["test_top1_error"])
     assert (tmp_path / "demo" / "report.html").is_file()

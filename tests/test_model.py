@@ -4,18 +4,192 @@ import torchvision
 from torch import nn
 
 from alexnet.config import ConfigError, ModelConfig
+from alexnet.convert import from_torchvision_state_dict, to_torchvision_state_dict
 from alexnet.lrn import LocalResponseNorm
-from alexnet.model import (
-    AlexNet,
-    build_model,
-    from_torchvision_state_dict,
-    to_torchvision_state_dict,
-)
+from alexnet.model import AlexNet, build_model
 from alexnet.summary import summary_dict
 
 
 def n_params(m: nn.Module) -> int:
     return sum(p.numel() for p in m.parameters())
+
+
+def layer_names(m: nn.Module) -> list[str]:
+    return [name for name, _ in m.named_children()]
+
+
+# ---------------------------------------------------------------- checkpoint layout
+
+_BN = ("weight", "bias", "running_mean", "running_var")
+
+
+def _entries(*layers: tuple[str, tuple[int, ...] | int]) -> list[tuple[str, tuple[int, ...]]]:
+    """state_dict (key, shape) pairs in order: conv/fc -> weight, bias; bn -> its 5 entries."""
+    out: list[tuple[str, tuple[int, ...]]] = []
+    for name, shape in layers:
+        if isinstance(shape, int):  # batchnorm over `shape` channels
+            out += [(f"{name}.{k}", (shape,)) for k in _BN]
+            out.append((f"{name}.num_batches_tracked", ()))
+        else:
+            out += [(f"{name}.weight", shape), (f"{name}.bias", (shape[0],))]
+    return out
+
+
+_FC_4096 = (("fc6", (4096, 9216)), ("fc7", (4096, 4096)), ("fc8", (1000, 4096)))
+_PAPER_CONV = (
+    ("conv1", (96, 3, 11, 11)),
+    ("conv2", (256, 48, 5, 5)),
+    ("conv3", (384, 256, 3, 3)),
+    ("conv4", (384, 192, 3, 3)),
+    ("conv5", (256, 192, 3, 3)),
+)
+# Keys and shapes as the model wrote them before the stage-table rewrite: checkpoints saved
+# then must load (strict) now, and the parameter order (optimizer state) must not move.
+STATE_DICTS = {
+    "paper": ({}, _entries(*_PAPER_CONV, *_FC_4096)),
+    "owt": (
+        {"variant": "owt"},
+        _entries(
+            ("conv1", (64, 3, 11, 11)),
+            ("conv2", (192, 64, 5, 5)),
+            ("conv3", (384, 192, 3, 3)),
+            ("conv4", (256, 384, 3, 3)),
+            ("conv5", (256, 256, 3, 3)),
+            *_FC_4096,
+        ),
+    ),
+    "small": (
+        {"variant": "small"},
+        _entries(
+            ("conv1", (48, 3, 5, 5)),
+            ("conv2", (128, 24, 5, 5)),
+            ("conv3", (192, 128, 3, 3)),
+            ("conv4", (192, 96, 3, 3)),
+            ("conv5", (128, 96, 3, 3)),
+            ("fc6", (1024, 2048)),
+            ("fc7", (1024, 1024)),
+            ("fc8", (1000, 1024)),
+        ),
+    ),
+    "paper-batchnorm": (
+        {"norm": "batchnorm"},
+        _entries(
+            ("conv1", (96, 3, 11, 11)),
+            ("bn1", 96),
+            ("conv2", (256, 48, 5, 5)),
+            ("bn2", 256),
+            ("conv3", (384, 256, 3, 3)),
+            ("bn3", 384),
+            ("conv4", (384, 192, 3, 3)),
+            ("bn4", 384),
+            ("conv5", (256, 192, 3, 3)),
+            ("bn5", 256),
+            *_FC_4096,
+        ),
+    ),
+    "small-batchnorm": (
+        {"variant": "small", "norm": "batchnorm", "num_classes": 10},
+        _entries(
+            ("conv1", (48, 3, 5, 5)),
+            ("bn1", 48),
+            ("conv2", (128, 24, 5, 5)),
+            ("bn2", 128),
+            ("conv3", (192, 128, 3, 3)),
+            ("bn3", 192),
+            ("conv4", (192, 96, 3, 3)),
+            ("bn4", 192),
+            ("conv5", (128, 96, 3, 3)),
+            ("bn5", 128),
+            ("fc6", (1024, 2048)),
+            ("fc7", (1024, 1024)),
+            ("fc8", (10, 1024)),
+        ),
+    ),
+    "paper-one-tower": (
+        {"towers": 1},
+        _entries(
+            ("conv1", (96, 3, 11, 11)),
+            ("conv2", (256, 96, 5, 5)),
+            ("conv3", (384, 256, 3, 3)),
+            ("conv4", (384, 384, 3, 3)),
+            ("conv5", (256, 384, 3, 3)),
+            *_FC_4096,
+        ),
+    ),
+    "owt-two-towers": (
+        {"variant": "owt", "towers": 2},
+        _entries(
+            ("conv1", (64, 3, 11, 11)),
+            ("conv2", (192, 32, 5, 5)),
+            ("conv3", (384, 192, 3, 3)),
+            ("conv4", (256, 192, 3, 3)),
+            ("conv5", (256, 128, 3, 3)),
+            *_FC_4096,
+        ),
+    ),
+    "paper-drop-conv3": (
+        {"drop_conv": ["conv3"]},
+        _entries(
+            ("conv1", (96, 3, 11, 11)),
+            ("conv2", (256, 48, 5, 5)),
+            ("conv4", (384, 128, 3, 3)),
+            ("conv5", (256, 192, 3, 3)),
+            *_FC_4096,
+        ),
+    ),
+    "paper-drop-conv5": (
+        {"drop_conv": ["conv5"]},
+        _entries(
+            ("conv1", (96, 3, 11, 11)),
+            ("conv2", (256, 48, 5, 5)),
+            ("conv3", (384, 256, 3, 3)),
+            ("conv4", (384, 192, 3, 3)),
+            ("fc6", (4096, 13824)),
+            ("fc7", (4096, 4096)),
+            ("fc8", (1000, 4096)),
+        ),
+    ),
+    "paper-drop-conv3-5": (
+        {"drop_conv": ["conv3", "conv4", "conv5"]},
+        _entries(("conv1", (96, 3, 11, 11)), ("conv2", (256, 48, 5, 5)), *_FC_4096),
+    ),
+    "paper-conv6": (
+        {"extra_conv6": True},
+        _entries(*_PAPER_CONV, ("conv6", (256, 128, 3, 3)), *_FC_4096),
+    ),
+    "paper-conv6-batchnorm": (
+        {"extra_conv6": True, "norm": "batchnorm"},
+        _entries(
+            ("conv1", (96, 3, 11, 11)),
+            ("bn1", 96),
+            ("conv2", (256, 48, 5, 5)),
+            ("bn2", 256),
+            ("conv3", (384, 256, 3, 3)),
+            ("bn3", 384),
+            ("conv4", (384, 192, 3, 3)),
+            ("bn4", 384),
+            ("conv5", (256, 192, 3, 3)),
+            ("bn5", 256),
+            ("conv6", (256, 128, 3, 3)),
+            ("bn6", 256),
+            *_FC_4096,
+        ),
+    ),
+}
+
+
+@pytest.mark.parametrize("case", STATE_DICTS)
+def test_state_dict_keys_and_shapes_are_pinned(case):
+    overrides, expected = STATE_DICTS[case]
+    with torch.device("meta"):  # shapes only: no memory, no init
+        state = build_model(**overrides).state_dict()
+    assert [(k, tuple(v.shape)) for k, v in state.items()] == expected
+
+
+def test_default_config_is_the_paper():
+    m = AlexNet()
+    assert m.cfg.variant == "paper" and m.conv1.out_channels == 96
+    assert isinstance(m.norm1, LocalResponseNorm) and isinstance(m.norm2, LocalResponseNorm)
 
 
 def test_paper_parameter_count():
@@ -84,7 +258,79 @@ def test_layers_are_in_the_papers_order():
     assert isinstance(m.norm1, LocalResponseNorm) and isinstance(m.norm2, LocalResponseNorm)
     assert (m.norm1.k, m.norm1.size, m.norm1.alpha, m.norm1.beta) == (2.0, 5, 1e-4, 0.75)
     assert m.pool1.kernel_size == 3 and m.pool1.stride == 2
-    assert m.dropout_on == "outputs" and m.drop6.p == 0.5
+    assert m.drop6.p == 0.5 and m.drop7.p == 0.5
+
+
+# print(model) lists these, in the order they run: no placeholders for absent layers.
+PAPER_LAYERS = [
+    *("conv1", "act1", "norm1", "pool1", "conv2", "act2", "norm2", "pool2"),
+    *("conv3", "act3", "conv4", "act4", "conv5", "act5", "pool5"),
+    *("fc6", "act6", "drop6", "fc7", "act7", "drop7", "fc8"),
+]
+OWT_LAYERS = [
+    *("conv1", "act1", "pool1", "conv2", "act2", "pool2"),
+    *("conv3", "act3", "conv4", "act4", "conv5", "act5", "pool5", "avgpool"),
+    *("drop6", "fc6", "act6", "drop7", "fc7", "act7", "fc8"),
+]
+
+
+def test_the_model_holds_only_the_layers_it_runs():
+    assert layer_names(build_model(variant="paper")) == PAPER_LAYERS
+    assert layer_names(build_model(variant="small")) == PAPER_LAYERS
+    assert layer_names(build_model(variant="owt")) == OWT_LAYERS
+    m = build_model(variant="small", norm="batchnorm", drop_conv=["conv4"], extra_conv6=True)
+    assert layer_names(m) == [
+        *("conv1", "bn1", "act1", "pool1", "conv2", "bn2", "act2", "pool2"),
+        *("conv3", "bn3", "act3", "conv5", "bn5", "act5", "pool5", "conv6", "bn6", "act_conv6"),
+        *("fc6", "act6", "drop6", "fc7", "act7", "drop7", "fc8"),
+    ]
+    assert not any(isinstance(mod, nn.Identity) for mod in m.modules())
+    assert "conv4" not in m.conv_blocks
+    assert m.conv_blocks["conv5"] == ("conv5", "bn5", "act5", "pool5")
+    assert m.fc_blocks == {
+        "fc6": ("fc6", "act6"),
+        "fc7": ("drop6", "fc7", "act7"),
+        "fc8": ("drop7", "fc8"),
+    }
+
+
+def _paper_by_hand(m: AlexNet, x: torch.Tensor) -> torch.Tensor:
+    """Figure 2 written out layer by layer (§3): what the stage tables must add up to."""
+    x = m.pool1(m.norm1(m.act1(m.conv1(x))))
+    x = m.pool2(m.norm2(m.act2(m.conv2(x))))
+    x = m.act3(m.conv3(x))
+    x = m.act4(m.conv4(x))
+    x = m.pool5(m.act5(m.conv5(x)))
+    x = m.drop6(m.act6(m.fc6(torch.flatten(x, 1))))  # §4.2: dropout on fc6's outputs
+    x = m.drop7(m.act7(m.fc7(x)))
+    return m.fc8(x)
+
+
+def _owt_by_hand(m: AlexNet, x: torch.Tensor) -> torch.Tensor:
+    """torchvision's order: no LRN, adaptive average pool, dropout on fc6's and fc7's inputs."""
+    x = m.pool1(m.act1(m.conv1(x)))
+    x = m.pool2(m.act2(m.conv2(x)))
+    x = m.act4(m.conv4(m.act3(m.conv3(x))))
+    x = m.avgpool(m.pool5(m.act5(m.conv5(x))))
+    x = m.act6(m.fc6(m.drop6(torch.flatten(x, 1))))
+    x = m.act7(m.fc7(m.drop7(x)))
+    return m.fc8(x)
+
+
+@pytest.mark.parametrize(
+    "variant,size,by_hand",
+    [("small", 32, _paper_by_hand), ("paper", 224, _paper_by_hand), ("owt", 96, _owt_by_hand)],
+)
+def test_forward_is_figure_2_layer_by_layer(variant, size, by_hand):
+    torch.manual_seed(0)
+    m = build_model(variant=variant, num_classes=10, conv_impl="direct", init="kaiming")
+    x = torch.randn(2, 3, size, size)
+    for mode in (m.train, m.eval):  # train: the same dropout masks, so the same placement
+        mode()
+        torch.manual_seed(1)
+        expected = by_hand(m, x)
+        torch.manual_seed(1)
+        assert torch.equal(m(x), expected)
 
 
 def test_dropout_acts_on_fc6_and_fc7_outputs():
@@ -159,9 +405,11 @@ def test_activation_switch():
 
 
 def test_norm_switch():
-    assert isinstance(build_model(variant="small", norm="none").norm1, nn.Identity)
+    none = build_model(variant="small", norm="none")
+    assert not hasattr(none, "norm1") and not hasattr(none, "bn1")
     m = build_model(variant="small", norm="batchnorm")
-    assert isinstance(m.bn1, nn.BatchNorm2d) and isinstance(m.norm1, nn.Identity)
+    assert isinstance(m.bn1, nn.BatchNorm2d) and not hasattr(m, "norm1")
+    assert not hasattr(build_model(variant="small"), "bn1")
     assert isinstance(build_model(variant="owt", norm="lrn").norm2, LocalResponseNorm)
     sum_m = build_model(variant="paper", lrn_alpha="sum")
     assert sum_m.norm1.alpha_convention == "sum"
@@ -181,7 +429,10 @@ def test_dropout_switch():
 @pytest.mark.parametrize("layer", ["conv3", "conv4", "conv5"])
 def test_drop_conv(layer):
     m = build_model(variant="paper", drop_conv=[layer])
-    assert getattr(m, layer) is None
+    n = layer[-1]
+    assert not {layer, f"act{n}"} & set(layer_names(m))
+    assert layer not in dict(m.named_layers())
+    assert hasattr(m, "pool5")  # removing conv5 keeps its stage's pooling
     assert m(torch.randn(1, 3, 224, 224)).shape == (1, 1000)
     # pool5 now sees the last remaining conv layer's channels.
     assert m.fc6.in_features == {"conv3": 256, "conv4": 256, "conv5": 384}[layer] * 36
@@ -189,7 +440,7 @@ def test_drop_conv(layer):
 
 def test_extra_conv6():
     m = build_model(variant="paper", extra_conv6=True)
-    assert m.conv6 is not None and m.conv6.in_channels == 256
+    assert m.conv6.in_channels == m.conv6.out_channels == 256 and m.conv6.groups == 2
     assert n_params(m) == 60_965_224 + 256 * 128 * 9 + 256
     assert m(torch.randn(1, 3, 224, 224)).shape == (1, 1000)
 
@@ -227,7 +478,3 @@ def test_bad_values_rejected():
         ModelConfig(dropout=1.5)
     with pytest.raises(ConfigError, match="drop_conv"):
         ModelConfig(drop_conv=["conv1"])
-
-
-def test_default_model_is_the_paper():
-    assert isinstance(AlexNet(), AlexNet) and AlexNet().cfg.variant == "paper"

@@ -1,3 +1,4 @@
+import csv
 import json
 import os
 import signal
@@ -198,6 +199,7 @@ def test_each_preset_runs_a_few_steps(tmp_path, fmnist):
             f"data.path={tmp_path / 'i2prep'}",
             f"init_from={tmp_path / 'imagenet-paper' / 'model.safetensors'}",
             *few,
+            "run.seed=1",  # not the paper run's seed: its own init lies far from the source
         ],
     )
     train(cfg, tmp_path / "ft", quiet=False)
@@ -206,6 +208,93 @@ def test_each_preset_runs_a_few_steps(tmp_path, fmnist):
     assert after["fc8.weight"].shape == (2, 4096)
     # conv layers moved only a little (conv_lr_mult 0.1) but did start from the paper run.
     assert torch.allclose(after["conv1.weight"], before["conv1.weight"], atol=1e-2)
+    # Any N(0, 0.01) init passes that; an init_from that loaded nothing leaves the run's own
+    # init, as far from the source as a fresh model of the same seed is.
+    torch.manual_seed(1)
+    fresh = build_model(cfg.model).state_dict()
+    for k in ("conv1.weight", "conv5.weight", "fc7.weight"):
+        assert (after[k] - before[k]).norm().item() < 0.1 * (fresh[k] - before[k]).norm().item(), k
+
+
+def test_training_sums_stay_on_the_device_and_add_over_ranks(monkeypatch):
+    from alexnet import distributed as D
+    from alexnet.train import accumulate, new_sums, sync_sums
+
+    sums = new_sums(torch.device("cpu"))
+    logits = torch.tensor([[3.0, 1, 0], [0, 3, 1], [0, 1, 3], [3, 0, 1]])  # predicts 0 1 2 0
+    y = torch.tensor([0, 1, 0, 2])  # 2 top-1 hits; top-5 of 3 classes: all 4
+    loss = torch.nn.functional.cross_entropy(logits, y)
+    for _ in range(2):
+        assert accumulate(sums, loss, logits, y) is None  # nothing reaches the host per step
+    assert sums.dtype == torch.float64
+    assert sums.tolist() == pytest.approx([8 * loss.item(), 4, 8, 8])
+    # The other rank saw 8 images, 1 top-1 hit, and was asked to stop: one all-reduce (sum)
+    # of one tensor carries its counts and its flag.
+    other = torch.tensor([10.0, 1, 7, 8, 1], dtype=torch.float64)
+    calls = []
+    monkeypatch.setattr(D, "all_reduce_sum", lambda t: calls.append(t) or t.add_(other))
+    (loss_sum, hits1, hits5, images), stopping = sync_sums(sums, stop=False)
+    assert len(calls) == 1 and calls[0].device == sums.device
+    assert (loss_sum, hits1, hits5, images) == pytest.approx((8 * loss.item() + 10, 5, 15, 16))
+    assert 1 - hits1 / images == pytest.approx(11 / 16)  # not rank 0's 4/8 error times 2
+    assert stopping and not sums.any()  # the next sums start from zero
+
+
+def test_the_step_loop_reads_the_device_only_every_log_every_steps(tmp_path, fmnist, monkeypatch):
+    from alexnet import train as T
+
+    steps, synced_after, host_reads = [0], [], []
+    original_accumulate, original_sync = T.accumulate, T.sync_sums
+
+    def counting_accumulate(*a):
+        steps[0] += 1
+        return original_accumulate(*a)
+
+    def recording_sync(*a):
+        synced_after.append(steps[0])
+        return original_sync(*a)
+
+    def reader(name):
+        original = getattr(torch.Tensor, name)
+
+        def read(self, *a):
+            host_reads.append(sys._getframe(1).f_code.co_name)
+            return original(self, *a)
+
+        return read
+
+    monkeypatch.setattr(T, "accumulate", counting_accumulate)
+    monkeypatch.setattr(T, "sync_sums", recording_sync)
+    for name in ("item", "tolist", "__bool__", "__float__"):
+        monkeypatch.setattr(torch.Tensor, name, reader(name))
+    train(cfg_for(fmnist, "run.epochs=2", "run.log_every=3"), tmp_path / "r", quiet=True)
+    assert synced_after == [3, 4, 7, 8]  # 4 steps an epoch: step 3, and each epoch's end
+    # The loop itself never reads a tensor on the host; sync_sums does, at those points.
+    assert {"train_one_epoch", "accumulate"}.isdisjoint(host_reads) and "sync_sums" in host_reads
+
+
+def test_best_epoch_weights_are_kept(tmp_path, fmnist, monkeypatch):
+    from alexnet import train as T
+
+    errors, evaluated = iter([0.5, 0.3, 0.4]), []  # epoch 2 is the best
+
+    def scripted(model, loader, device, autocast_dtype=None, progress=None):
+        evaluated.append({k: v.clone() for k, v in model.state_dict().items()})
+        e = next(errors)
+        return {"loss": 1.0, "top1_error": e, "top5_error": e / 2, "images": 32}
+
+    monkeypatch.setattr(T, "evaluate_model", scripted)
+    s = train(cfg_for(fmnist, "run.epochs=3"), tmp_path / "r", quiet=True)
+    best_path = tmp_path / "r" / "best.safetensors"
+    assert s["best_epoch"] == 2 and s["best_val_top1_error"] == 0.3
+    summary = json.loads((tmp_path / "r" / "summary.json").read_text())
+    assert summary["best_weights"] == str(best_path) and summary["best_epoch"] == 2
+    best, meta = load_weights(best_path)
+    assert_same(best, evaluated[1])
+    assert not torch.equal(best["conv1.weight"], evaluated[2]["conv1.weight"])  # not the last
+    final, final_meta = load_weights(tmp_path / "r" / "model.safetensors")
+    assert_same(final, evaluated[2])
+    assert meta["model_config"] == final_meta["model_config"] and meta["classes"]
 
 
 def test_init_from_reports_mismatches_by_layer(tmp_path, fmnist, capsys):
@@ -309,6 +398,17 @@ def test_ddp_two_processes_match_one(tmp_path, fmnist, cli_env, precision):
             moved = (a[k] - start[k]).norm().item()
             assert (a[k] - b[k]).norm().item() <= 32 * BF16_U * moved + 1e-7, k
         assert _execution(tmp_path / "two")["precision"] == "bf16"
+    # Training loss and error count every rank's images, as one process counts its batch.
+    rows = [
+        list(csv.DictReader((tmp_path / r / "metrics.csv").read_text().splitlines()))
+        for r in ("one", "two")
+    ]
+    # bf16 measured: losses 1e-4 apart, errors equal; a tie may still flip one of the 64 images.
+    loss_rel, err_abs = (1e-4, 1e-9) if precision == "fp32" else (1e-3, 1.01 / 64)
+    for r1, r2 in zip(*rows, strict=True):
+        assert float(r2["train_loss"]) == pytest.approx(float(r1["train_loss"]), rel=loss_rel)
+        for key in ("train_top1_error", "train_top5_error"):
+            assert float(r2[key]) == pytest.approx(float(r1[key]), abs=err_abs), key
     s1 = json.loads((tmp_path / "one" / "summary.json").read_text())
     s2 = json.loads((tmp_path / "two" / "summary.json").read_text())
     assert s1["val_images"] == s2["val_images"] == 32

@@ -263,14 +263,11 @@ def bench_data(
         prep_s = time.perf_counter() - t0
         torch.set_num_threads(1)
         try:
+            data = Prepared(tmp)
             loader = make_loader(
-                Prepared(tmp),
-                "train",
-                LoaderSpec(crop=224, train=True),
-                128,
-                torch.device("cpu"),
-                workers=0,
-            )
+                data, "train", LoaderSpec(train=True), 128, torch.device("cpu"),
+                data.preprocessing(crop=224), workers=0,
+            )  # fmt: skip
             _ours(loader, 256, epoch=1000)  # warm-up: page cache, allocator
             ref, ours = [], []
             for r in range(rounds):
@@ -584,13 +581,9 @@ def bench_e2e(
         model = build_model(cfg.model).to(memory_format=torch.channels_last)
         opt = build_optimizer(model, cfg.optim)
         loader = make_loader(
-            data,
-            "train",
-            LoaderSpec(crop=224, train=True),
-            batch,
-            torch.device("cpu"),
-            workers=workers,
-        )
+            data, "train", LoaderSpec(train=True), batch, torch.device("cpu"),
+            data.preprocessing(crop=224), workers=workers,
+        )  # fmt: skip
 
         def epochs() -> Any:  # the loader's batches, epoch after epoch
             epoch = 0

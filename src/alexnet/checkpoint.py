@@ -6,47 +6,32 @@ RNG states, the config and the code version. It holds only tensors and plain Pyt
 values, so it loads with ``torch.load(weights_only=True)``.
 
 A weights export (``model.safetensors``) holds the model's tensors plus what predicting
-needs: the mean image and PCA as tensors under ``meta.*``, and the model config, class
-names and preprocessing as JSON strings in the safetensors metadata.
+needs, its :class:`~alexnet.preprocess.Preprocessing`: the mean image and PCA as tensors
+under ``meta.*``, and the model config, class names and the rest of the preprocessing as
+JSON strings in the safetensors metadata. A checkpoint carries the same fields.
 """
 
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 from typing import Any
 
 import torch
 from torch import Tensor
 
-from .model import from_torchvision_state_dict, is_torchvision_state_dict
+from .atomic import atomic_path
+from .convert import from_torchvision_state_dict, is_torchvision_state_dict
+from .preprocess import Preprocessing
 
 META_PREFIX = "meta."
 
 
-def _fsync_dir(path: Path) -> None:
-    try:
-        fd = os.open(path, os.O_RDONLY)
-    except OSError:  # pragma: no cover - some filesystems do not allow it
-        return
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
 def atomic_save(obj: Any, path: str | Path) -> Path:
-    """torch.save to a temp file in the same directory, fsync, then rename over ``path``."""
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.tmp")
-    with open(tmp, "wb") as f:
-        torch.save(obj, f)
-        f.flush()
-        os.fsync(f.fileno())
-    tmp.replace(path)
-    _fsync_dir(path.parent)
-    return path
+    """torch.save, atomically (:func:`alexnet.atomic.atomic_path`)."""
+    with atomic_path(path) as tmp:
+        torch.save(obj, tmp)
+    return Path(path)
 
 
 def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:
@@ -62,33 +47,26 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
 
 
 def export_weights(
-    path: str | Path, state: dict[str, Tensor], *, model_config: dict[str, Any], classes: list[str],
-    names: list[str], mean_image: Tensor | None = None, eigenvalues: Tensor | None = None,
-    eigenvectors: Tensor | None = None, preprocessing: dict[str, Any] | None = None,
-) -> Path:  # fmt: skip
-    """Weights + everything ``predict`` needs, as one safetensors file (written atomically)."""
+    path: str | Path, state: dict[str, Tensor], model_config: dict[str, Any], prep: Preprocessing
+) -> Path:
+    """The one weights export (training's ``model.safetensors`` and ``best.safetensors``,
+    and ``alexnet export``): the model's tensors plus its whole preprocessing (mean image
+    and PCA as ``meta.*`` tensors; crop, normalisation, input scale, image size, class
+    names as JSON metadata), written atomically."""
     from safetensors.torch import save_file
 
     tensors = {k: v.detach().to("cpu").contiguous() for k, v in state.items()}
-    for key, value in (
-        ("mean_image", mean_image),
-        ("eigenvalues", eigenvalues),
-        ("eigenvectors", eigenvectors),
-    ):
-        if value is not None:
-            tensors[META_PREFIX + key] = torch.as_tensor(value, dtype=torch.float32).contiguous()
+    tensors.update({META_PREFIX + k: v.contiguous() for k, v in prep.tensors().items()})
     metadata = {
         "format": "alexnet-weights",
         "model_config": json.dumps(model_config),
-        "classes": json.dumps(classes),
-        "names": json.dumps(names),
-        "preprocessing": json.dumps(preprocessing or {}),
+        "classes": json.dumps(list(prep.classes)),
+        "names": json.dumps(list(prep.names)),
+        "preprocessing": json.dumps(prep.meta()),
     }
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.tmp")
-    save_file(tensors, str(tmp), metadata=metadata)
-    tmp.replace(path)
-    return path
+    with atomic_path(path) as tmp:
+        save_file(tensors, str(tmp), metadata=metadata)
+    return Path(path)
 
 
 def load_weights(path: str | Path) -> tuple[dict[str, Tensor], dict[str, Any]]:

@@ -181,11 +181,7 @@ def cmd_export(args: argparse.Namespace) -> int:
     from .inference import load_model
 
     lm = load_model(args.weights)
-    export_weights(
-        args.out, lm.model.state_dict(), model_config=dataclasses.asdict(lm.model.cfg), classes=lm.classes,
-        names=lm.names, mean_image=None if lm.mean is None else __import__("torch").from_numpy(lm.mean),
-        preprocessing={"normalize": lm.normalize, "input_scale": lm.input_scale, "image_size": list(lm.image_size)},
-    )  # fmt: skip
+    export_weights(args.out, lm.model.state_dict(), dataclasses.asdict(lm.model.cfg), lm.prep)
     print(f"wrote {args.out}")
     return 0
 

@@ -15,6 +15,8 @@ from typing import Any, Literal, get_args, get_origin
 
 import yaml
 
+from .atomic import write_text
+
 
 class ConfigError(ValueError):
     """A config key or value that is not allowed; the message says which and why."""
@@ -421,4 +423,4 @@ def load_train_config(
 
 
 def save_yaml(cfg: Any, path: str | Path) -> None:
-    Path(path).write_text(yaml.safe_dump(to_dict(cfg), sort_keys=False))
+    write_text(path, yaml.safe_dump(to_dict(cfg), sort_keys=False))

@@ -31,8 +31,8 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from . import transforms as T
 from .hardware import resolve_workers
+from .preprocess import InputTransform, Preprocessing
 from .sources import DataError
 
 FORMAT = "alexnet-prepared"
@@ -92,13 +92,16 @@ class Prepared:
             raise DataError(f"{self.root} has no split {name!r}; it has {self.splits()}")
         return JpegSplit(self.root, name) if self.kind == "jpeg" else RawSplit(self.root, name)
 
-    def preprocessing(self) -> dict[str, Any]:
-        """What a predictor needs to reproduce the input pipeline (saved with exports)."""
-        return {
-            "image_size": list(self.image_size),
-            "eigenvalues": self.eigenvalues.tolist(),
-            "eigenvectors": self.eigenvectors.tolist(),
-        }
+    def preprocessing(
+        self, crop: int, normalize: str = "mean_image", input_scale: float = 1.0
+    ) -> Preprocessing:
+        """This dataset's half of the preprocessing contract (image size, mean image, PCA,
+        classes) with a run's ``data.*`` settings; saved with every checkpoint and export."""
+        return Preprocessing(
+            image_size=self.image_size, crop=crop, normalize=normalize, input_scale=input_scale,
+            mean=self.mean, eigenvalues=self.eigenvalues, eigenvectors=self.eigenvectors,
+            classes=tuple(self.classes), names=tuple(self.names),
+        )  # fmt: skip
 
 
 class JpegSplit:
@@ -295,25 +298,20 @@ def _worker_init(_: int) -> None:
 
 @dataclass
 class LoaderSpec:
-    """How to feed one split: what the sampler draws and how batches are normalised."""
+    """What the sampler draws for one split; how images become inputs is the model's
+    :class:`~alexnet.preprocess.Preprocessing`."""
 
-    crop: int  # output side
     train: bool  # random crops + flips + PCA, or deterministic views
     flip: bool = True
     pca_std: float = 0.1  # §4.1; 0 disables PCA noise
     pad: int = 0  # small images: zero padding before the random crop
     views: str = "center"  # evaluation: "center" | "ten-crop"
-    input_scale: float = 1.0
-    normalize: str = "mean_image"  # "mean_image" (§2) | "torchvision" (per-channel, owt weights)
-
-
-TORCHVISION_MEAN = (0.485, 0.456, 0.406)
-TORCHVISION_STD = (0.229, 0.224, 0.225)
 
 
 class DeviceLoader:
     """Iterates (inputs, labels) on ``device``: uint8 batches moved with pinned memory and
-    non_blocking, then mean subtraction and PCA noise as batch ops on the device.
+    non_blocking, then turned into inputs on the device by the preprocessing's
+    :class:`~alexnet.preprocess.InputTransform` (mean subtraction, PCA noise, views).
 
     For evaluation with ``views == "ten-crop"`` inputs are (10, N, C, S, S).
     """
@@ -325,30 +323,21 @@ class DeviceLoader:
         spec: LoaderSpec,
         sampler: EpochSampler,
         device: torch.device,
+        prep: Preprocessing,
         workers: int = 2,
         dtype: torch.dtype = torch.float32,
-        mean: np.ndarray | None = None,
     ) -> None:
-        self.data, self.spec, self.sampler, self.device, self.dtype = (
-            data,
-            spec,
-            sampler,
-            device,
-            dtype,
-        )
+        self.data, self.spec, self.sampler, self.device = data, spec, sampler, device
         self.split = data.split(split)
-        h, w, c = data.image_size
-        # The model's own training mean when given (evaluation), else this dataset's.
-        mean_np = data.mean if mean is None or mean.shape != data.mean.shape else mean
-        self.mean = torch.as_tensor(np.asarray(mean_np, dtype=np.float32)).to(
-            device
-        )  # (H, W, C), 0..255
-        self.mean_flipped = self.mean.flip(1).contiguous()
-        self.eigenvalues = torch.from_numpy(data.eigenvalues).to(device)
-        self.eigenvectors = torch.from_numpy(data.eigenvectors).to(device)
-        self.channels = c
-        if spec.crop > min(h, w) + 2 * spec.pad:
-            raise DataError(f"crop {spec.crop} is larger than the prepared images ({h}x{w})")
+        h, w, _ = data.image_size
+        prep.check_data(data.image_size, None, f"{data.root} ({split})")
+        self.prep, self.transform = prep, InputTransform(prep, device, dtype)
+        crop = prep.crop
+        if crop > min(h, w) + 2 * spec.pad:
+            raise DataError(
+                f"the model's input side {crop} is larger than the prepared images ({h}x{w}) "
+                f"in {data.root}"
+            )
         self.array_images: Tensor | None = None
         self.loader: torch.utils.data.DataLoader | None = None
         if isinstance(self.split, RawSplit):
@@ -360,7 +349,7 @@ class DeviceLoader:
             if spec.train and spec.pad:  # padded crops are cut on the device, as for arrays
                 mode = "full"
             self.loader = torch.utils.data.DataLoader(
-                JpegBatches(self.split, spec.crop, mode),
+                JpegBatches(self.split, crop, mode),
                 sampler=sampler,
                 batch_size=None,
                 num_workers=workers,
@@ -393,41 +382,13 @@ class DeviceLoader:
 
     def _normalize(self, b: dict[str, Tensor]) -> Tensor:
         """uint8 NHWC batch -> float inputs: (N, C, S, S) channels_last, or (10, N, C, S, S)."""
-        spec, dev, dt = self.spec, self.device, self.dtype
-        x = b["images"].to(dev, non_blocking=True)
-        offset = None
-        if spec.train and spec.pca_std > 0 and self.channels == 3:
-            offset = 255.0 * T.pca_offsets(b["alphas"].to(dev), self.eigenvalues, self.eigenvectors)
-        if spec.normalize == "torchvision":
-            # torchvision's weights: [0, 1] pixels, per-channel mean/std, 224 centre crop.
-            mean = torch.tensor(TORCHVISION_MEAN, device=dev) * 255
-            std = torch.tensor(TORCHVISION_STD, device=dev) * 255
-            out = (x.to(dt) - mean) / std
-            if spec.train:
-                out = T.finish(out, 1.0, offset)
-                if self.array_images is not None or spec.pad:
-                    out = T.pad_crop(out, b["ys"], b["xs"], b["flips"], spec.pad, spec.crop)
-        elif self.array_images is not None or (spec.train and spec.pad):
-            # Small images: subtract the whole mean image, then pad + random crop + flip.
-            out = T.finish(x.to(dt) - self.mean.to(dt), spec.input_scale, offset)
-            if spec.train:
-                out = T.pad_crop(out, b["ys"], b["xs"], b["flips"], spec.pad, spec.crop)
-        elif spec.train:
-            out = T.subtract_mean_crops(
-                x, self.mean, b["ys"], b["xs"], b["flips"], dt, offset, self.mean_flipped
-            )
-            out = T.finish(out, spec.input_scale)
-        elif x.shape[1] == spec.crop:  # centre crops made in the worker
-            out = T.finish(x.to(dt) - T.center_crop(self.mean, spec.crop).to(dt), spec.input_scale)
-        else:
-            out = T.finish(x.to(dt) - self.mean.to(dt), spec.input_scale)
-        if spec.train:
-            return T.to_nchw(out)
-        if spec.views == "ten-crop":
-            return T.ten_crop(out, spec.crop).permute(0, 1, 4, 2, 3)
-        if out.shape[1] != spec.crop:
-            out = T.center_crop(out, spec.crop)
-        return T.to_nchw(out)
+        spec = self.spec
+        if not spec.train:
+            return self.transform(b["images"], spec.views)
+        return self.transform.train(
+            b["images"], b["ys"], b["xs"], b["flips"], b["alphas"], spec.pca_std, spec.pad,
+            cropped=self.array_images is None and not spec.pad,
+        )  # fmt: skip
 
     def batches(self) -> Iterator[dict[str, Tensor]]:
         """Normalised batches with their metadata: inputs, labels, indices."""
@@ -450,20 +411,21 @@ def make_loader(
     spec: LoaderSpec,
     batch_size: int,
     device: torch.device,
+    prep: Preprocessing,
     *,
     seed: int = 0,
     rank: int = 0,
     world_size: int = 1,
     workers: int | str = "auto",
     dtype: torch.dtype = torch.float32,
-    mean: np.ndarray | None = None,
 ) -> DeviceLoader:
-    """A loader for ``split``: random training draws or exact evaluation views. ``workers``:
-    decoding processes for JPEG data, ``"auto"`` for one per spare core."""
+    """A loader for ``split`` that turns its images into inputs as ``prep`` says (the
+    training run's, or the loaded model's): random training draws or exact evaluation
+    views. ``workers``: decoding processes for JPEG data, ``"auto"`` for one per spare core."""
     h, w, _ = data.image_size
     n = len(data.split(split))
     if spec.train:
-        crop_range = (h + 2 * spec.pad - spec.crop, w + 2 * spec.pad - spec.crop)
+        crop_range = (h + 2 * spec.pad - prep.crop, w + 2 * spec.pad - prep.crop)
         sampler = EpochSampler(
             n, batch_size, seed=seed, shuffle=True, drop_last=True, rank=rank, world_size=world_size,
             crop_range=crop_range, flip=spec.flip, pca_std=spec.pca_std,
@@ -479,4 +441,4 @@ def make_loader(
             world_size=world_size,
         )
     n_workers = resolve_workers(workers)
-    return DeviceLoader(data, split, spec, sampler, device, n_workers, dtype, mean)
+    return DeviceLoader(data, split, spec, sampler, device, prep, n_workers, dtype)

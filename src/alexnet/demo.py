@@ -4,16 +4,16 @@ where everything is."""
 
 from __future__ import annotations
 
-import json
 import time
 from pathlib import Path
 
 import torch
 
-from .config import ModelConfig, from_dict, load_train_config
-from .data import LoaderSpec, Prepared, make_loader
-from .evaluate import evaluate_model
-from .model import build_model
+from .atomic import write_json
+from .config import load_train_config
+from .data import Prepared, make_loader
+from .inference import load_model
+from .metrics import evaluate_model
 from .prepare import prepare
 from .train import format_summary, train
 
@@ -42,15 +42,11 @@ def run(
     # The test set: the 10,000 Fashion-MNIST test images, with the final weights, under
     # both of the paper's test protocols (§4.1: centre view, and 10 views averaged).
     data = Prepared(data_path)
-    state = torch.load(out_path / "checkpoint.pt", map_location="cpu", weights_only=True)
-    model = build_model(from_dict(ModelConfig, state["config"]["model"]))
-    model.load_state_dict(state["model"])
-    crop = state["config"]["data"]["crop"]
+    lm = load_model(out_path / "checkpoint.pt")
     scores = {}
     for views in ("center", "ten-crop"):
-        spec = LoaderSpec(crop=crop, train=False, views=views, input_scale=cfg.data.input_scale)
-        loader = make_loader(data, "val", spec, 500, torch.device("cpu"))
-        scores[views] = evaluate_model(model, loader, torch.device("cpu"))
+        loader = make_loader(data, "val", lm.loader_spec(views), 500, torch.device("cpu"), lm.prep)
+        scores[views] = evaluate_model(lm.model, loader, torch.device("cpu"))
     ten, centre = scores["ten-crop"], scores["center"]
     result = {
         "test_images": ten["images"],
@@ -67,7 +63,7 @@ def run(
         "train_and_test_seconds": time.time() - t0,
         "run_dir": str(out_path),
     }
-    (out_path / "test.json").write_text(json.dumps(result, indent=2))
+    write_json(out_path / "test.json", result)
     print(format_summary(summary))
     print(
         f"Fashion-MNIST test set, {ten['images']:,} images:\n"

@@ -1,99 +1,14 @@
-"""Top-1 / top-5 error as the paper reports it (§2, Results), centre or 10-crop views.
-
-10-crop: the softmax outputs of the ten views are averaged (§4.1). Under torchrun every
-rank evaluates a disjoint share of the images and the counts are summed, so every image is
-counted exactly once and the reported count equals the dataset size.
-"""
+"""``alexnet evaluate``: one model or an ensemble on a prepared split, with per-class
+accuracy and the most confused class pairs (metrics in :mod:`alexnet.metrics`)."""
 
 from __future__ import annotations
 
-import contextlib
 from typing import Any
 
 import torch
-from torch import Tensor, nn
+from torch import Tensor
 
-from .distributed import all_reduce_sum
-
-
-def autocast_context(
-    device: torch.device, dtype: torch.dtype | None
-) -> contextlib.AbstractContextManager:
-    if dtype is None:
-        return contextlib.nullcontext()
-    return torch.autocast(device.type, dtype=dtype)
-
-
-def view_probabilities(models: list[nn.Module], x: Tensor) -> Tensor:
-    """Softmax probabilities averaged over views (x: (V, N, C, H, W)) and models."""
-    views = x if x.dim() == 5 else x.unsqueeze(0)
-    v, n = views.shape[:2]
-    flat = views.flatten(0, 1)
-    if flat.dim() == 4 and flat.shape[1] in (1, 3):
-        flat = flat.contiguous(memory_format=torch.channels_last)
-    total = None
-    for model in models:
-        probs = model(flat).float().softmax(-1).view(v, n, -1).mean(0)
-        total = probs if total is None else total + probs
-    assert total is not None
-    return total / len(models)
-
-
-def topk_correct(probs: Tensor, labels: Tensor, k: int = 5) -> tuple[Tensor, Tensor]:
-    """(top-1 correct, top-k correct) boolean vectors."""
-    k = min(k, probs.shape[1])
-    top = probs.topk(k, dim=1).indices
-    hit = top == labels.view(-1, 1)
-    return hit[:, 0], hit.any(dim=1)
-
-
-@torch.no_grad()
-def evaluate_model(
-    models: nn.Module | list[nn.Module],
-    loader: Any,
-    device: torch.device,
-    autocast_dtype: torch.dtype | None = None,
-    progress: Any = None,
-) -> dict[str, float]:
-    """Loss, top-1 and top-5 error over ``loader`` (summed over ranks)."""
-    models = models if isinstance(models, list) else [models]
-    was_training = [m.training for m in models]
-    for m in models:
-        m.eval()
-    sums = torch.zeros(4, dtype=torch.float64, device=device)  # nll, top1, top5, n
-    try:
-        for batch in loader.batches():
-            x, y = batch["inputs"], batch["labels"]
-            with autocast_context(device, autocast_dtype):
-                probs = view_probabilities(models, x)
-            c1, c5 = topk_correct(probs, y)
-            nll = -torch.log(probs.gather(1, y.view(-1, 1)).clamp_min(1e-12)).sum()
-            sums += torch.stack(
-                [
-                    nll.double(),
-                    c1.sum().double(),
-                    c5.sum().double(),
-                    torch.tensor(float(len(y)), device=device, dtype=torch.float64),
-                ]
-            )
-            if progress is not None:
-                progress(len(y))
-    finally:
-        for m, t in zip(models, was_training, strict=True):
-            m.train(t)
-    all_reduce_sum(sums)
-    nll, c1, c5, n = sums.tolist()
-    n = max(n, 1.0)
-    return {
-        "loss": nll / n,
-        "top1_error": 1.0 - c1 / n,
-        "top5_error": 1.0 - c5 / n,
-        "images": int(sums[3].item()),
-    }
-
-
-# --------------------------------------------------------------------------------------
-# `alexnet evaluate`: checkpoints (one or an ensemble) on a prepared split
+from .metrics import model_outputs, topk_correct
 
 
 def run_evaluation(
@@ -128,21 +43,22 @@ def run_evaluation(
         for lm in loaded[1:]:
             if (
                 lm.crop != first.crop
-                or lm.normalize != first.normalize
-                or lm.model.cfg.num_classes != first.model.cfg.num_classes
+                or lm.prep.normalize != first.prep.normalize
+                or lm.classes != first.classes
             ):
                 raise ValueError(
                     f"{lm.path} and {first.path} differ in input size, normalisation or classes; they cannot be ensembled"
                 )
+        first.prep.check_data(data.image_size, data.classes, f"{data_dir} ({split})")
+        loader = make_loader(
+            data, split, first.loader_spec(views), max(1, batch_size // dist.world_size), dist.device,
+            first.prep, rank=dist.rank, world_size=dist.world_size, workers=workers,
+        )  # fmt: skip
         n_classes = first.model.cfg.num_classes
         if n_classes != data.num_classes:
             raise ValueError(
                 f"{first.path} predicts {n_classes} classes but {data_dir} has {data.num_classes}"
             )
-        loader = make_loader(
-            data, split, first.loader_spec(views), max(1, batch_size // dist.world_size), dist.device,
-            rank=dist.rank, world_size=dist.world_size, workers=workers, mean=first.mean,
-        )  # fmt: skip
         confusion = torch.zeros(n_classes, n_classes, dtype=torch.int64, device=dist.device)
         top5_hits = torch.zeros(n_classes, dtype=torch.int64, device=dist.device)
         nll = torch.zeros(1, dtype=torch.float64, device=dist.device)
@@ -159,18 +75,15 @@ def run_evaluation(
             )
         t0 = time.perf_counter()
         models = [lm.model for lm in loaded]
-        with torch.no_grad():
-            for batch in loader.batches():
-                x, y = batch["inputs"], batch["labels"]
-                with autocast_context(dist.device, autocast):
-                    probs = view_probabilities(models, x)
-                pred = probs.argmax(1)
-                confusion.index_put_((y, pred), torch.ones_like(y), accumulate=True)
-                _, c5 = topk_correct(probs, y)
-                top5_hits.index_add_(0, y, c5.long())
-                nll += -torch.log(probs.gather(1, y.view(-1, 1)).clamp_min(1e-12)).sum().double()
-                if bar is not None:
-                    bar.update(len(y) * dist.world_size)
+        for probs, batch in model_outputs(models, loader.batches(), dist.device, autocast):
+            y = batch["labels"]
+            pred = probs.argmax(1)
+            confusion.index_put_((y, pred), torch.ones_like(y), accumulate=True)
+            _, c5 = topk_correct(probs, y)
+            top5_hits.index_add_(0, y, c5.long())
+            nll += -torch.log(probs.gather(1, y.view(-1, 1)).clamp_min(1e-12)).sum().double()
+            if bar is not None:
+                bar.update(len(y) * dist.world_size)
         if bar is not None:
             bar.close()
         seconds = time.perf_counter() - t0

@@ -23,6 +23,8 @@ from typing import Any
 import torch
 from torch import nn
 
+from .atomic import atomic_path, write_json
+
 # --------------------------------------------------------------------------------------
 # Figure 1
 
@@ -87,8 +89,11 @@ def _train_curve(
     torch.manual_seed(seed)
     model = four_layer_cnn(c, data.num_classes, h, activation).to(memory_format=torch.channels_last)
     opt = torch.optim.SGD(model.parameters(), lr=lr, momentum=0.9)
-    spec = LoaderSpec(crop=h, train=True, flip=False, pca_std=0.0, input_scale=1 / 64)
-    loader = make_loader(data, "train", spec, batch, torch.device("cpu"), seed=seed, workers=0)
+    spec = LoaderSpec(train=True, flip=False, pca_std=0.0)
+    prep = data.preprocessing(crop=h, input_scale=1 / 64)
+    loader = make_loader(
+        data, "train", spec, batch, torch.device("cpu"), prep, seed=seed, workers=0
+    )
     if limit:
         loader.sampler.n = min(limit, loader.sampler.n)
     steps = len(loader)
@@ -140,9 +145,7 @@ def relu_vs_tanh(
                 if progress:
                     print(f"relu-vs-tanh: {act}, lr {lr}, seed {seed} ...", flush=True)
                 runs.append(_train_curve(data_dir, act, lr, epochs, seed, points, batch, limit))
-                tmp = store.with_suffix(".tmp")
-                tmp.write_text(json.dumps(runs))
-                tmp.replace(store)
+                write_json(store, runs, indent=None)
     result = summarise_relu_tanh(runs, threshold, lrs, seeds)
     result.update(
         {
@@ -153,8 +156,8 @@ def relu_vs_tanh(
             "seeds": list(seeds),
         }
     )
-    (out_dir / "relu_vs_tanh.json").write_text(json.dumps(result, indent=2))
-    with open(out_dir / "curves.csv", "w", newline="") as f:
+    write_json(out_dir / "relu_vs_tanh.json", result)
+    with atomic_path(out_dir / "curves.csv") as tmp, open(tmp, "w", newline="") as f:
         w = csv.writer(f)
         w.writerow(["activation", "lr", "seed", "epoch", "train_error"])
         for r in runs:
@@ -287,7 +290,7 @@ def ablation(
             )
     table = ablation_table(results)
     report = {"data": data_dir, "preset": preset, "seeds": seeds, "epochs": epochs, "rows": table}
-    (out_dir / "ablation.json").write_text(json.dumps(report, indent=2))
+    write_json(out_dir / "ablation.json", report)
     with open(out_dir / "ablation.csv", "w", newline="") as f:
         w = csv.DictWriter(f, fieldnames=list(table[0]))
         w.writeheader()

@@ -49,7 +49,6 @@ import json
 import math
 import os
 import statistics
-import tempfile
 import time
 import warnings
 from collections.abc import Iterator
@@ -60,6 +59,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from .atomic import write_json
 from .hardware import cpu_flags, cpu_model
 from .native import _cache_dir
 
@@ -351,18 +351,6 @@ def _read_probe(path: Path, key: dict[str, Any]) -> tuple[float, float] | None:
     return None
 
 
-def _write_atomic(path: Path, data: dict[str, Any]) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=path.name, suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w") as f:
-            json.dump(data, f, indent=1)
-        os.replace(tmp, path)  # atomic: concurrent processes never read a partial file
-    except BaseException:
-        os.unlink(tmp)
-        raise
-
-
 def _probe(shape: tuple[int, ...], predicted: float, **settings: bool) -> dict[str, Any]:
     """Measured direct vs Fourier time of one layer on this machine, from the cache in
     ``$ALEXNET_CACHE`` where an earlier probe wrote it, else timed now and written.
@@ -396,7 +384,7 @@ def _probe(shape: tuple[int, ...], predicted: float, **settings: bool) -> dict[s
             "min_speedup": MEASURED_MIN_SPEEDUP,
         }
         try:
-            _write_atomic(path, record)
+            write_json(path, record)
         except OSError as e:  # a read-only cache costs a probe per process, nothing else
             warnings.warn(f"could not write the Fourier probe cache {path}: {e}", stacklevel=2)
     return {

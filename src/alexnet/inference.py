@@ -19,35 +19,38 @@ from PIL import Image
 
 from .checkpoint import load_weights
 from .config import ModelConfig, from_dict
-from .data import TORCHVISION_MEAN, TORCHVISION_STD, LoaderSpec
+from .data import LoaderSpec
 from .model import AlexNet, build_model
 from .prepare import ImageError, load_image
+from .preprocess import InputTransform, Preprocessing
 
 
 @dataclass
 class LoadedModel:
     model: AlexNet
     path: str
-    classes: list[str]
-    names: list[str]
-    mean: np.ndarray | None  # (H, W, C) 0..255 mean image, None for torchvision weights
-    normalize: str = "mean_image"
-    input_scale: float = 1.0
-    image_size: tuple[int, int, int] = (256, 256, 3)
+    prep: Preprocessing  # how this model's inputs are made; classes and names
     extra: dict[str, Any] = field(default_factory=dict)
 
     @property
+    def classes(self) -> list[str]:
+        """Class ids; numbers where the weights file names none."""
+        return list(self.prep.classes) or [str(i) for i in range(self.model.cfg.num_classes)]
+
+    @property
+    def names(self) -> list[str]:
+        return list(self.prep.names) or self.classes
+
+    @property
+    def image_size(self) -> tuple[int, int, int]:
+        return self.prep.image_size
+
+    @property
     def crop(self) -> int:
-        return self.model.cfg.input_size or 224
+        return self.prep.crop
 
     def loader_spec(self, views: str = "center") -> LoaderSpec:
-        return LoaderSpec(
-            crop=self.crop,
-            train=False,
-            views=views,
-            input_scale=self.input_scale,
-            normalize=self.normalize,
-        )
+        return LoaderSpec(train=False, views=views)
 
 
 def load_model(path: str | Path, device: torch.device | str = "cpu") -> LoadedModel:
@@ -64,6 +67,12 @@ def load_model(path: str | Path, device: torch.device | str = "cpu") -> LoadedMo
     cfg = from_dict(ModelConfig, cfg_dict)
     if cfg.num_classes != state["fc8.weight"].shape[0]:
         cfg = dataclasses.replace(cfg, num_classes=int(state["fc8.weight"].shape[0]))
+    prep = Preprocessing.from_meta(meta, str(path), cfg.num_classes, cfg.input_size or 224)
+    if prep.crop != (cfg.input_size or 224) or prep.channels != cfg.in_channels:
+        raise ValueError(
+            f"{path}: its preprocessing makes {prep.crop}x{prep.crop}x{prep.channels} inputs "
+            f"but its model takes {cfg.input_size or 224}x{cfg.input_size or 224}x{cfg.in_channels}"
+        )
     model = build_model(cfg)
     try:
         missing, unexpected = model.load_state_dict(state, strict=False)
@@ -76,28 +85,7 @@ def load_model(path: str | Path, device: torch.device | str = "cpu") -> LoadedMo
         raise ValueError(
             f"{path}: weights do not fit a {cfg.variant} model: missing {missing[:4]}, unexpected {unexpected[:4]}"
         )
-    model = model.to(device).eval()
-    n = cfg.num_classes
-    classes = list(meta.get("classes") or [str(i) for i in range(n)])
-    names = list(meta.get("names") or classes)
-    if torchvision and n == 1000 and not meta.get("classes"):
-        from .sources import imagenet_class_names
-
-        table = imagenet_class_names()
-        classes = sorted(table)
-        names = [table[w] for w in classes]
-    prep = dict(meta.get("preprocessing") or {})
-    mean = meta.get("mean_image")
-    mean_np = None if mean is None else np.asarray(mean, dtype=np.float32)
-    image_size = tuple(
-        prep.get("image_size")
-        or (mean_np.shape if mean_np is not None else (256, 256, cfg.in_channels))
-    )
-    return LoadedModel(
-        model=model, path=str(path), classes=classes, names=names, mean=mean_np,
-        normalize="torchvision" if torchvision else prep.get("normalize", "mean_image"),
-        input_scale=float(prep.get("input_scale", 1.0)), image_size=image_size,  # type: ignore[arg-type]
-    )  # fmt: skip
+    return LoadedModel(model=model.to(device).eval(), path=str(path), prep=prep)
 
 
 def image_to_array(path: str | Path, image_size: tuple[int, int, int]) -> np.ndarray:
@@ -117,19 +105,7 @@ def image_to_array(path: str | Path, image_size: tuple[int, int, int]) -> np.nda
 def images_to_inputs(
     arrays: list[np.ndarray], lm: LoadedModel, views: str = "center"
 ) -> torch.Tensor:
-    """uint8 (H, W, C) arrays -> model inputs (N, C, S, S) or (10, N, C, S, S)."""
-    from . import transforms as T
-
-    x = torch.from_numpy(np.stack(arrays)).float()  # (N, H, W, C)
-    if lm.normalize == "torchvision":
-        x = (x - torch.tensor(TORCHVISION_MEAN) * 255) / (torch.tensor(TORCHVISION_STD) * 255)
-    else:
-        mean = (
-            torch.from_numpy(lm.mean)
-            if lm.mean is not None
-            else x.mean(dim=(0, 1, 2), keepdim=True)[0]
-        )
-        x = (x - mean) * lm.input_scale
-    if views == "ten-crop":
-        return T.ten_crop(x, lm.crop).permute(0, 1, 4, 2, 3)
-    return T.to_nchw(T.center_crop(x, lm.crop).contiguous())
+    """uint8 (H, W, C) arrays -> model inputs (N, C, S, S) or (10, N, C, S, S) on the
+    model's device, exactly as the evaluation loader makes them."""
+    device = next(lm.model.parameters()).device
+    return InputTransform(lm.prep, device)(torch.from_numpy(np.stack(arrays)), views)

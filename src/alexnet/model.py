@@ -7,7 +7,8 @@ Variants
          60,965,224 parameters with 1000 classes.
   owt    torchvision's "one weird trick" network: 64/192/384/256/256 kernels, no LRN, no
          groups, adaptive 6x6 average pool, dropout on the inputs of fc6 and fc7.
-         61,100,840 parameters; its weights convert to and from torchvision's exactly.
+         61,100,840 parameters; its weights convert to and from torchvision's exactly
+         (:mod:`alexnet.convert`).
   small  the same layer types and order for 28-32 px images (CIFAR-10, Fashion-MNIST):
          conv1 is 5x5 stride 1, half the kernels, 1024-wide fc6/fc7.
 
@@ -15,6 +16,12 @@ Input size (paper): the paper says 224x224, but 11x11 stride-4 convolution gives
 from 224 only with padding 2 (torchvision's choice), or from 227 without padding (Caffe's).
 We default to 224 with padding 2; ``input_size=227`` switches conv1 to padding 0. Both
 give the paper's 55x55.
+
+Layout: every layer is an attribute with its paper name (``conv1``, ``bn1``, ``act1``,
+``norm1``, ``pool1``, ..., ``fc6``, ``act6``, ``drop6``, ..., ``fc8``), so state_dict keys
+read ``conv1.weight``; a layer the config leaves out is simply not there. Figure 2's
+stages group them: :attr:`AlexNet.conv_blocks` and :attr:`AlexNet.fc_blocks` list each
+stage's layer names in the order they run.
 """
 
 from __future__ import annotations
@@ -30,18 +37,47 @@ from .config import ConfigError, ModelConfig
 from .fourier import Conv2d
 from .lrn import LocalResponseNorm
 
-VARIANTS = ("paper", "owt", "small")
 
-# Conv channel counts and conv1 geometry (kernel, stride) per variant.
-_CHANNELS = {
-    "paper": (96, 256, 384, 384, 256),
-    "owt": (64, 192, 384, 256, 256),
-    "small": (48, 128, 192, 192, 128),
+@dataclasses.dataclass(frozen=True)
+class Variant:
+    """What differs between the networks; the order of the layers is Figure 2's in all."""
+
+    channels: tuple[int, int, int, int, int]  # conv1..conv5 kernels at width 1
+    conv1: tuple[int, int]  # conv1's kernel side and stride
+    # Ceil-mode pooling keeps the last partial window (small: 28 -> 14 -> 7 -> 3 instead of
+    # 28 -> 13 -> 6 -> 2); at 55 -> 27 -> 13 -> 6 floor and ceil agree anyway.
+    pool_ceil: bool
+    avgpool: bool  # torchvision's adaptive 6x6 average pool between pool5 and fc6
+    # §4.2: the fc layers whose inputs dropout zeroes (drop6, then drop7). fc7 and fc8 are
+    # the paper's (and Caffe's) "outputs of fc6 and fc7"; torchvision drops the inputs of
+    # fc6 and fc7 instead.
+    dropout_before: tuple[str, str]
+
+
+VARIANTS = {
+    "paper": Variant(
+        channels=(96, 256, 384, 384, 256),
+        conv1=(11, 4),
+        pool_ceil=False,
+        avgpool=False,
+        dropout_before=("fc7", "fc8"),
+    ),
+    "owt": Variant(
+        channels=(64, 192, 384, 256, 256),
+        conv1=(11, 4),
+        pool_ceil=False,
+        avgpool=True,
+        dropout_before=("fc6", "fc7"),
+    ),
+    "small": Variant(
+        channels=(48, 128, 192, 192, 128),
+        conv1=(5, 1),
+        pool_ceil=True,
+        avgpool=False,
+        dropout_before=("fc7", "fc8"),
+    ),
 }
-_CONV1 = {"paper": (11, 4), "owt": (11, 4), "small": (5, 1)}
-# small: ceil-mode pooling keeps the last partial window (28 -> 14 -> 7 -> 3 instead of
-# 28 -> 13 -> 6 -> 2); at 55 -> 27 -> 13 -> 6 floor and ceil agree anyway.
-_POOL_CEIL = {"paper": False, "owt": False, "small": True}
+
 # Layers whose bias starts at 1 under the paper's init (§5): "gives the ReLUs positive
 # inputs early on". conv6 (the "1 CNN*" extra layer) is treated like its tower-only peers.
 _PAPER_BIAS_ONE = frozenset({"conv2", "conv4", "conv5", "conv6", "fc6", "fc7"})
@@ -59,6 +95,7 @@ class Geometry:
     pool_stride: int
     pool_ceil: bool
     sizes: dict[str, int]  # spatial side after each stage
+    conv_out: int  # channels of the last conv layer kept (into pool5 and conv6)
     fc6_in: int
 
 
@@ -73,8 +110,9 @@ def _pool_out(size: int, kernel: int, stride: int, ceil: bool) -> int:
 
 
 def _stage_sizes(cfg: ModelConfig, size: int, pad1: int, pk: int, ps: int) -> dict[str, int]:
-    k1, s1 = _CONV1[cfg.variant]
-    ceil = _POOL_CEIL[cfg.variant]
+    variant = VARIANTS[cfg.variant]
+    k1, s1 = variant.conv1
+    ceil = variant.pool_ceil
     sizes = {"input": size}
     sizes["conv1"] = _conv_out(size, k1, s1, pad1)
     sizes["pool1"] = _pool_out(sizes["conv1"], pk, ps, ceil)
@@ -90,11 +128,10 @@ def geometry(cfg: ModelConfig) -> Geometry:
     cfg = cfg.resolved()
     if cfg.variant not in VARIANTS:
         raise ConfigError(f"unknown model variant {cfg.variant!r}; choose one of {list(VARIANTS)}")
+    variant = VARIANTS[cfg.variant]
     towers = cfg.towers or 1
-    channels = tuple(
-        max(towers, round(c * cfg.width / towers) * towers) for c in _CHANNELS[cfg.variant]
-    )
-    k1, s1 = _CONV1[cfg.variant]
+    channels = tuple(max(towers, round(c * cfg.width / towers) * towers) for c in variant.channels)
+    k1, s1 = variant.conv1
     size = cfg.input_size or 224
     # paper: 224 + pad 2 (torchvision) or 227 + pad 0 (Caffe), both -> 55.
     pad1 = (0 if (size - k1) % s1 == 0 else 2) if cfg.variant == "paper" else 2
@@ -110,16 +147,63 @@ def geometry(cfg: ModelConfig) -> Geometry:
             f"{cfg.pooling} pooling: the feature map vanishes at {stage}; "
             f"allowed: input_size >= {smallest}"
         )
-    side = 6 if cfg.variant == "owt" else sizes["pool5"]  # owt: adaptive 6x6 average pool
+    side = 6 if variant.avgpool else sizes["pool5"]
     kept = [
         c
         for name, c in zip(("conv3", "conv4", "conv5"), channels[2:], strict=True)
         if name not in cfg.drop_conv
     ]
-    last = kept[-1] if kept else channels[1]  # channels reaching pool5
+    last = kept[-1] if kept else channels[1]
     return Geometry(
-        channels, k1, s1, pad1, pk, ps, _POOL_CEIL[cfg.variant], sizes, last * side * side
-    )  # type: ignore[arg-type]
+        channels=channels,  # type: ignore[arg-type]
+        conv1_kernel=k1,
+        conv1_stride=s1,
+        conv1_padding=pad1,
+        pool_kernel=pk,
+        pool_stride=ps,
+        pool_ceil=variant.pool_ceil,
+        sizes=sizes,
+        conv_out=last,
+        fc6_in=last * side * side,
+    )
+
+
+@dataclasses.dataclass(frozen=True)
+class ConvStage:
+    """One convolutional stage of Figure 2: conv -> [bn] -> act -> [lrn] -> [pool].
+
+    Its layers are named by ``n``: conv{n}, bn{n}, act{n}, norm{n}, pool{n} (conv6's
+    activation is ``act_conv6``: ``act6`` is fc6's)."""
+
+    n: int
+    kernels: int
+    kernel: int
+    stride: int
+    padding: int
+    own_tower: bool  # §3.2: sees only its own tower's maps (groups = towers)
+    lrn: bool = False  # §3.3: LRN after the activation, when model.norm is lrn
+    pool: bool = False  # §3.4: max-pooling after it
+
+
+def conv_stages(cfg: ModelConfig, geo: Geometry) -> list[ConvStage]:
+    """Figure 2's convolutional stages in the order they run; shapes: paper at 224 px."""
+    c1, c2, c3, c4, c5 = geo.channels
+    k1, s1, p1 = geo.conv1_kernel, geo.conv1_stride, geo.conv1_padding
+    stages = [
+        # sees the whole image: (N, 3, 224, 224) -> (N, 96, 55, 55) -> pool1 (N, 96, 27, 27)
+        ConvStage(1, c1, k1, s1, p1, own_tower=False, lrn=True, pool=True),
+        # each tower sees its half of conv1's maps: (N, 256, 27, 27) -> pool2 (N, 256, 13, 13)
+        ConvStage(2, c2, 5, 1, 2, own_tower=True, lrn=True, pool=True),
+        # sees both towers: (N, 384, 13, 13)
+        ConvStage(3, c3, 3, 1, 1, own_tower=False),
+        # (N, 384, 13, 13)
+        ConvStage(4, c4, 3, 1, 1, own_tower=True),
+        # (N, 256, 13, 13) -> pool5 (N, 256, 6, 6)
+        ConvStage(5, c5, 3, 1, 1, own_tower=True, pool=True),
+    ]
+    if cfg.extra_conv6:  # §6 "1 CNN*": a sixth conv layer over pool5, (N, 256, 6, 6)
+        stages.append(ConvStage(6, geo.conv_out, 3, 1, 1, own_tower=True))
+    return stages
 
 
 def _activation(name: str) -> nn.Module:
@@ -133,103 +217,75 @@ class AlexNet(nn.Module):
         super().__init__()
         cfg = (cfg or ModelConfig()).resolved()
         geo = geometry(cfg)
+        variant = VARIANTS[cfg.variant]
         self.cfg, self.geo = cfg, geo
-        c1, c2, c3, c4, c5 = geo.channels
-        g = cfg.towers or 1
-        bn = cfg.norm == "batchnorm"
+        # Figure 2's stages, each the names of its layers in the order they run.
+        self.conv_blocks: dict[str, tuple[str, ...]] = {}
+        self.fc_blocks: dict[str, tuple[str, ...]] = {}
 
-        def conv(cin: int, cout: int, k: int, s: int, p: int, groups: int) -> nn.Conv2d:
-            return Conv2d(cin, cout, k, stride=s, padding=p, groups=groups, impl=cfg.conv_impl)
+        cin = cfg.in_channels
+        for s in conv_stages(cfg, geo):
+            n, cout = s.n, s.kernels
+            layers: dict[str, nn.Module] = {}
+            # §7's depth ablation removes the conv layer; its stage's pooling stays.
+            if f"conv{n}" not in cfg.drop_conv:
+                g = cfg.towers if s.own_tower else 1
+                layers[f"conv{n}"] = Conv2d(
+                    cin, cout, s.kernel, s.stride, s.padding, groups=g, impl=cfg.conv_impl
+                )
+                if cfg.norm == "batchnorm":
+                    layers[f"bn{n}"] = nn.BatchNorm2d(cout)
+                layers["act_conv6" if n == 6 else f"act{n}"] = _activation(cfg.activation)
+                if s.lrn and cfg.norm == "lrn":
+                    # Each tower normalises its own kernel maps (one tower per GPU in 2012).
+                    layers[f"norm{n}"] = LocalResponseNorm(
+                        5, 1e-4, 0.75, 2.0, alpha_convention=cfg.lrn_alpha, groups=cfg.towers
+                    )
+                cin = cout
+            if s.pool:  # 3/2 overlapping, or 2/2 as the ablation
+                layers[f"pool{n}"] = nn.MaxPool2d(
+                    geo.pool_kernel, geo.pool_stride, ceil_mode=geo.pool_ceil
+                )
+            self._add_block(self.conv_blocks, f"conv{n}", layers)
+        if variant.avgpool:  # (N, 256, 6, 6) whatever the input size
+            self._add_block(self.conv_blocks, "avgpool", {"avgpool": nn.AdaptiveAvgPool2d(6)})
 
-        def lrn() -> nn.Module:
-            if cfg.norm != "lrn":
-                return nn.Identity()
-            # Each tower normalises its own kernel maps (the paper ran one tower per GPU).
-            return LocalResponseNorm(5, 1e-4, 0.75, 2.0, alpha_convention=cfg.lrn_alpha, groups=g)
-
-        def bnorm(c: int) -> nn.Module:
-            return nn.BatchNorm2d(c) if bn else nn.Identity()
-
-        def pool() -> nn.MaxPool2d:  # §3.4: 3/2 overlapping, or 2/2 as the ablation
-            return nn.MaxPool2d(geo.pool_kernel, geo.pool_stride, ceil_mode=geo.pool_ceil)
-
-        # conv1 sees all input channels (no towers yet).
-        self.conv1 = conv(
-            cfg.in_channels, c1, geo.conv1_kernel, geo.conv1_stride, geo.conv1_padding, 1
-        )
-        self.bn1, self.act1, self.norm1, self.pool1 = (
-            bnorm(c1),
-            _activation(cfg.activation),
-            lrn(),
-            pool(),
-        )
-        # conv2: each tower sees only its own half of conv1's maps (groups = towers).
-        self.conv2 = conv(c1, c2, 5, 1, 2, g)
-        self.bn2, self.act2, self.norm2, self.pool2 = (
-            bnorm(c2),
-            _activation(cfg.activation),
-            lrn(),
-            pool(),
-        )
-        # conv3 sees both towers; conv4/conv5 their own tower. Optionally removed (§7).
-        cin = c2
-        self.conv3 = self.bn3 = self.act3 = None
-        if "conv3" not in cfg.drop_conv:
-            self.conv3, self.bn3, self.act3 = (
-                conv(cin, c3, 3, 1, 1, 1),
-                bnorm(c3),
-                _activation(cfg.activation),
-            )
-            cin = c3
-        self.conv4 = self.bn4 = self.act4 = None
-        if "conv4" not in cfg.drop_conv:
-            self.conv4, self.bn4, self.act4 = (
-                conv(cin, c4, 3, 1, 1, g if cin % g == 0 else 1),
-                bnorm(c4),
-                _activation(cfg.activation),
-            )
-            cin = c4
-        self.conv5 = self.bn5 = self.act5 = None
-        if "conv5" not in cfg.drop_conv:
-            self.conv5, self.bn5, self.act5 = (
-                conv(cin, c5, 3, 1, 1, g if cin % g == 0 else 1),
-                bnorm(c5),
-                _activation(cfg.activation),
-            )
-            cin = c5
-        self.pool5 = pool()
-        # §6 "1 CNN*": an extra conv layer over the last pooling layer.
-        self.conv6 = self.bn6 = self.act_conv6 = None
-        if cfg.extra_conv6:
-            self.conv6, self.bn6, self.act_conv6 = (
-                conv(cin, cin, 3, 1, 1, g),
-                bnorm(cin),
-                _activation(cfg.activation),
-            )
-        self.avgpool = nn.AdaptiveAvgPool2d(6) if cfg.variant == "owt" else nn.Identity()
-        # Fully connected layers see both towers. Dropout (§4.2) on the outputs of fc6 and
-        # fc7 (paper, Caffe); owt keeps torchvision's placement on their inputs.
-        self.dropout_on = "inputs" if cfg.variant == "owt" else "outputs"
-        fw = cfg.fc_width or 4096
-        self.fc6, self.act6, self.drop6 = (
-            nn.Linear(geo.fc6_in, fw),
-            _activation(cfg.activation),
-            nn.Dropout(cfg.dropout),
-        )
-        self.fc7, self.act7, self.drop7 = (
-            nn.Linear(fw, fw),
-            _activation(cfg.activation),
-            nn.Dropout(cfg.dropout),
-        )
-        self.fc8 = nn.Linear(fw, cfg.num_classes)
+        # The fully connected layers see both towers: [dropout] -> fc -> [act].
+        fw = cfg.fc_width
+        drops = dict(zip(variant.dropout_before, ("drop6", "drop7"), strict=True))
+        for name, fin, fout in (
+            ("fc6", geo.fc6_in, fw),
+            ("fc7", fw, fw),
+            ("fc8", fw, cfg.num_classes),
+        ):
+            layers = {}
+            if name in drops:
+                layers[drops[name]] = nn.Dropout(cfg.dropout)
+            layers[name] = nn.Linear(fin, fout)
+            if name != "fc8":  # fc8 feeds the softmax, which is in the loss
+                layers[f"act{name[2:]}"] = _activation(cfg.activation)
+            self._add_block(self.fc_blocks, name, layers)
         self.reset_parameters()
+
+    def _add_block(
+        self, blocks: dict[str, tuple[str, ...]], name: str, layers: dict[str, nn.Module]
+    ) -> None:
+        """Register ``layers`` under their own names and list them as the block ``name``."""
+        for key, layer in layers.items():
+            self.add_module(key, layer)
+        if layers:
+            blocks[name] = tuple(layers)
+
+    def _run(self, block: tuple[str, ...], x: Tensor) -> Tensor:
+        for name in block:
+            x = getattr(self, name)(x)
+        return x
 
     # ----------------------------------------------------------------------------------
     def named_layers(self) -> Iterator[tuple[str, nn.Module]]:
         """The learned layers by their paper names: conv1..conv5 (conv6), fc6..fc8."""
-        for name in ("conv1", "conv2", "conv3", "conv4", "conv5", "conv6", "fc6", "fc7", "fc8"):
-            layer = getattr(self, name)
-            if layer is not None:
+        for name, layer in self.named_children():
+            if isinstance(layer, nn.Conv2d | nn.Linear):
                 yield name, layer
 
     def reset_parameters(self) -> None:
@@ -266,37 +322,21 @@ class AlexNet(nn.Module):
             )
 
     def forward_conv(self, x: Tensor) -> Tensor:
-        """Convolutional stages; shapes for the paper variant at 224 px, batch N."""
+        """The convolutional stages (shapes in :func:`conv_stages`): (N, 256, 6, 6)."""
         self._check_input(x)
-        x = self.pool1(
-            self.norm1(self.act1(self.bn1(self.conv1(x))))
-        )  # (N, 96, 55, 55) -> (N, 96, 27, 27)
-        x = self.pool2(
-            self.norm2(self.act2(self.bn2(self.conv2(x))))
-        )  # (N, 256, 27, 27) -> (N, 256, 13, 13)
-        if self.conv3 is not None:
-            x = self.act3(self.bn3(self.conv3(x)))  # (N, 384, 13, 13)
-        if self.conv4 is not None:
-            x = self.act4(self.bn4(self.conv4(x)))  # (N, 384, 13, 13)
-        if self.conv5 is not None:
-            x = self.act5(self.bn5(self.conv5(x)))  # (N, 256, 13, 13)
-        x = self.pool5(x)  # (N, 256, 6, 6)
-        if self.conv6 is not None:
-            x = self.act_conv6(self.bn6(self.conv6(x)))  # (N, 256, 6, 6)
-        return self.avgpool(x)
+        for block in self.conv_blocks.values():
+            x = self._run(block, x)
+        return x
 
     def forward_features(self, x: Tensor) -> Tensor:
         """The last hidden layer: fc7 after its activation, (N, 4096). Used for retrieval (§6.1)."""
         x = torch.flatten(self.forward_conv(x), 1)  # (N, 9216)
-        if self.dropout_on == "inputs":
-            return self.act7(self.fc7(self.drop7(self.act6(self.fc6(self.drop6(x))))))
-        return self.act7(self.fc7(self.drop6(self.act6(self.fc6(x)))))  # (N, 4096)
+        x = self._run(self.fc_blocks["fc6"], x)  # (N, 4096)
+        return self._run(self.fc_blocks["fc7"], x)  # (N, 4096)
 
     def forward_head(self, features: Tensor) -> Tensor:
         """fc7 features -> class scores (N, num_classes); softmax is in the loss."""
-        if self.dropout_on == "outputs":
-            features = self.drop7(features)
-        return self.fc8(features)
+        return self._run(self.fc_blocks["fc8"], features)
 
     def forward(self, x: Tensor) -> Tensor:
         return self.forward_head(self.forward_features(x))
@@ -312,46 +352,3 @@ def build_model(cfg: ModelConfig | None = None, **overrides: Any) -> AlexNet:
             )
         cfg = dataclasses.replace(cfg, **overrides)
     return AlexNet(cfg)
-
-
-# --------------------------------------------------------------------------------------
-# torchvision interoperability (owt)
-
-# Our names -> torchvision.models.AlexNet's Sequential indices.
-_TORCHVISION_KEYS = {
-    "conv1": "features.0",
-    "conv2": "features.3",
-    "conv3": "features.6",
-    "conv4": "features.8",
-    "conv5": "features.10",
-    "fc6": "classifier.1",
-    "fc7": "classifier.4",
-    "fc8": "classifier.6",
-}
-
-
-def to_torchvision_state_dict(state: dict[str, Tensor]) -> dict[str, Tensor]:
-    """An ``owt`` state_dict in torchvision's key names (loads with strict=True)."""
-    out = {}
-    for key, value in state.items():
-        layer, _, param = key.partition(".")
-        if layer not in _TORCHVISION_KEYS:
-            raise KeyError(f"{key} has no torchvision counterpart (only owt models convert)")
-        out[f"{_TORCHVISION_KEYS[layer]}.{param}"] = value
-    return out
-
-
-def from_torchvision_state_dict(state: dict[str, Tensor]) -> dict[str, Tensor]:
-    """torchvision AlexNet weights (e.g. alexnet-owt-7be5be79.pth) in our ``owt`` names."""
-    reverse = {v: k for k, v in _TORCHVISION_KEYS.items()}
-    out = {}
-    for key, value in state.items():
-        prefix, _, param = key.rpartition(".")
-        if prefix not in reverse:
-            raise KeyError(f"{key} is not a torchvision AlexNet parameter")
-        out[f"{reverse[prefix]}.{param}"] = value
-    return out
-
-
-def is_torchvision_state_dict(state: dict[str, Any]) -> bool:
-    return any(k.startswith(("features.", "classifier.")) for k in state)

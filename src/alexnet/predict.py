@@ -7,14 +7,12 @@ predicted, and the exit status says that some failed.
 from __future__ import annotations
 
 import csv
-import json
 from pathlib import Path
 from typing import Any
 
-import torch
-
-from .evaluate import view_probabilities
+from .atomic import atomic_path, write_json
 from .inference import LoadedModel, image_to_array, images_to_inputs, load_model
+from .metrics import model_outputs
 from .prepare import ImageError
 from .sources import IMAGE_EXTENSIONS
 
@@ -67,10 +65,8 @@ def predict_files(
             except ImageError as err:
                 results.append({"path": str(f), "error": str(err)})
         if arrays:
-            with torch.no_grad():
-                probs = view_probabilities(
-                    [lm.model], images_to_inputs(arrays, lm, views).to(device)
-                )
+            batch = {"inputs": images_to_inputs(arrays, lm, views)}
+            probs = next(model_outputs(lm.model, [batch], device))[0]
             top = probs.topk(k, dim=1)
             for f, p, i in zip(ok, top.values.tolist(), top.indices.tolist(), strict=True):
                 preds = [
@@ -101,9 +97,9 @@ def write_outputs(
     results: list[dict[str, Any]], json_path: str | None, csv_path: str | None
 ) -> None:
     if json_path:
-        Path(json_path).write_text(json.dumps(results, indent=2))
+        write_json(json_path, results)
     if csv_path:
-        with open(csv_path, "w", newline="") as f:
+        with atomic_path(csv_path) as tmp, open(tmp, "w", newline="") as f:
             w = csv.writer(f)
             w.writerow(["path", "rank", "index", "class", "name", "probability", "error"])
             for r in results:

@@ -28,6 +28,7 @@ from typing import Any
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
+from .atomic import atomic_path, write_json, write_text
 from .data import FORMAT, FORMAT_VERSION, INDEX_DTYPE
 from .sources import (
     ArraySource,
@@ -96,11 +97,9 @@ class PixelStats:
         return vals[order], vecs[:, order]
 
     def save(self, path: Path) -> None:
-        tmp = path.with_name(path.name + ".tmp.npz")
-        np.savez(tmp, image_sum=self.image_sum, count=self.count, pixel_sum=self.pixel_sum,
-                 outer_sum=self.outer_sum, pixels=self.pixels)  # fmt: skip
-        _fsync(tmp)
-        tmp.replace(path)
+        with atomic_path(path) as tmp:
+            np.savez(tmp, image_sum=self.image_sum, count=self.count, pixel_sum=self.pixel_sum,
+                     outer_sum=self.outer_sum, pixels=self.pixels)  # fmt: skip
 
     @classmethod
     def load(cls, path: Path) -> PixelStats:
@@ -209,18 +208,9 @@ def _worker_init() -> None:
 # Writing
 
 
-def _fsync(path: Path) -> None:
-    with open(path, "rb") as f:
-        os.fsync(f.fileno())
-
-
 def _save_npy(path: Path, array: np.ndarray) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "wb") as f:
+    with atomic_path(path) as tmp, open(tmp, "wb") as f:
         np.save(f, array)
-        f.flush()
-        os.fsync(f.fileno())
-    tmp.replace(path)
 
 
 @dataclass
@@ -239,7 +229,6 @@ def _write_file_split(
 
     items = [(str(p), int(y)) for p, y in zip(split.paths, split.labels, strict=True)]
     chunks = [items[i : i + CHUNK] for i in range(0, len(items), CHUNK)]
-    blob_tmp = dst / f"{name}.jpg.tmp"
     index_rows: list[tuple[int, int, int]] = []
     kept_paths: list[str] = []
     problems: list[tuple[str, str]] = []
@@ -257,7 +246,7 @@ def _write_file_split(
     pool = get_context("fork").Pool(workers, initializer=_worker_init) if workers > 1 else None
     try:
         results = pool.imap(_process_chunk, args) if pool else map(_process_chunk, args)
-        with open(blob_tmp, "wb") as f:
+        with atomic_path(dst / f"{name}.jpg") as blob_tmp, open(blob_tmp, "wb") as f:
             for chunk, res in zip(chunks, results, strict=True):
                 for blob, label in zip(res["blobs"], res["labels"], strict=True):
                     f.write(blob)
@@ -269,17 +258,12 @@ def _write_file_split(
                     stats.merge(res["stats"])
                 bar.update(len(chunk))
                 bar.set_postfix(skipped=len(problems), MB=f"{offset / 1e6:.0f}")
-            f.flush()
-            os.fsync(f.fileno())
     finally:
         bar.close()
         if pool:
             pool.terminate()
             pool.join()
-    blob_tmp.replace(dst / f"{name}.jpg")
-    paths_tmp = dst / f"{name}.paths.txt.tmp"
-    paths_tmp.write_text("".join(p.replace("\n", " ") + "\n" for p in kept_paths))
-    paths_tmp.replace(dst / f"{name}.paths.txt")
+    write_text(dst / f"{name}.paths.txt", "".join(p.replace("\n", " ") + "\n" for p in kept_paths))
     _save_npy(dst / f"{name}.index.npy", np.array(index_rows, dtype=INDEX_DTYPE))
     return SplitResult(len(index_rows), offset, problems, stats)
 
@@ -436,10 +420,7 @@ def prepare(
         "skipped": len([p for p in problems if "kept" not in p[1]]),
         "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
     }
-    tmp = dst / "meta.json.tmp"
-    tmp.write_text(json.dumps(meta, indent=1))
-    _fsync(tmp)
-    tmp.replace(dst / "meta.json")
+    write_json(dst / "meta.json", meta, indent=1)
     elapsed = time.time() - t0
     written = sum(s["count"] for s in splits.values())
     return {
@@ -458,12 +439,10 @@ def prepare(
 
 
 def _write_report(path: Path, problems: list[tuple[str, str]]) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "w", newline="") as f:
+    with atomic_path(path) as tmp, open(tmp, "w", newline="") as f:
         w = csv.writer(f)
         w.writerow(["path", "reason"])
         w.writerows(problems)
-    tmp.replace(path)
 
 
 def format_summary(s: dict[str, Any]) -> str:

@@ -15,6 +15,8 @@ from typing import Any
 
 import yaml
 
+from .atomic import write_text
+
 SECTIONS = [
     "Configuration",
     "Environment",
@@ -149,9 +151,8 @@ def build_report(
             )
             md += [f"*not drawn: {notes.get(name, 'unavailable')}*", ""]
     parts.append("</body></html>")
-    out_html.parent.mkdir(parents=True, exist_ok=True)
-    out_html.write_text("\n".join(parts))
-    out_md.write_text("\n".join(md) + "\n")
+    write_text(out_html, "\n".join(parts))
+    write_text(out_md, "\n".join(md) + "\n")
     return {
         "html": str(out_html),
         "markdown": str(out_md),

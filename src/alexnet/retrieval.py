@@ -23,6 +23,8 @@ from typing import Any
 import numpy as np
 import torch
 
+from .atomic import atomic_path
+
 
 def extract_features(
     weights: str, data_dir: str, split: str, out: str, batch_size: int = 128, workers: int | str = "auto",
@@ -33,12 +35,13 @@ def extract_features(
     from .data import Prepared, make_loader
     from .distributed import resolve_device
     from .inference import load_model
+    from .metrics import model_outputs
 
     dev = resolve_device(device)
     lm = load_model(weights, dev)
     data = Prepared(data_dir)
     loader = make_loader(
-        data, split, lm.loader_spec("center"), batch_size, dev, workers=workers, mean=lm.mean
+        data, split, lm.loader_spec("center"), batch_size, dev, lm.prep, workers=workers
     )
     n = loader.num_samples
     feats = np.zeros((n, lm.model.fc7.out_features), dtype=np.dtype(dtype))
@@ -51,23 +54,19 @@ def extract_features(
         dynamic_ncols=True,
         mininterval=1.0,
     )
-    with torch.no_grad():
-        for batch in loader.batches():
-            idx = batch["indices"].cpu().numpy()
-            feats[idx] = (
-                lm.model.forward_features(batch["inputs"]).float().cpu().numpy().astype(feats.dtype)
-            )
-            labels[idx] = batch["labels"].cpu().numpy()
-            bar.update(len(idx))
+    for fc7, batch in model_outputs(lm.model, loader.batches(), dev, features=True):
+        idx = batch["indices"].cpu().numpy()
+        feats[idx] = fc7.cpu().numpy().astype(feats.dtype)
+        labels[idx] = batch["labels"].cpu().numpy()
+        bar.update(len(idx))
     bar.close()
     out_path = Path(out)
     out_path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out_path.with_name(out_path.name + ".tmp.npz")
-    np.savez(
-        tmp, features=feats, labels=labels, ids=np.array(data.ids(split)), classes=np.array(data.classes),
-        names=np.array(data.names), model=np.array(str(weights)), data=np.array(str(data_dir)), split=np.array(split),
-    )  # fmt: skip
-    tmp.replace(out_path)
+    with atomic_path(out_path) as tmp:
+        np.savez(
+            tmp, features=feats, labels=labels, ids=np.array(data.ids(split)), classes=np.array(data.classes),
+            names=np.array(data.names), model=np.array(str(weights)), data=np.array(str(data_dir)), split=np.array(split),
+        )  # fmt: skip
     return {
         "out": str(out_path),
         "images": n,

@@ -48,7 +48,7 @@ class Tower(nn.Module):
         self.act = type(model.act1)()
         self.norm = (
             model.norm1.__class__(**_lrn_kwargs(model.norm1))
-            if hasattr(model.norm1, "size")
+            if hasattr(model, "norm1")
             else nn.Identity()
         )
         self.pool = nn.MaxPool2d(

@@ -1,10 +1,11 @@
 """``alexnet train``: the paper's recipe (§5) on CPU, one GPU, or many through torchrun.
 
 Plain functions: :func:`train` sets a run up and loops over :func:`train_one_epoch` and
-:func:`~alexnet.evaluate.evaluate_model`. Rank 0 alone logs and writes. Every epoch ends
-with an atomic checkpoint; SIGTERM/SIGUSR1 finish the current step, checkpoint and exit
-with code 75 (resume with ``--resume``); a non-finite loss stops the run and keeps the last
-good checkpoint.
+:func:`~alexnet.metrics.evaluate_model`. Rank 0 alone logs and writes. Every epoch ends
+with an atomic checkpoint; SIGTERM/SIGUSR1 finish the current step (under torchrun: up to
+the next ``run.log_every`` step), checkpoint and exit with code 75 (resume with
+``--resume``); a non-finite loss stops the run and keeps the last good checkpoint. The
+best validation epoch's weights are kept as ``best.safetensors``.
 """
 
 from __future__ import annotations
@@ -12,7 +13,6 @@ from __future__ import annotations
 import contextlib
 import csv
 import dataclasses
-import json
 import math
 import os
 import signal
@@ -26,10 +26,10 @@ from torch import nn
 
 from . import __version__
 from . import distributed as D
+from .atomic import write_json
 from .checkpoint import atomic_save, export_weights, load_checkpoint, load_matching, load_weights
 from .config import ConfigError, TrainConfig, from_dict, save_yaml, to_dict
 from .data import LoaderSpec, Prepared, make_loader
-from .evaluate import autocast_context, evaluate_model, topk_correct
 from .execution import (
     available_precisions,
     execution_record,
@@ -38,8 +38,10 @@ from .execution import (
     resolve_workers,
 )
 from .fourier import conv_decisions
+from .metrics import autocast_context, evaluate_model, topk_correct
 from .model import AlexNet, build_model
 from .optim import LRSchedule, build_optimizer, set_lr
+from .preprocess import Preprocessing
 
 EXIT_PREEMPTED = 75  # EX_TEMPFAIL: stopped on request, resume to continue
 METRICS_FIELDS = [
@@ -96,7 +98,8 @@ def apply_init_from(model: AlexNet, path: str, log: Any) -> None:
 
 
 class StopFlag:
-    """SIGTERM / SIGUSR1 (cluster preemption) set the flag; training checks it per step."""
+    """SIGTERM / SIGUSR1 (cluster preemption) set the flag; training checks it after every
+    step, under torchrun where the ranks next agree (every ``run.log_every`` steps)."""
 
     def __init__(self) -> None:
         self.signal: str | None = None
@@ -146,19 +149,9 @@ def set_rng_state(state: dict[str, Any]) -> None:
         torch.cuda.set_rng_state_all(state["cuda"])
 
 
-def preprocessing_meta(cfg: TrainConfig, data: Prepared) -> dict[str, Any]:
-    """What inference needs to rebuild the inputs (stored in checkpoints and exports)."""
-    return {
-        **data.preprocessing(),
-        "crop": cfg.data.crop,
-        "normalize": cfg.data.normalize,
-        "input_scale": cfg.data.input_scale,
-    }
-
-
 def checkpoint_state(
     model: nn.Module, optimizer: torch.optim.Optimizer, schedule: LRSchedule, scaler: Any,
-    progress: Progress, cfg: TrainConfig, data: Prepared, best: dict[str, Any],
+    progress: Progress, cfg: TrainConfig, prep: Preprocessing, best: dict[str, Any],
 ) -> dict[str, Any]:  # fmt: skip
     return {
         "model": model.state_dict(),
@@ -169,10 +162,11 @@ def checkpoint_state(
         "rng": rng_state(),
         "config": to_dict(cfg),
         "version": __version__,
-        "classes": data.classes,
-        "names": data.names,
-        "preprocessing": preprocessing_meta(cfg, data),
-        "mean_image": torch.from_numpy(data.mean),
+        # The preprocessing, as in a weights export: inference loads either.
+        "classes": list(prep.classes),
+        "names": list(prep.names),
+        "preprocessing": prep.meta(),
+        **prep.tensors(),  # mean_image, eigenvalues, eigenvectors
         "best": best,
     }
 
@@ -185,40 +179,99 @@ def _log_line(msg: str) -> None:
     print(msg, flush=True)
 
 
+@dataclasses.dataclass
+class TrainContext:
+    """What every epoch of a run shares; :func:`train` builds it once."""
+
+    cfg: TrainConfig
+    device: torch.device
+    autocast: torch.dtype | None  # None: fp32
+    scaler: torch.amp.GradScaler | None  # fp16 only
+    stop: StopFlag
+    dist: D.DistInfo
+    ckpt_path: Path  # named when a non-finite loss stops the run
+    show_progress: bool  # rank 0 and not --quiet
+    conv_impl: dict[str, Any] | None = None  # what the first training step ran, once known
+
+
+# The step loop sums these on the device; the host reads them only at sync points.
+SUM_FIELDS = ("loss_sum", "top1_hits", "top5_hits", "images")
+
+
+def new_sums(device: torch.device) -> torch.Tensor:
+    # float64: an ImageNet epoch's loss sum (~1e7) keeps its digits; counts stay exact.
+    return torch.zeros(len(SUM_FIELDS), dtype=torch.float64, device=device)
+
+
+@torch.no_grad()
+def accumulate(
+    sums: torch.Tensor, loss: torch.Tensor, logits: torch.Tensor, y: torch.Tensor
+) -> None:
+    """Add one step's loss sum, top-1/top-5 hits and image count to ``sums`` in place: only
+    device work, so the step loop never waits for the device."""
+    hits1, hits5 = topk_correct(logits.float(), y)
+    n = y.shape[0]
+    sums[0] += loss.detach().double() * n
+    sums[1] += hits1.sum()
+    sums[2] += hits5.sum()
+    sums[3] += n
+
+
+def sync_sums(sums: torch.Tensor, stop: bool) -> tuple[list[float], bool]:
+    """The loop's only host sync: the sums since the last call, over all ranks, and whether
+    any rank was asked to stop. One all-reduce on this rank's device carries both (a flag
+    per rank, summed: > 0 if any); ``sums`` restarts from zero."""
+    flag = sums.new_full((1,), float(stop))
+    *totals, stops = D.all_reduce_sum(torch.cat([sums, flag])).tolist()
+    sums.zero_()
+    return totals, stops > 0
+
+
+def _nonfinite(value: float, progress: Progress, unread: int, ctx: TrainContext) -> str:
+    where, detail = f"step {progress.batch}", f"global step {progress.global_step}"
+    if unread:
+        where += (
+            " or the step before it" if unread == 1 else f" or one of the {unread} steps before it"
+        )
+        detail += f"; the loss is read every run.log_every={ctx.cfg.run.log_every} steps"
+    return (
+        f"loss became {value} at epoch {progress.epoch + 1}, {where} ({detail}); stopping "
+        f"without saving this state. The last good checkpoint is {ctx.ckpt_path}. Lower "
+        "optim.lr or check the data."
+    )
+
+
 def train_one_epoch(
     model: nn.Module, loader: Any, optimizer: torch.optim.Optimizer, schedule: LRSchedule,
-    progress: Progress, ctx: dict[str, Any],
+    progress: Progress, ctx: TrainContext,
 ) -> dict[str, float]:  # fmt: skip
-    """One pass over this rank's share of the epoch, from ``progress.batch`` on."""
-    dev, dtype, scaler, stop, dist = (
-        ctx["device"],
-        ctx["autocast"],
-        ctx["scaler"],
-        ctx["stop"],
-        ctx["dist"],
-    )
-    cfg: TrainConfig = ctx["cfg"]
-    clip = cfg.optim.clip_grad_norm
+    """One pass over this rank's share of the epoch, from ``progress.batch`` on.
+
+    Losses and hits are read on the host every ``run.log_every`` steps and at the epoch's
+    end (:func:`sync_sums`); that is where a non-finite loss and a stop request on another
+    rank are noticed. A stop request in a world of one is honoured after the current step.
+    """
+    cfg = ctx.cfg
+    clip, every = cfg.optim.clip_grad_norm, cfg.run.log_every
+    scaler = ctx.scaler
     model.train()
     total = len(loader)
-    bar = ctx["make_bar"](total, progress.batch, f"epoch {progress.epoch + 1}/{cfg.run.epochs}")
+    bar = (
+        _Bar(total, progress.batch, f"epoch {progress.epoch + 1}/{cfg.run.epochs}", every)
+        if ctx.show_progress
+        else None
+    )
     t0, seen0 = time.perf_counter(), progress.seen
-    world = dist.world_size
+    sums = new_sums(ctx.device)
+    synced = progress.batch  # the last step whose loss has been read
     try:
         for x, y in loader:
             lr = schedule.lr_at(progress.epoch, progress.batch)
             set_lr(optimizer, lr)
-            with autocast_context(dev, dtype):
+            with autocast_context(ctx.device, ctx.autocast):
                 logits = model(x)
                 loss = nn.functional.cross_entropy(
                     logits.float(), y, label_smoothing=cfg.optim.label_smoothing
-                )
-            if not torch.isfinite(loss):
-                raise TrainingStopped(
-                    f"loss became {loss.item()} at epoch {progress.epoch + 1}, step {progress.batch + 1} "
-                    f"(global step {progress.global_step + 1}); stopping without saving this state. "
-                    f"The last good checkpoint is {ctx['ckpt_path']}. Lower optim.lr or check the data.",
-                    1,
                 )
             optimizer.zero_grad(set_to_none=True)
             if scaler is not None:
@@ -233,29 +286,40 @@ def train_one_epoch(
                 if clip:
                     nn.utils.clip_grad_norm_(model.parameters(), clip)
                 optimizer.step()
-            with torch.no_grad():
-                c1, c5 = topk_correct(logits.float(), y)
-            n = y.shape[0] * world
-            progress.loss_sum += loss.item() * n
-            progress.top1_sum += c1.float().mean().item() * n
-            progress.top5_sum += c5.float().mean().item() * n
-            progress.seen += n
+            accumulate(sums, loss, logits, y)
             progress.batch += 1
             progress.global_step += 1
-            if ctx["conv_impl"] is None:  # what the training step ran, once decided
-                ctx["conv_impl"] = conv_decisions(model)
+            if ctx.conv_impl is None:  # what the training step ran, once decided
+                ctx.conv_impl = conv_decisions(model)
+            if bar is not None:
+                bar.advance()
+            asked = ctx.stop.signal is not None
+            # Every rank reaches the same sync points: the all-reduce needs all of them.
+            if not (
+                progress.batch % every == 0
+                or progress.batch == total
+                or (asked and not ctx.dist.distributed)
+            ):
+                continue
+            (loss_sum, hits1, hits5, images), stopping = sync_sums(sums, asked)
+            if not math.isfinite(loss_sum):  # a non-finite loss makes the sum so
+                unread = progress.batch - synced - 1  # steps before this one, not yet read
+                raise TrainingStopped(_nonfinite(loss_sum, progress, unread, ctx), 1)
+            progress.loss_sum += loss_sum
+            progress.top1_sum += hits1
+            progress.top5_sum += hits5
+            progress.seen += round(images)
+            synced = progress.batch
             if bar is not None:
                 rate = (progress.seen - seen0) / max(time.perf_counter() - t0, 1e-9)
-                bar.update(
-                    1,
+                bar.report(
                     loss=progress.loss_sum / progress.seen,
                     top1_err=1 - progress.top1_sum / progress.seen,
                     rate=rate,
                 )
-            flag = torch.tensor([1.0 if stop.signal else 0.0])
-            if D.all_reduce_max(flag).item() > 0:
+            if stopping:
                 raise TrainingStopped(
-                    f"stopped by {stop.signal or 'a signal on another rank'}", EXIT_PREEMPTED
+                    f"stopped by {ctx.stop.signal or 'a signal on another rank'}", EXIT_PREEMPTED
                 )
     finally:
         if bar is not None:
@@ -285,16 +349,18 @@ class _Bar:
                 total=total, initial=initial, desc=desc, unit="batch", dynamic_ncols=True
             )
 
-    def update(self, k: int, loss: float, top1_err: float, rate: float) -> None:
-        self.n += k
+    def advance(self) -> None:
+        """One step done (every step: host bookkeeping only)."""
+        self.n += 1
+        if self.tqdm is not None:
+            self.tqdm.update(1)
+
+    def report(self, loss: float, top1_err: float, rate: float) -> None:
+        """The running numbers, known at sync points (every ``every`` steps, epoch end)."""
         if self.tqdm is not None:
             self.tqdm.set_postfix(
-                loss=f"{loss:.3f}",
-                top1_err=f"{100 * top1_err:.1f}%",
-                img_s=f"{rate:.0f}",
-                refresh=False,
+                loss=f"{loss:.3f}", top1_err=f"{100 * top1_err:.1f}%", img_s=f"{rate:.0f}"
             )
-            self.tqdm.update(k)
         elif self.n % self.every == 0 or self.n == self.total:
             eta = (self.total - self.n) * (time.perf_counter() - self.t0) / max(self.n, 1)
             _log_line(
@@ -381,6 +447,7 @@ def _train(
     autocast, needs_scaler = precision.autocast_dtype, precision.needs_scaler
     workers = resolve_workers(cfg.data.workers)
     ckpt_path = out / "checkpoint.pt"
+    best_path = out / "best.safetensors"  # the best validation epoch's weights
     if dist.is_main:
         out.mkdir(parents=True, exist_ok=True)
     if resume and not ckpt_path.is_file():
@@ -402,12 +469,12 @@ def _train(
     if cfg.run.channels_last:
         model = model.to(memory_format=torch.channels_last)
     per_rank = cfg.run.batch_size // dist.world_size
-    spec = LoaderSpec(
-        crop=cfg.data.crop or 224, train=True, flip=cfg.data.flip, pca_std=cfg.data.pca_std,
-        pad=cfg.data.pad, input_scale=cfg.data.input_scale, normalize=cfg.data.normalize,
-    )  # fmt: skip
+    # The one description of how images become inputs: used by the loaders below and saved
+    # with every checkpoint and export, so evaluation and prediction rebuild the same inputs.
+    prep = data.preprocessing(cfg.data.crop or 224, cfg.data.normalize, cfg.data.input_scale)
+    spec = LoaderSpec(train=True, flip=cfg.data.flip, pca_std=cfg.data.pca_std, pad=cfg.data.pad)
     train_loader = make_loader(
-        data, "train", spec, per_rank, dev, seed=cfg.run.seed, rank=dist.rank,
+        data, "train", spec, per_rank, dev, prep, seed=cfg.run.seed, rank=dist.rank,
         world_size=dist.world_size, workers=workers,
     )  # fmt: skip
     if cfg.data.limit_train:
@@ -421,7 +488,7 @@ def _train(
     if "val" in data.splits() and len(data.split("val")):
         val_spec = dataclasses.replace(spec, train=False, views=cfg.data.val_views)
         val_loader = make_loader(
-            data, "val", val_spec, per_rank, dev, seed=cfg.run.seed, rank=dist.rank,
+            data, "val", val_spec, per_rank, dev, prep, seed=cfg.run.seed, rank=dist.rank,
             world_size=dist.world_size, workers=workers,
         )  # fmt: skip
     schedule = LRSchedule(cfg.schedule, cfg.optim.lr, cfg.run.epochs, len(train_loader))
@@ -499,19 +566,17 @@ def _train(
 
     def execution() -> dict[str, Any]:
         record = execution_record(
-            dev, precision, eval_precision, workers, dist.world_size, ctx["conv_impl"],
+            dev, precision, eval_precision, workers, dist.world_size, ctx.conv_impl,
             conv_decisions(model), cfg.run.channels_last, cfg.run.compile,
         )  # fmt: skip
         if len(precision_history) > 1:
             record["precision_history"] = precision_history
         return record
 
-    every = cfg.run.log_every
-    ctx = {
-        "device": dev, "autocast": autocast, "scaler": scaler, "stop": stop, "dist": dist, "cfg": cfg,
-        "ckpt_path": ckpt_path, "conv_impl": None,
-        "make_bar": (lambda total, initial, desc: _Bar(total, initial, desc, every)) if (dist.is_main and not quiet) else (lambda *a: None),
-    }  # fmt: skip
+    ctx = TrainContext(
+        cfg=cfg, device=dev, autocast=autocast, scaler=scaler, stop=stop, dist=dist,
+        ckpt_path=ckpt_path, show_progress=dist.is_main and not quiet,
+    )  # fmt: skip
     writer = _tensorboard(out) if dist.is_main else None
     t_start = time.perf_counter() - progress.wall_seconds
 
@@ -519,7 +584,7 @@ def _train(
         sync()
         progress.wall_seconds = time.perf_counter() - t_start
         if dist.is_main:
-            ckpt = checkpoint_state(model, optimizer, schedule, scaler, progress, cfg, data, best)
+            ckpt = checkpoint_state(model, optimizer, schedule, scaler, progress, cfg, prep, best)
             ckpt = {**ckpt, "execution": execution(), "precision_history": precision_history}
             atomic_save(ckpt, ckpt_path)
         D.barrier()
@@ -558,6 +623,13 @@ def _train(
                         "val_top5_error": last_val["top5_error"],
                         "epoch": epoch + 1,
                     }
+                    # Later epochs may overfit: keep this epoch's weights; model.safetensors
+                    # holds the last epoch's.
+                    sync()
+                    if dist.is_main:
+                        export_weights(
+                            best_path, model.state_dict(), dataclasses.asdict(cfg.model), prep
+                        )
             schedule.end_epoch(epoch, row.get("val_top1_error", row["train_top1_error"]))
             progress.epoch, progress.batch = epoch + 1, 0
             progress.loss_sum = progress.top1_sum = progress.top5_sum = 0.0
@@ -602,6 +674,7 @@ def _train(
         "best_val_top1_error": best["val_top1_error"],
         "best_val_top5_error": best["val_top5_error"],
         "best_epoch": best["epoch"],
+        "best_weights": str(best_path) if best["epoch"] is not None else None,
         "final_val_top1_error": last_val.get("top1_error"),
         "final_val_top5_error": last_val.get("top5_error"),
         "val_images": last_val.get("images"),
@@ -620,14 +693,9 @@ def _train(
     }
     if dist.is_main:
         export_weights(
-            out / "model.safetensors", model.state_dict(), model_config=dataclasses.asdict(cfg.model),
-            classes=data.classes, names=data.names, mean_image=torch.from_numpy(data.mean),
-            eigenvalues=torch.from_numpy(data.eigenvalues), eigenvectors=torch.from_numpy(data.eigenvectors),
-            preprocessing=preprocessing_meta(cfg, data),
-        )  # fmt: skip
-        tmp = out / ".summary.json.tmp"
-        tmp.write_text(json.dumps(summary, indent=2))
-        tmp.replace(out / "summary.json")
+            out / "model.safetensors", model.state_dict(), dataclasses.asdict(cfg.model), prep
+        )
+        write_json(out / "summary.json", summary)
     return summary
 
 
@@ -642,6 +710,7 @@ def format_summary(s: dict[str, Any]) -> str:
             f"run directory: {s['run_dir']}",
             f"  checkpoint   {s['checkpoint']}",
             f"  weights      {s['weights']}",
+            *([f"  best weights {s['best_weights']}"] if s.get("best_weights") else []),
             f"  metrics      {s['metrics']}",
             f"  summary      {os.path.join(s['run_dir'], 'summary.json')}",
         ]

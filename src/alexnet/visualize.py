@@ -152,8 +152,8 @@ def confusion(
     import torch
 
     from .data import Prepared, make_loader
-    from .evaluate import view_probabilities
     from .inference import load_model
+    from .metrics import model_outputs
 
     data = Prepared(data_dir)
     if data.num_classes > max_classes:
@@ -161,14 +161,12 @@ def confusion(
             f"{data.num_classes} classes: a confusion matrix is readable for up to {max_classes}"
         )
     lm = load_model(weights)
-    loader = make_loader(
-        data, split, lm.loader_spec(), 256, torch.device("cpu"), workers=0, mean=lm.mean
-    )
+    lm.prep.check_data(data.image_size, data.classes, f"{data_dir} ({split})")
+    cpu = torch.device("cpu")
+    loader = make_loader(data, split, lm.loader_spec(), 256, cpu, lm.prep, workers=0)
     m = np.zeros((data.num_classes, data.num_classes), dtype=np.int64)
-    with torch.no_grad():
-        for x, y in loader:
-            pred = view_probabilities([lm.model], x).argmax(1)
-            np.add.at(m, (y.numpy(), pred.numpy()), 1)
+    for probs, batch in model_outputs(lm.model, loader.batches(), cpu):
+        np.add.at(m, (batch["labels"].numpy(), probs.argmax(1).numpy()), 1)
     plt = _plt()
     fig, ax = plt.subplots(figsize=(1 + 0.55 * data.num_classes, 0.8 + 0.5 * data.num_classes))
     norm = m / np.maximum(m.sum(1, keepdims=True), 1)
@@ -204,17 +202,18 @@ def predictions(
     import torch
 
     from .data import Prepared
-    from .evaluate import view_probabilities
     from .inference import images_to_inputs, load_model
+    from .metrics import model_outputs
 
     data = Prepared(data_dir)
     lm = load_model(weights)
+    lm.prep.check_data(data.image_size, data.classes, f"{data_dir} ({split})")
     sp = data.split(split)
     idx = _sample_indices(len(sp), count, seed)
     images = [sp.image(int(i)) for i in idx]
     labels = [int(sp.labels[i]) for i in idx]
-    with torch.no_grad():
-        probs = view_probabilities([lm.model], images_to_inputs(images, lm)).numpy()
+    batch = {"inputs": images_to_inputs(images, lm)}
+    probs = next(model_outputs(lm.model, [batch], torch.device("cpu")))[0].numpy()
     plt = _plt()
     cols = min(4, len(idx))
     rows = -(-len(idx) // cols)
@@ -251,24 +250,23 @@ def neighbors(
 
     from .data import Prepared, make_loader
     from .inference import images_to_inputs, load_model
+    from .metrics import model_outputs
     from .retrieval import nearest
 
     data = Prepared(data_dir)
     lm = load_model(weights)
-    loader = make_loader(
-        data, gallery_split, lm.loader_spec(), 256, torch.device("cpu"), workers=0, mean=lm.mean
-    )
+    cpu = torch.device("cpu")
+    loader = make_loader(data, gallery_split, lm.loader_spec(), 256, cpu, lm.prep, workers=0)
     gallery = np.zeros(
         (len(data.split(gallery_split)), lm.model.fc7.out_features), dtype=np.float32
     )
-    with torch.no_grad():
-        for b in loader.batches():
-            gallery[b["indices"].numpy()] = lm.model.forward_features(b["inputs"]).numpy()
+    for feats, b in model_outputs(lm.model, loader.batches(), cpu, features=True):
+        gallery[b["indices"].numpy()] = feats.numpy()
     qs = data.split(query_split)
     idx = _sample_indices(len(qs), count, seed)
     q_images = [qs.image(int(i)) for i in idx]
-    with torch.no_grad():
-        q_feats = lm.model.forward_features(images_to_inputs(q_images, lm))
+    query = [{"inputs": images_to_inputs(q_images, lm)}]
+    q_feats = next(model_outputs(lm.model, query, cpu, features=True))[0]
     _, nn_idx = nearest(q_feats, gallery, k=k, exclude_self=query_split == gallery_split and False)
     gs = data.split(gallery_split)
     plt = _plt()
