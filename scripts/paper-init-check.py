@@ -17,10 +17,10 @@ import torch
 from torch import nn
 
 from alexnet.config import load_train_config
-from alexnet.data import LoaderSpec, Prepared, make_loader
-from alexnet.model import build_model
-from alexnet.optim import build_optimizer
-from alexnet.prepare import prepare
+from alexnet.data.dataset import LoaderSpec, Prepared, make_loader
+from alexnet.data.prepare import prepare
+from alexnet.engine.optim import build_optimizer
+from alexnet.network.model import build_model
 
 p = argparse.ArgumentParser()
 p.add_argument(
@@ -44,13 +44,9 @@ with tempfile.TemporaryDirectory() as tmp:
         )
         model = model.to(memory_format=torch.channels_last)
         loader = make_loader(
-            data,
-            "train",
-            LoaderSpec(crop=224, train=True),
-            args.batch,
-            torch.device("cpu"),
-            workers=1,
-        )
+            data, "train", LoaderSpec(train=True), args.batch, torch.device("cpu"),
+            data.preprocessing(224), workers=1,
+        )  # fmt: skip
         loader.sampler.n = min(args.limit, loader.sampler.n)
         stats = {}
         hooks = [

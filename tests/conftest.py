@@ -32,8 +32,8 @@ def trained_run(tmp_path_factory):
     """A tiny trained run shared by the evaluation and figure tests: prepared
     Fashion-MNIST-like data (64 train, 30 test images) and a 2-epoch checkpoint."""
     from alexnet.config import load_train_config
-    from alexnet.prepare import prepare
-    from alexnet.train import train
+    from alexnet.data.prepare import prepare
+    from alexnet.engine.train import train
     from helpers import make_fashion_mnist
 
     root = tmp_path_factory.mktemp("trained")

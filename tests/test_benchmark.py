@@ -2,7 +2,7 @@ import json
 
 import pytest
 
-from alexnet import benchmark as B
+from alexnet.bench import benchmark as B
 from alexnet.cli import main
 from helpers import make_folder_dataset
 

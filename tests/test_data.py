@@ -1,4 +1,5 @@
 import csv
+import dataclasses
 import json
 import os
 import signal
@@ -11,10 +12,11 @@ import numpy as np
 import pytest
 import torch
 
-from alexnet import transforms as T
-from alexnet.data import EpochSampler, LoaderSpec, Prepared, make_loader
-from alexnet.prepare import PixelStats, load_image, prepare
-from alexnet.sources import DataError, folder_source, open_source
+from alexnet.data import transforms as T
+from alexnet.data.dataset import EpochSampler, LoaderSpec, Prepared, make_loader
+from alexnet.data.images import load_image
+from alexnet.data.prepare import PixelStats, prepare
+from alexnet.data.sources import DataError, folder_source, open_source
 from helpers import make_cifar10, make_fashion_mnist, make_folder_dataset, make_messy_dataset, photo
 
 SAMPLES = Path(__file__).resolve().parents[2] / "shared" / "data" / "imagenet-samples"
@@ -360,6 +362,42 @@ def test_training_batch_is_crop_minus_mean_plus_pca(prepared_folder):
         ref = ref[:, ::-1]
     ref = ref + 255 * (data.eigenvectors @ (a * data.eigenvalues))
     assert np.allclose(x[0].permute(1, 2, 0).numpy(), ref, atol=1e-3)
+
+
+def test_pca_noise_has_the_papers_strength_under_torchvision_normalisation(prepared_folder):
+    # §4.1's colour noise is drawn in 0..255 pixel units; with torchvision's per-channel
+    # normalisation it must be divided by 255 * std like the pixels themselves.
+    data = Prepared(prepared_folder)
+    prep = data.preprocessing(224, normalize="torchvision")
+    cpu = torch.device("cpu")
+    loader = make_loader(data, "train", LoaderSpec(train=True), 4, cpu, prep, seed=1, workers=0)
+    loader.sampler.set_epoch(0)
+    plan = loader.sampler.plan()[0]
+    x, _ = next(iter(loader))
+    i, y0, x0, f, a = plan.indices[0], plan.ys[0], plan.xs[0], plan.flips[0], plan.alphas[0]
+    img = data.split("train").image(int(i)).astype(np.float32)[y0 : y0 + 224, x0 : x0 + 224]
+    if f:
+        img = img[:, ::-1]
+    mean = 255 * np.array([0.485, 0.456, 0.406], np.float32)
+    std = 255 * np.array([0.229, 0.224, 0.225], np.float32)
+    noise = 255 * (data.eigenvectors @ (a * data.eigenvalues))
+    ref = (img - mean + noise) / std
+    assert np.allclose(x[0].permute(1, 2, 0).numpy(), ref, atol=1e-4)
+
+
+def test_a_model_and_data_that_do_not_fit_are_an_error_naming_both(prepared_folder):
+    data = Prepared(prepared_folder)
+    prep = data.preprocessing(224)
+    other = dataclasses.replace(prep, image_size=(128, 128, 3), mean=np.zeros((128, 128, 3)))
+    with pytest.raises(
+        DataError, match=r"holds 256x256x3 images but the model was trained on 128x128x3"
+    ):
+        make_loader(data, "val", LoaderSpec(train=False), 4, torch.device("cpu"), other)
+    renamed = dataclasses.replace(prep, classes=("class_0", "cat", "class_2"))
+    with pytest.raises(DataError, match=r"first differ at index 1 \(data: class_1, model: cat\)"):
+        renamed.check_data(data.image_size, data.classes, "the data")
+    with pytest.raises(ValueError, match="mean image"):
+        dataclasses.replace(prep, mean=None)
 
 
 def test_eval_views(prepared_folder):

@@ -6,18 +6,19 @@ import numpy as np
 import pytest
 import torch
 import torchvision
+import yaml
 
-from alexnet.checkpoint import load_weights
+from alexnet.apps.evaluate import run_evaluation
+from alexnet.apps.retrieval import nearest
 from alexnet.cli import main
-from alexnet.convert import to_torchvision_state_dict
-from alexnet.data import Prepared, make_loader
-from alexnet.evaluate import run_evaluation
-from alexnet.fourier import Conv2d
-from alexnet.inference import images_to_inputs, load_model
-from alexnet.metrics import model_outputs, view_probabilities
-from alexnet.model import build_model
-from alexnet.prepare import prepare
-from alexnet.retrieval import nearest
+from alexnet.data.dataset import Prepared, make_loader
+from alexnet.data.prepare import prepare
+from alexnet.engine.checkpoint import load_weights
+from alexnet.engine.inference import images_to_inputs, load_model
+from alexnet.engine.metrics import model_outputs, view_probabilities
+from alexnet.network.convert import to_torchvision_state_dict
+from alexnet.network.fourier import Conv2d
+from alexnet.network.model import build_model
 from helpers import make_folder_dataset, photo
 
 
@@ -78,7 +79,7 @@ def test_ten_crop_is_the_average_of_the_ten_views():
     torch.manual_seed(0)
     m = build_model(variant="small", num_classes=5, input_size=24).eval()
     x = torch.randn(2, 3, 32, 32)
-    from alexnet import transforms as T
+    from alexnet.data import transforms as T
 
     views = T.ten_crop(x.permute(0, 2, 3, 1), 24).permute(0, 1, 4, 2, 3)
     got = view_probabilities([m], views)
@@ -203,7 +204,7 @@ def test_predict_matches_the_evaluation_pipeline(run):
     lm = load_model(run / "run" / "model.safetensors")
     arr = np.load(run / "data" / "val.images.npy")[:2]
     x = images_to_inputs(list(arr), lm)
-    from alexnet.data import make_loader
+    from alexnet.data.dataset import make_loader
 
     loader = make_loader(
         Prepared(run / "data"), "val", lm.loader_spec(), 2, torch.device("cpu"), lm.prep, workers=0
@@ -301,7 +302,7 @@ def test_bad_weights_file(tmp_path, capsys):
 
 
 def test_ten_crop_of_the_whole_image_keeps_the_average():
-    from alexnet import transforms as T
+    from alexnet.data import transforms as T
 
     torch.manual_seed(0)
     m = build_model(variant="small", num_classes=5, input_size=28, in_channels=1).eval()
@@ -317,7 +318,7 @@ def test_ten_crop_of_the_whole_image_keeps_the_average():
 
 
 def test_demo_flow_on_tiny_data(run, tmp_path, capsys):
-    from alexnet import demo
+    from alexnet.apps import demo
 
     assert (
         demo.run(
@@ -346,3 +347,41 @@ def test_demo_flow_on_tiny_data(run, tmp_path, capsys):
         assert result[key] == pytest.approx(r["top1_error"], abs=1e-9)
     assert result["test_accuracy"] == pytest.approx(1 - result["test_top1_error"])
     assert (tmp_path / "demo" / "report.html").is_file()
+
+
+def test_checkpoint_export_and_cli_export_carry_the_same_preprocessing(run, tmp_path):
+    # One export function: `alexnet export` of the checkpoint gives training's export back,
+    # PCA, crop, scale and classes included.
+    assert (
+        main(["export", str(run / "run" / "checkpoint.pt"), str(tmp_path / "e.safetensors")]) == 0
+    )
+    paths = [
+        run / "run" / "checkpoint.pt",
+        run / "run" / "model.safetensors",
+        tmp_path / "e.safetensors",
+    ]
+    preps = [load_model(p).prep for p in paths]
+    for prep in preps[1:]:
+        assert prep.meta() == preps[0].meta()
+        assert prep.classes == preps[0].classes and prep.names == preps[0].names
+        mine, ref = prep.tensors(), preps[0].tensors()
+        assert set(mine) == set(ref) == {"mean_image", "eigenvalues", "eigenvectors"}
+        assert all(torch.equal(mine[k], ref[k]) for k in ref)
+    cfg = yaml.safe_load((run / "run" / "config.yaml").read_text())
+    assert preps[0].crop == cfg["data"]["crop"] == 28
+    assert preps[0].input_scale == cfg["data"]["input_scale"]
+    state, _ = load_weights(tmp_path / "e.safetensors")
+    ref_state, _ = load_weights(run / "run" / "model.safetensors")
+    assert all(torch.equal(state[k], ref_state[k]) for k in ref_state)
+
+
+def test_evaluating_on_data_of_another_size_names_both(run, tmp_path, capsys):
+    make_folder_dataset(tmp_path / "img", classes=10, per_class=2, size=(40, 40))
+    prepare(
+        str(tmp_path / "img"), tmp_path / "p", size=32, workers=1, val_fraction=0.5, progress=False
+    )
+    code = main(["evaluate", str(run / "run" / "model.safetensors"), "--data", str(tmp_path / "p"),
+                 "--workers", "0", "--device", "cpu"])  # fmt: skip
+    assert code == 2
+    err = capsys.readouterr().err
+    assert "holds 32x32x3 images but the model was trained on 28x28x1" in err

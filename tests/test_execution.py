@@ -7,8 +7,9 @@ import os
 import pytest
 import torch
 
-from alexnet import allocator, execution, hardware
+from alexnet import allocator, hardware
 from alexnet.cli import main
+from alexnet.engine import execution
 
 AVX2_EPYC = """processor	: 0
 vendor_id	: AuthenticAMD

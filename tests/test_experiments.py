@@ -7,10 +7,10 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-from alexnet import experiments as E
-from alexnet import visualize as V
+from alexnet.apps import experiments as E
+from alexnet.apps import visualize as V
+from alexnet.apps.report import SECTIONS, build_report
 from alexnet.cli import main
-from alexnet.report import SECTIONS, build_report
 
 
 @pytest.fixture

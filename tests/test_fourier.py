@@ -4,8 +4,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from alexnet import fourier
-from alexnet.fourier import (
+from alexnet.network import fourier
+from alexnet.network.fourier import (
     AUTO_MIN_SPEEDUP,
     MEASURED_MIN_SPEEDUP,
     PROBE_MIN_PREDICTED,
@@ -15,7 +15,7 @@ from alexnet.fourier import (
     fourier_conv2d,
     spectrum_side,
 )
-from alexnet.model import build_model
+from alexnet.network.model import build_model
 
 
 def _cl(t: torch.Tensor) -> torch.Tensor:
@@ -283,7 +283,7 @@ def test_evaluation_is_timed_forward_only_and_apart_from_training(cache, monkeyp
 
 def test_info_predicts_without_timing_anything(cache, monkeypatch):
     # `alexnet info` runs one image through the model: no probe at batch 1, no cache file.
-    from alexnet.summary import summary_dict
+    from alexnet.apps.summary import summary_dict
 
     timer = _timer(monkeypatch, 1.0, 0.1)
     with fourier.no_probe():

@@ -2,7 +2,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from alexnet.lrn import LocalResponseNorm, local_response_norm
+from alexnet.network.lrn import LocalResponseNorm, local_response_norm
 
 
 @pytest.mark.parametrize("shape", [(4, 96, 13, 11), (2, 7, 5, 5), (1, 3, 2, 2)])
@@ -96,7 +96,7 @@ def test_groups_normalise_each_tower_separately():
 
 
 def test_paper_model_uses_per_tower_lrn():
-    from alexnet.model import build_model
+    from alexnet.network.model import build_model
 
     assert build_model(variant="paper").norm1.groups == 2
     assert build_model(variant="paper", towers=1).norm1.groups == 1

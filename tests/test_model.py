@@ -3,11 +3,11 @@ import torch
 import torchvision
 from torch import nn
 
+from alexnet.apps.summary import summary_dict
 from alexnet.config import ConfigError, ModelConfig
-from alexnet.convert import from_torchvision_state_dict, to_torchvision_state_dict
-from alexnet.lrn import LocalResponseNorm
-from alexnet.model import AlexNet, build_model
-from alexnet.summary import summary_dict
+from alexnet.network.convert import from_torchvision_state_dict, to_torchvision_state_dict
+from alexnet.network.lrn import LocalResponseNorm
+from alexnet.network.model import AlexNet, build_model
 
 
 def n_params(m: nn.Module) -> int:

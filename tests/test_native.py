@@ -5,8 +5,8 @@ import sys
 import pytest
 import torch
 
-from alexnet import native
-from alexnet.lrn import local_response_norm
+from alexnet.network import native
+from alexnet.network.lrn import local_response_norm
 
 needs_native = pytest.mark.skipif(
     native.library() is None, reason=f"no native kernels here ({native.status()})"
@@ -200,8 +200,8 @@ def test_lrn_path_reports_the_dtype():
 
 _PROBE = """
 import torch
-from alexnet import native
-from alexnet.lrn import local_response_norm
+from alexnet.network import native
+from alexnet.network.lrn import local_response_norm
 print(native.status())
 x = torch.randn(2, 8, 5, 5).contiguous(memory_format=torch.channels_last).requires_grad_()
 y = local_response_norm(x)

@@ -9,13 +9,13 @@ import time
 import pytest
 import torch
 
-from alexnet.checkpoint import load_checkpoint, load_weights
 from alexnet.cli import main
 from alexnet.config import ConfigError, ScheduleConfig, load_train_config, preset_names
-from alexnet.model import build_model
-from alexnet.optim import LRSchedule, PaperSGD
-from alexnet.prepare import prepare
-from alexnet.train import EXIT_PREEMPTED, TrainingStopped, train
+from alexnet.data.prepare import prepare
+from alexnet.engine.checkpoint import load_checkpoint, load_weights
+from alexnet.engine.optim import LRSchedule, PaperSGD
+from alexnet.engine.train import EXIT_PREEMPTED, TrainingStopped, train
+from alexnet.network.model import build_model
 from helpers import make_cifar10, make_fashion_mnist, make_folder_dataset
 
 # Everything `auto` would decide from the machine is pinned, so a test means the same on
@@ -217,8 +217,8 @@ def test_each_preset_runs_a_few_steps(tmp_path, fmnist):
 
 
 def test_training_sums_stay_on_the_device_and_add_over_ranks(monkeypatch):
-    from alexnet import distributed as D
-    from alexnet.train import accumulate, new_sums, sync_sums
+    from alexnet.engine import distributed as D
+    from alexnet.engine.train import accumulate, new_sums, sync_sums
 
     sums = new_sums(torch.device("cpu"))
     logits = torch.tensor([[3.0, 1, 0], [0, 3, 1], [0, 1, 3], [3, 0, 1]])  # predicts 0 1 2 0
@@ -241,7 +241,7 @@ def test_training_sums_stay_on_the_device_and_add_over_ranks(monkeypatch):
 
 
 def test_the_step_loop_reads_the_device_only_every_log_every_steps(tmp_path, fmnist, monkeypatch):
-    from alexnet import train as T
+    from alexnet.engine import train as T
 
     steps, synced_after, host_reads = [0], [], []
     original_accumulate, original_sync = T.accumulate, T.sync_sums
@@ -274,7 +274,7 @@ def test_the_step_loop_reads_the_device_only_every_log_every_steps(tmp_path, fmn
 
 
 def test_best_epoch_weights_are_kept(tmp_path, fmnist, monkeypatch):
-    from alexnet import train as T
+    from alexnet.engine import train as T
 
     errors, evaluated = iter([0.5, 0.3, 0.4]), []  # epoch 2 is the best
 
@@ -424,7 +424,8 @@ BF16_U = 2.0**-8
 
 
 def test_precision_auto_follows_the_cpu_and_says_why(monkeypatch):
-    from alexnet import execution, hardware
+    from alexnet import hardware
+    from alexnet.engine import execution
 
     cpu = torch.device("cpu")
     monkeypatch.setattr(hardware, "cpu_bf16", lambda: "amx_bf16")
@@ -440,7 +441,7 @@ def test_precision_auto_follows_the_cpu_and_says_why(monkeypatch):
 
 
 def test_precision_that_cannot_run_is_an_error_naming_the_setting(monkeypatch):
-    from alexnet import execution
+    from alexnet.engine import execution
 
     with pytest.raises(
         ConfigError, match=r"run\.precision=fp16 cannot run on cpu.*available here: fp32.*bf16"
@@ -502,7 +503,7 @@ def test_resuming_in_another_precision_is_said_and_recorded(tmp_path, fmnist, ca
 
 
 def test_eval_precision_reaches_evaluation(tmp_path, fmnist, monkeypatch):
-    from alexnet import train as T
+    from alexnet.engine import train as T
 
     seen = []
     original = T.evaluate_model
@@ -593,7 +594,7 @@ def test_bf16_gradients_match_fp32_within_bf16_precision():
 
 
 def test_towers_on_two_devices_equal_the_grouped_model():
-    from alexnet.towers import TwoDeviceAlexNet
+    from alexnet.network.towers import TwoDeviceAlexNet
 
     torch.manual_seed(0)
     for variant, size in (("paper", 224), ("small", 32)):
@@ -622,7 +623,7 @@ def test_tower_training_runs(tmp_path, fmnist):
 
 def test_sigterm_flag_in_process(tmp_path, fmnist):
     # A signal arriving during the first step stops after that step with a checkpoint.
-    from alexnet import train as T
+    from alexnet.engine import train as T
 
     cfg = cfg_for(fmnist, "run.epochs=1")
     original = T.train_one_epoch

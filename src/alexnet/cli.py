@@ -33,8 +33,8 @@ def _emit(result: dict, formatter: Callable[[dict], str], as_json: bool) -> None
 
 
 def cmd_info(args: argparse.Namespace) -> int:
-    from .model import build_model
-    from .summary import format_summary, summary_dict
+    from .apps.summary import format_summary, summary_dict
+    from .network.model import build_model
 
     overrides = {"variant": args.model, "num_classes": args.num_classes}
     if args.in_channels is not None:
@@ -43,8 +43,8 @@ def cmd_info(args: argparse.Namespace) -> int:
         overrides["input_size"] = args.input_size
     import torch
 
-    from .distributed import resolve_device
-    from .execution import execution_plan, format_plan
+    from .engine.distributed import resolve_device
+    from .engine.execution import execution_plan, format_plan
 
     info = summary_dict(build_model(**overrides))
     dev = args.device
@@ -60,7 +60,7 @@ def cmd_info(args: argparse.Namespace) -> int:
 def cmd_prepare(args: argparse.Namespace) -> int:
     import signal
 
-    from .prepare import format_summary, prepare
+    from .data.prepare import format_summary, prepare
 
     # SIGTERM (a cluster or `kill`) stops like Ctrl-C: nothing half-written looks complete.
     signal.signal(signal.SIGTERM, signal.default_int_handler)
@@ -78,7 +78,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     from pathlib import Path
 
     from .config import load_train_config
-    from .train import TrainingStopped, format_summary, resolve_config_for_resume, train
+    from .engine.train import TrainingStopped, format_summary, resolve_config_for_resume, train
 
     overrides = list(args.set or [])
     if args.data:
@@ -104,13 +104,13 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
-    from . import demo
+    from .apps import demo
 
     return demo.run(args.out, args.data, args.epochs, args.set)
 
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
-    from .evaluate import format_report, run_evaluation, write_csv
+    from .apps.evaluate import format_report, run_evaluation, write_csv
 
     report = run_evaluation(
         args.weights, args.data, args.split, args.views, args.batch_size, args.workers, args.device,
@@ -127,7 +127,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 
 
 def cmd_predict(args: argparse.Namespace) -> int:
-    from .predict import format_table, run, write_outputs
+    from .apps.predict import format_table, run, write_outputs
 
     results, failed = run(
         args.weights, args.inputs, args.top_k, args.views, args.batch_size, args.device
@@ -145,7 +145,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
 
 
 def cmd_features(args: argparse.Namespace) -> int:
-    from .retrieval import extract_features
+    from .apps.retrieval import extract_features
 
     r = extract_features(
         args.weights,
@@ -165,7 +165,7 @@ def cmd_features(args: argparse.Namespace) -> int:
 
 
 def cmd_neighbors(args: argparse.Namespace) -> int:
-    from .retrieval import format_neighbors, run_neighbors
+    from .apps.retrieval import format_neighbors, run_neighbors
 
     r = run_neighbors(args.gallery, args.query, args.k, args.device, args.limit)
     if args.json:
@@ -177,8 +177,8 @@ def cmd_neighbors(args: argparse.Namespace) -> int:
 def cmd_export(args: argparse.Namespace) -> int:
     import dataclasses
 
-    from .checkpoint import export_weights
-    from .inference import load_model
+    from .engine.checkpoint import export_weights
+    from .engine.inference import load_model
 
     lm = load_model(args.weights)
     export_weights(args.out, lm.model.state_dict(), dataclasses.asdict(lm.model.cfg), lm.prep)
@@ -187,7 +187,7 @@ def cmd_export(args: argparse.Namespace) -> int:
 
 
 def cmd_visualize(args: argparse.Namespace) -> int:
-    from . import visualize as V
+    from .apps import visualize as V
 
     out = args.out or f"figures/{args.figure}"
     if args.figure == "filters":
@@ -206,7 +206,7 @@ def cmd_visualize(args: argparse.Namespace) -> int:
 
 
 def cmd_experiment(args: argparse.Namespace) -> int:
-    from . import experiments as E
+    from .apps import experiments as E
 
     if args.name == "relu-vs-tanh":
         lrs = (
@@ -241,7 +241,7 @@ def cmd_experiment(args: argparse.Namespace) -> int:
 
 
 def cmd_report(args: argparse.Namespace) -> int:
-    from .report import build_report
+    from .apps.report import build_report
 
     r = build_report(args.run_dir, args.data, args.out)
     print(f"report: {r['html']} (and {r['markdown']})")
@@ -249,7 +249,7 @@ def cmd_report(args: argparse.Namespace) -> int:
 
 
 def cmd_benchmark(args: argparse.Namespace) -> int:
-    from . import benchmark
+    from .bench import benchmark
 
     if args.what == "lrn":
         result = benchmark.bench_lrn(repeats=args.repeats)
@@ -579,7 +579,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.print_help()
         return 2
     from .config import ConfigError
-    from .sources import DataError
+    from .data.sources import DataError
 
     try:
         return int(args.func(args) or 0)

@@ -1,8 +1,8 @@
 """What this machine is: CPU model and features, cores available, accelerators.
 
 The one place that reads ``/proc/cpuinfo``. Everything ``auto`` decides from the hardware
-(precision, loader workers, threads) starts here, and :func:`machine_info` is what runs,
-benchmarks and reports record about the machine.
+(precision, loader workers, threads) starts here; :func:`alexnet.execution.machine_info`
+is what runs, benchmarks and reports record about the machine.
 """
 
 from __future__ import annotations
@@ -11,11 +11,8 @@ import functools
 import os
 import platform
 from pathlib import Path
-from typing import Any
 
 import torch
-
-from . import allocator
 
 # CPU features that run bf16 matrix products natively (x86: AMX tiles or AVX512-BF16
 # dot products; ARM: the BF16 extension). Without them oneDNN emulates bf16 through fp32,
@@ -99,21 +96,3 @@ def resolve_workers(requested: int | str) -> int:
     if isinstance(requested, bool) or not isinstance(requested, int) or requested < 0:
         raise ValueError(f"loader workers must be 'auto' or an integer >= 0, got {requested!r}")
     return requested
-
-
-def machine_info() -> dict[str, Any]:
-    """The machine as runs, benchmarks and reports record it."""
-    from . import native
-
-    return {
-        "cpu": cpu_model(),
-        "cores": available_cores(),
-        "threads": torch.get_num_threads(),
-        "cpu_capability": torch.backends.cpu.get_cpu_capability(),
-        "cpu_bf16": cpu_bf16() or "none (emulated)",
-        "torch": str(torch.__version__),
-        "python": platform.python_version(),
-        "cuda": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
-        "native": native.status(),
-        "host_memory": allocator.describe(),
-    }

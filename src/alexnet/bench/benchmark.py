@@ -15,10 +15,10 @@ from typing import Any
 import torch
 from torch import nn
 
-from . import allocator
-from .hardware import machine_info
-from .lrn import LocalResponseNorm
-from .model import build_model
+from .. import allocator
+from ..engine.execution import machine_info
+from ..network.lrn import LocalResponseNorm
+from ..network.model import build_model
 
 
 def time_it(fn: Callable[[], Any], repeats: int = 5, warmup: int = 1, sync: bool = False) -> float:
@@ -244,11 +244,11 @@ def bench_data(
     import tempfile
     from pathlib import Path
 
-    from .data import LoaderSpec, Prepared, make_loader
-    from .prepare import prepare
+    from ..data.dataset import LoaderSpec, Prepared, make_loader
+    from ..data.prepare import prepare
 
     if source is None:  # the project's shared samples: ../shared beside the checkout
-        here = Path(__file__).resolve().parents[2]
+        here = Path(__file__).resolve().parents[3]
         candidates = [p.parent / "shared/data/imagenet-samples" for p in (Path.cwd(), here)]
         source = str(next((c for c in candidates if c.is_dir()), candidates[0]))
     if not Path(source).is_dir():
@@ -432,9 +432,9 @@ def bench_model(
     on a shared machine hits all of them alike; each figure is the median over ``repeats``
     rounds. "of peak" divides by the dense matmul rate measured in the same precision.
     """
-    from .distributed import resolve_device
-    from .hardware import cpu_bf16
-    from .summary import summary_dict
+    from ..apps.summary import summary_dict
+    from ..engine.distributed import resolve_device
+    from ..hardware import cpu_bf16
 
     dev = resolve_device(device)
     cuda = dev.type == "cuda"
@@ -449,7 +449,7 @@ def bench_model(
         precisions = ["fp32", "bf16"] if (cuda or cpu_bf16()) else ["fp32"]
         if "bf16" not in precisions:
             skipped = "bf16 not measured by default: this CPU has no native bf16 (AMX/AVX512-BF16), where bf16 autocast ran ~10x slower than fp32; pass --precisions fp32,bf16 to measure it"
-    from .execution import resolve_precision
+    from ..engine.execution import resolve_precision
 
     for p in precisions:  # an unknown or impossible precision fails before any work
         resolve_precision(p, dev, key="--precisions")
@@ -564,13 +564,13 @@ def bench_e2e(
     import tempfile
     from pathlib import Path
 
-    from .config import load_train_config
-    from .data import LoaderSpec, Prepared, make_loader
-    from .optim import build_optimizer
-    from .prepare import prepare
+    from ..config import load_train_config
+    from ..data.dataset import LoaderSpec, Prepared, make_loader
+    from ..data.prepare import prepare
+    from ..engine.optim import build_optimizer
 
     if source is None:
-        here = Path(__file__).resolve().parents[2]
+        here = Path(__file__).resolve().parents[3]
         candidates = [p.parent / "shared/data/imagenet-samples" for p in (Path.cwd(), here)]
         source = str(next((c for c in candidates if c.is_dir()), candidates[0]))
     cfg = load_train_config("imagenet-paper", None, [f"model.variant={variant}"])
@@ -765,7 +765,7 @@ def bench_conv(
     chooses on this machine: its own probe's answer (batch min(batch, 32), read from the
     probe cache where an earlier run measured it), so predicted, measured and chosen can be
     compared."""
-    from .fourier import Conv2d, estimated_speedup
+    from ..network.fourier import Conv2d, estimated_speedup
 
     model = build_model(variant=variant, input_size=input_size)
     sides = model.geo.sizes

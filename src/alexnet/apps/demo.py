@@ -9,13 +9,13 @@ from pathlib import Path
 
 import torch
 
-from .atomic import write_json
-from .config import load_train_config
-from .data import Prepared, make_loader
-from .inference import load_model
-from .metrics import evaluate_model
-from .prepare import prepare
-from .train import format_summary, train
+from ..atomic import write_json
+from ..config import load_train_config
+from ..data.dataset import Prepared, make_loader
+from ..data.prepare import prepare
+from ..engine.inference import load_model
+from ..engine.metrics import evaluate_model
+from ..engine.train import format_summary, train
 
 
 def run(

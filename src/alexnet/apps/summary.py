@@ -7,9 +7,9 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from . import native
-from .fourier import Conv2d, no_probe
-from .model import AlexNet
+from ..network import native
+from ..network.fourier import Conv2d, no_probe
+from ..network.model import AlexNet
 
 
 @dataclass
@@ -38,7 +38,7 @@ def layer_table(model: AlexNet) -> list[LayerRow]:
     rows: list[LayerRow] = []
     hooks = []
     for name, module in model.named_modules():
-        if name and not list(module.children()) and not isinstance(module, nn.Identity):
+        if name and not list(module.children()):
 
             def hook(mod: nn.Module, inp: tuple, out: torch.Tensor, name: str = name) -> None:
                 params = sum(p.numel() for p in mod.parameters())

@@ -21,13 +21,14 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import platform
 from typing import Any
 
 import torch
 
-from . import allocator, hardware
-from .config import ConfigError
-from .hardware import resolve_workers
+from .. import allocator, hardware
+from ..config import ConfigError
+from ..hardware import resolve_workers
 
 _DTYPES: dict[str, torch.dtype | None] = {
     "fp32": None,
@@ -152,7 +153,7 @@ def execution_record(
     """What ran, for summary.json, checkpoints and the report. ``conv_impl``: each conv
     layer's implementation in the training step and why (:func:`alexnet.fourier.conv_decisions`);
     ``eval_conv_impl``: the same for evaluation, recorded where it differs."""
-    from . import native
+    from ..network import native
 
     record: dict[str, Any] = {
         **_device_facts(device),
@@ -178,7 +179,7 @@ def execution_record(
 
 def execution_plan(device: torch.device) -> dict[str, Any]:
     """What ``auto`` resolves to on this machine, before any run (`alexnet info`)."""
-    from . import native
+    from ..network import native
 
     auto = resolve_precision("auto", device)
     return {
@@ -212,3 +213,21 @@ def format_plan(plan: dict[str, Any]) -> str:
             f"  host memory: {plan['host_memory']}",
         ]
     )
+
+
+def machine_info() -> dict[str, Any]:
+    """The machine as runs, benchmarks and reports record it."""
+    from ..network import native
+
+    return {
+        "cpu": hardware.cpu_model(),
+        "cores": hardware.available_cores(),
+        "threads": torch.get_num_threads(),
+        "cpu_capability": torch.backends.cpu.get_cpu_capability(),
+        "cpu_bf16": hardware.cpu_bf16() or "none (emulated)",
+        "torch": str(torch.__version__),
+        "python": platform.python_version(),
+        "cuda": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
+        "native": native.status(),
+        "host_memory": allocator.describe(),
+    }

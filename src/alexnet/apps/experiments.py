@@ -23,7 +23,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from .atomic import atomic_path, write_json
+from ..atomic import atomic_path, write_json
 
 # --------------------------------------------------------------------------------------
 # Figure 1
@@ -60,7 +60,7 @@ def epochs_to_threshold(curve: list[tuple[float, float]], threshold: float) -> f
 
 def _resolve_data(data: str) -> str:
     """``cifar10`` / ``fashion-mnist`` -> a prepared directory under data/ (prepared once)."""
-    from .prepare import prepare
+    from ..data.prepare import prepare
 
     if data in ("cifar10", "fashion-mnist"):
         target = Path("data") / data
@@ -82,7 +82,7 @@ def _train_curve(
 ) -> dict[str, Any]:
     """Plain SGD (momentum 0.9, no weight decay, no augmentation); the running training
     error is recorded ``points`` times per epoch."""
-    from .data import LoaderSpec, Prepared, make_loader
+    from ..data.dataset import LoaderSpec, Prepared, make_loader
 
     data = Prepared(data_dir)
     h, _, c = data.image_size
@@ -259,8 +259,8 @@ def ablation(
     data: str, out: str, ablate: list[str], preset: str | None = None, seeds: int = 1, epochs: int | None = None,
     overrides: list[str] | None = None, progress: bool = True,
 ) -> dict[str, Any]:  # fmt: skip
-    from .config import load_train_config
-    from .train import train
+    from ..config import load_train_config
+    from ..engine.train import train
 
     unknown = [a for a in ablate if a not in ABLATIONS]
     if unknown:

@@ -15,14 +15,12 @@ from typing import Any
 
 import numpy as np
 import torch
-from PIL import Image
 
+from ..config import ModelConfig, from_dict
+from ..data.dataset import LoaderSpec
+from ..data.preprocess import InputTransform, Preprocessing
+from ..network.model import AlexNet, build_model
 from .checkpoint import load_weights
-from .config import ModelConfig, from_dict
-from .data import LoaderSpec
-from .model import AlexNet, build_model
-from .prepare import ImageError, load_image
-from .preprocess import InputTransform, Preprocessing
 
 
 @dataclass
@@ -86,20 +84,6 @@ def load_model(path: str | Path, device: torch.device | str = "cpu") -> LoadedMo
             f"{path}: weights do not fit a {cfg.variant} model: missing {missing[:4]}, unexpected {unexpected[:4]}"
         )
     return LoadedModel(model=model.to(device).eval(), path=str(path), prep=prep)
-
-
-def image_to_array(path: str | Path, image_size: tuple[int, int, int]) -> np.ndarray:
-    """An image file -> (H, W, C) uint8 as ``alexnet prepare`` would store it."""
-    h, _, c = image_size
-    if h >= 64:
-        return load_image(path, h)  # §2: shorter side h, central crop
-    try:
-        with Image.open(path) as im:
-            im = im.convert("L" if c == 1 else "RGB").resize((h, h), Image.Resampling.BILINEAR)
-            arr = np.asarray(im, dtype=np.uint8)
-    except (OSError, SyntaxError, ValueError) as err:
-        raise ImageError(f"not a readable image: {err}") from None
-    return arr[..., None] if c == 1 else arr
 
 
 def images_to_inputs(

@@ -20,9 +20,9 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from .atomic import atomic_path
-from .convert import from_torchvision_state_dict, is_torchvision_state_dict
-from .preprocess import Preprocessing
+from ..atomic import atomic_path
+from ..data.preprocess import Preprocessing
+from ..network.convert import from_torchvision_state_dict, is_torchvision_state_dict
 
 META_PREFIX = "meta."
 

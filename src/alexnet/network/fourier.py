@@ -59,8 +59,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from .atomic import write_json
-from .hardware import cpu_flags, cpu_model
+from ..atomic import write_json
+from ..hardware import cpu_flags, cpu_model
 from .native import _cache_dir
 
 _MATS: dict[tuple[int, ...], tuple[Tensor, ...]] = {}

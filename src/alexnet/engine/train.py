@@ -24,12 +24,15 @@ from typing import Any
 import torch
 from torch import nn
 
-from . import __version__
+from .. import __version__
+from ..atomic import write_json
+from ..config import ConfigError, TrainConfig, from_dict, save_yaml, to_dict
+from ..data.dataset import LoaderSpec, Prepared, make_loader
+from ..data.preprocess import Preprocessing
+from ..network.fourier import conv_decisions
+from ..network.model import AlexNet, build_model
 from . import distributed as D
-from .atomic import write_json
 from .checkpoint import atomic_save, export_weights, load_checkpoint, load_matching, load_weights
-from .config import ConfigError, TrainConfig, from_dict, save_yaml, to_dict
-from .data import LoaderSpec, Prepared, make_loader
 from .execution import (
     available_precisions,
     execution_record,
@@ -37,11 +40,8 @@ from .execution import (
     resolve_threads,
     resolve_workers,
 )
-from .fourier import conv_decisions
 from .metrics import autocast_context, evaluate_model, topk_correct
-from .model import AlexNet, build_model
 from .optim import LRSchedule, build_optimizer, set_lr
-from .preprocess import Preprocessing
 
 EXIT_PREEMPTED = 75  # EX_TEMPFAIL: stopped on request, resume to continue
 METRICS_FIELDS = [
@@ -394,7 +394,7 @@ def resolve_config_for_resume(
     out: Path, cfg: TrainConfig | None, overrides: list[str]
 ) -> TrainConfig:
     """On --resume the run's saved config is the base; --set overrides still apply."""
-    from .config import apply_overrides, load_yaml
+    from ..config import apply_overrides, load_yaml
 
     if cfg is not None:
         return cfg
@@ -504,7 +504,7 @@ def _train(
     train_model: nn.Module = model
     sync = lambda: None  # noqa: E731 - copies tower weights back into `model` when split
     if cfg.run.tower_devices:
-        from .towers import TwoDeviceAlexNet
+        from ..network.towers import TwoDeviceAlexNet
 
         if dist.distributed:
             raise ConfigError(

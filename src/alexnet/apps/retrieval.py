@@ -23,7 +23,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from .atomic import atomic_path
+from ..atomic import atomic_path
 
 
 def extract_features(
@@ -32,10 +32,10 @@ def extract_features(
 ) -> dict[str, Any]:  # fmt: skip
     from tqdm import tqdm
 
-    from .data import Prepared, make_loader
-    from .distributed import resolve_device
-    from .inference import load_model
-    from .metrics import model_outputs
+    from ..data.dataset import Prepared, make_loader
+    from ..engine.distributed import resolve_device
+    from ..engine.inference import load_model
+    from ..engine.metrics import model_outputs
 
     dev = resolve_device(device)
     lm = load_model(weights, dev)
@@ -123,7 +123,7 @@ def nearest(
 def run_neighbors(
     gallery_path: str, query_path: str | None, k: int, device: str, limit: int | None = None
 ) -> dict[str, Any]:
-    from .distributed import resolve_device
+    from ..engine.distributed import resolve_device
 
     gal = load_features(gallery_path)
     same = query_path is None or Path(query_path).resolve() == Path(gallery_path).resolve()

@@ -15,7 +15,7 @@ from typing import Any
 
 import yaml
 
-from .atomic import write_text
+from ..atomic import write_text
 
 SECTIONS = [
     "Configuration",
@@ -30,7 +30,7 @@ SECTIONS = [
 
 
 def _environment() -> dict[str, Any]:
-    from .hardware import machine_info
+    from ..engine.execution import machine_info
 
     return machine_info()
 

@@ -48,7 +48,7 @@ def _display(img: np.ndarray) -> np.ndarray:
 
 def filters(weights: str, out: str) -> list[str]:
     """Figure 3: conv1's kernels (96 x 11 x 11 x 3 for the paper), towers side by side."""
-    from .inference import load_model
+    from ..engine.inference import load_model
 
     lm = load_model(weights)
     w = lm.model.conv1.weight.detach().float().cpu().numpy()  # (K, C, h, w)
@@ -151,9 +151,9 @@ def confusion(
 ) -> list[str]:
     import torch
 
-    from .data import Prepared, make_loader
-    from .inference import load_model
-    from .metrics import model_outputs
+    from ..data.dataset import Prepared, make_loader
+    from ..engine.inference import load_model
+    from ..engine.metrics import model_outputs
 
     data = Prepared(data_dir)
     if data.num_classes > max_classes:
@@ -201,9 +201,9 @@ def predictions(
     """Figure 4 left: each image above its five most probable labels, the true one in red."""
     import torch
 
-    from .data import Prepared
-    from .inference import images_to_inputs, load_model
-    from .metrics import model_outputs
+    from ..data.dataset import Prepared
+    from ..engine.inference import images_to_inputs, load_model
+    from ..engine.metrics import model_outputs
 
     data = Prepared(data_dir)
     lm = load_model(weights)
@@ -248,9 +248,9 @@ def neighbors(
     Euclidean distance between fc7 vectors."""
     import torch
 
-    from .data import Prepared, make_loader
-    from .inference import images_to_inputs, load_model
-    from .metrics import model_outputs
+    from ..data.dataset import Prepared, make_loader
+    from ..engine.inference import images_to_inputs, load_model
+    from ..engine.metrics import model_outputs
     from .retrieval import nearest
 
     data = Prepared(data_dir)

@@ -31,7 +31,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from .hardware import resolve_workers
+from ..hardware import resolve_workers
 from .preprocess import InputTransform, Preprocessing
 from .sources import DataError
 

@@ -27,7 +27,7 @@ from typing import Any
 
 import torch
 
-from ..hardware import cpu_flags
+from ...hardware import cpu_flags
 
 _SOURCE = Path(__file__).with_name("lrn.c")
 _FLAGS = ("-O3", "-fno-math-errno", "-fno-trapping-math", "-fPIC", "-shared", "-std=c99")

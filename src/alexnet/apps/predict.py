@@ -10,11 +10,11 @@ import csv
 from pathlib import Path
 from typing import Any
 
-from .atomic import atomic_path, write_json
-from .inference import LoadedModel, image_to_array, images_to_inputs, load_model
-from .metrics import model_outputs
-from .prepare import ImageError
-from .sources import IMAGE_EXTENSIONS
+from ..atomic import atomic_path, write_json
+from ..data.images import ImageError, image_to_array
+from ..data.sources import IMAGE_EXTENSIONS
+from ..engine.inference import LoadedModel, images_to_inputs, load_model
+from ..engine.metrics import model_outputs
 
 
 def collect_files(inputs: list[str]) -> list[Path]:
@@ -123,7 +123,7 @@ def write_outputs(
 def run(
     weights: str, inputs: list[str], top_k: int, views: str, batch_size: int, device: str
 ) -> tuple[list[dict[str, Any]], int]:
-    from .distributed import resolve_device
+    from ..engine.distributed import resolve_device
 
     lm = load_model(weights, resolve_device(device))
     files = collect_files(inputs)

@@ -14,22 +14,20 @@ Interrupt-safe: every file is written under a ``.tmp`` name and renamed when com
 from __future__ import annotations
 
 import csv
-import io
 import json
 import os
 import signal
 import time
-import warnings
 from dataclasses import dataclass, field
 from multiprocessing import get_context
 from pathlib import Path
 from typing import Any
 
 import numpy as np
-from PIL import Image, ImageOps, UnidentifiedImageError
 
-from .atomic import atomic_path, write_json, write_text
-from .data import FORMAT, FORMAT_VERSION, INDEX_DTYPE
+from ..atomic import atomic_path, write_json, write_text
+from .dataset import FORMAT, FORMAT_VERSION, INDEX_DTYPE
+from .images import ImageError, encode_jpeg, load_image
 from .sources import (
     ArraySource,
     DataError,
@@ -40,10 +38,6 @@ from .sources import (
 )
 
 CHUNK = 32
-
-
-class ImageError(Exception):
-    """An input image that cannot be used; the message is the reason for the report."""
 
 
 # --------------------------------------------------------------------------------------
@@ -107,67 +101,6 @@ class PixelStats:
         return cls(
             z["image_sum"], int(z["count"]), z["pixel_sum"], z["outer_sum"], int(z["pixels"])
         )
-
-
-# --------------------------------------------------------------------------------------
-# Decoding one real-world image
-
-
-def load_image(path: str | Path, size: int = 256, max_pixels: int | None = None) -> np.ndarray:
-    """§2: rescale so the shorter side is ``size``, then take the central size x size crop.
-
-    Decodes by content (a PNG named .JPEG works), applies EXIF orientation, turns CMYK,
-    grayscale, palette and alpha images into RGB. Raises ImageError with the reason for
-    truncated, corrupt, non-image files and decompression bombs.
-    """
-    limit = max_pixels if max_pixels is not None else Image.MAX_IMAGE_PIXELS
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("error", Image.DecompressionBombWarning)
-            with Image.open(path) as im:
-                w, h = im.size
-                if limit and w * h > limit:
-                    raise ImageError(
-                        f"decompression bomb: {w}x{h} pixels is over the limit of {limit}"
-                    )
-                if w < 1 or h < 1:
-                    raise ImageError(f"empty image ({w}x{h})")
-                # JPEG DCT-domain downscaling: decode big photos at >= the target size only.
-                im.draft(
-                    "RGB", (max(1, -(-w * size // min(w, h))), max(1, -(-h * size // min(w, h))))
-                )
-                im = ImageOps.exif_transpose(im)
-                im = im.convert("RGB")
-                w, h = im.size
-                scale = size / min(w, h)
-                nw, nh = max(size, round(w * scale)), max(size, round(h * scale))
-                im = im.resize((nw, nh), Image.Resampling.BILINEAR)
-                left, top = (nw - size) // 2, (nh - size) // 2
-                im = im.crop((left, top, left + size, top + size))
-                return np.asarray(im, dtype=np.uint8)
-    except ImageError:
-        raise
-    except Image.DecompressionBombError as err:
-        raise ImageError(f"decompression bomb: {err}") from None
-    except Image.DecompressionBombWarning as err:
-        raise ImageError(f"decompression bomb: {err}") from None
-    except UnidentifiedImageError:
-        raise ImageError("not an image (unrecognised content)") from None
-    except (OSError, SyntaxError, ValueError, EOFError) as err:
-        raise ImageError(f"corrupt or truncated image: {err}") from None
-
-
-def encode_jpeg(img: np.ndarray, quality: int) -> bytes:
-    try:
-        import simplejpeg
-
-        return simplejpeg.encode_jpeg(
-            np.ascontiguousarray(img), quality=quality, colorspace="RGB", colorsubsampling="420"
-        )
-    except ImportError:  # pragma: no cover
-        buf = io.BytesIO()
-        Image.fromarray(img).save(buf, "JPEG", quality=quality)
-        return buf.getvalue()
 
 
 def _process_chunk(

@@ -8,7 +8,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from .metrics import model_outputs, topk_correct
+from ..engine.metrics import model_outputs, topk_correct
 
 
 def run_evaluation(
@@ -28,10 +28,10 @@ def run_evaluation(
     ``precision``: fp32, or bf16/fp16 autocast where the device runs it."""
     import time
 
-    from . import distributed as D
-    from .data import Prepared, make_loader
-    from .execution import resolve_precision
-    from .inference import load_model
+    from ..data.dataset import Prepared, make_loader
+    from ..engine import distributed as D
+    from ..engine.execution import resolve_precision
+    from ..engine.inference import load_model
 
     dist = D.setup(device)
     try:

@@ -33,7 +33,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from .config import ConfigError, ModelConfig
+from ..config import ConfigError, ModelConfig
 from .fourier import Conv2d
 from .lrn import LocalResponseNorm
 
