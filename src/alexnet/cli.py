@@ -12,12 +12,12 @@ from . import __version__
 
 
 def _print_json(obj: object, path: str | None = None) -> None:
-    text = json.dumps(obj, indent=2, default=str)
     if path:
-        with open(path, "w") as f:
-            f.write(text + "\n")
+        from .atomic import write_json
+
+        write_json(path, obj)
     else:
-        print(text)
+        print(json.dumps(obj, indent=2, default=str))
 
 
 def _emit(result: dict, formatter: Callable[[dict], str], as_json: bool) -> None:

@@ -8,6 +8,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from ..atomic import atomic_path
 from ..engine.metrics import model_outputs, topk_correct
 
 
@@ -193,7 +194,7 @@ def format_report(r: dict[str, Any]) -> str:
 def write_csv(r: dict[str, Any], path: str) -> None:
     import csv
 
-    with open(path, "w", newline="") as f:
+    with atomic_path(path) as tmp, open(tmp, "w", newline="") as f:
         w = csv.writer(f)
         w.writerow(["index", "class", "name", "images", "top1_accuracy", "top5_accuracy"])
         for c in r["per_class"]:

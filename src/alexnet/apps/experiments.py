@@ -291,7 +291,7 @@ def ablation(
     table = ablation_table(results)
     report = {"data": data_dir, "preset": preset, "seeds": seeds, "epochs": epochs, "rows": table}
     write_json(out_dir / "ablation.json", report)
-    with open(out_dir / "ablation.csv", "w", newline="") as f:
+    with atomic_path(out_dir / "ablation.csv") as tmp, open(tmp, "w", newline="") as f:
         w = csv.DictWriter(f, fieldnames=list(table[0]))
         w.writeheader()
         w.writerows(table)

@@ -15,6 +15,8 @@ from typing import Any
 
 import numpy as np
 
+from ..atomic import atomic_path
+
 
 def _plt() -> Any:
     import matplotlib
@@ -32,7 +34,8 @@ def _save(fig: Any, out: str | Path) -> list[str]:
     stem = out.with_suffix("")
     paths = []
     for ext in (".png", ".svg"):
-        fig.savefig(stem.with_suffix(ext), dpi=120, bbox_inches="tight")
+        with atomic_path(stem.with_suffix(ext)) as tmp:
+            fig.savefig(tmp, dpi=120, bbox_inches="tight", format=ext[1:])
         paths.append(str(stem.with_suffix(ext)))
     _plt().close(fig)
     return paths

@@ -16,6 +16,7 @@ import torch
 from torch import nn
 
 from .. import allocator
+from ..atomic import write_json
 from ..engine.execution import machine_info
 from ..network.lrn import LocalResponseNorm
 from ..network.model import build_model
@@ -654,7 +655,6 @@ def _scale_worker(
 ) -> None:
     """One rank of the data-parallel run: ``batch / world`` images per step, DDP over gloo
     (NCCL on GPUs); rank 0 writes the timings to ``out``."""
-    import json
 
     import torch.distributed as dist
     from torch.nn.parallel import DistributedDataParallel
@@ -688,8 +688,7 @@ def _scale_worker(
         comm = time_it(lambda: dist.all_reduce(flat), repeats=3, sync=cuda)
         dist.destroy_process_group()
     if rank == 0:
-        with open(out, "w") as f:
-            json.dump({"step_s": t, "allreduce_s": comm}, f)
+        write_json(out, {"step_s": t, "allreduce_s": comm})
 
 
 def bench_scale(

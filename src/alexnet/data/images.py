@@ -19,7 +19,6 @@ class ImageError(Exception):
     """An input image that cannot be used; the message is the reason for the report."""
 
 
-
 def load_image(path: str | Path, size: int = 256, max_pixels: int | None = None) -> np.ndarray:
     """§2: rescale so the shorter side is ``size``, then take the central size x size crop.
 

@@ -22,6 +22,8 @@ from pathlib import Path
 
 import numpy as np
 
+from ..atomic import write_bytes
+
 IMAGE_EXTENSIONS = {
     ".jpg",
     ".jpeg",
@@ -369,10 +371,8 @@ def _download(base_url: str, files: list[str], target: Path) -> None:
         dest = target / name
         if dest.is_file():
             continue
-        tmp = dest.with_suffix(dest.suffix + ".part")
-        with urllib.request.urlopen(base_url + name, timeout=30) as r, open(tmp, "wb") as f:
-            f.write(r.read())
-        tmp.replace(dest)
+        with urllib.request.urlopen(base_url + name, timeout=30) as r:
+            write_bytes(dest, r.read())
 
 
 def fashion_mnist_source(directory: Path | None = None, download: bool = True) -> ArraySource:
