@@ -1,4 +1,5 @@
 import json
+import os
 import subprocess
 import sys
 
@@ -213,7 +214,7 @@ def test_predict_matches_the_evaluation_pipeline(run):
     assert torch.allclose(x, x_eval, atol=1e-5)
 
 
-def test_features_and_neighbours_against_numpy(run, tmp_path):
+def test_features_and_neighbours_against_numpy(run, tmp_path, capsys):
     assert main(["features", str(run / "run" / "checkpoint.pt"), "--data", str(run / "data"), "--split", "val",
                  "--out", str(tmp_path / "f.npz"), "--dtype", "float32", "--quiet"]) == 0  # fmt: skip
     z = np.load(tmp_path / "f.npz")
@@ -234,6 +235,24 @@ def test_features_and_neighbours_against_numpy(run, tmp_path):
         torch.from_numpy(gallery[:5].astype(np.float32)), gallery, k=3, exclude_self=True
     )
     assert all(q not in row for q, row in enumerate(i_self.tolist()))
+    # Features of other weights, or k beyond the gallery: errors naming what is wrong.
+    other = dict(z)
+    other["model"] = np.array("other.safetensors")
+    np.savez(tmp_path / "o.npz", **other)
+    assert (
+        main(
+            ["neighbors", "--gallery", str(tmp_path / "f.npz"), "--query", str(tmp_path / "o.npz")]
+        )
+        == 2
+    )
+    assert main(["neighbors", "--gallery", str(tmp_path / "f.npz"), "-k", "30"]) == 2
+    with pytest.raises(SystemExit):
+        main(["neighbors", "--gallery", str(tmp_path / "f.npz"), "-k", "0"])
+    assert (
+        main(["neighbors", "--gallery", str(tmp_path / "f.npz"), "-k", "29", "--limit", "1"]) == 0
+    )
+    err = capsys.readouterr().err
+    assert "features of other.safetensors" in err and "-k 30: choose 1 to 29" in err
 
 
 def test_torchvision_weights_round_trip(tmp_path):
@@ -370,6 +389,13 @@ def test_checkpoint_export_and_cli_export_carry_the_same_preprocessing(run, tmp_
     cfg = yaml.safe_load((run / "run" / "config.yaml").read_text())
     assert preps[0].crop == cfg["data"]["crop"] == 28
     assert preps[0].input_scale == cfg["data"]["input_scale"]
+    # Weights files get the usual permissions (safetensors alone writes 0600) ...
+    umask = os.umask(0)
+    os.umask(umask)
+    assert (tmp_path / "e.safetensors").stat().st_mode & 0o777 == 0o666 & ~umask
+    # ... and an export must be a .safetensors file, or nothing could load it.
+    assert main(["export", str(run / "run" / "checkpoint.pt"), str(tmp_path / "noext")]) == 2
+    assert not (tmp_path / "noext").exists()
     state, _ = load_weights(tmp_path / "e.safetensors")
     ref_state, _ = load_weights(run / "run" / "model.safetensors")
     assert all(torch.equal(state[k], ref_state[k]) for k in ref_state)
@@ -385,3 +411,24 @@ def test_evaluating_on_data_of_another_size_names_both(run, tmp_path, capsys):
     assert code == 2
     err = capsys.readouterr().err
     assert "holds 32x32x3 images but the model was trained on 28x28x1" in err
+
+
+def test_predict_decodes_files_as_prepare_stores_them(run, tmp_path, monkeypatch):
+    # A 28 px grayscale model: a non-square photo is cut like `alexnet prepare --size 28`
+    # (shorter side, central crop), and a decompression bomb is a per-file error.
+    from PIL import Image
+
+    from alexnet.data.images import image_to_array, load_image
+
+    photo(90, 60, 3).save(tmp_path / "wide.jpg")
+    arr = image_to_array(tmp_path / "wide.jpg", (28, 28, 1))
+    rgb = load_image(tmp_path / "wide.jpg", 28)
+    assert arr.shape == (28, 28, 1) and rgb.shape == (28, 28, 3)
+    gray = np.asarray(Image.fromarray(rgb).convert("L"), dtype=np.float32)
+    assert np.abs(arr[..., 0] - gray).mean() < 2  # the same crop, not a squashed image
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 1000)
+    code = main(["predict", str(run / "run" / "model.safetensors"), str(tmp_path / "wide.jpg"),
+                 "--json", str(tmp_path / "p.json")])  # fmt: skip
+    assert code == 1
+    out = json.loads((tmp_path / "p.json").read_text())
+    assert "decompression bomb" in out[0]["error"]

@@ -12,6 +12,7 @@ import torch
 from alexnet.cli import main
 from alexnet.config import ConfigError, ScheduleConfig, load_train_config, preset_names
 from alexnet.data.prepare import prepare
+from alexnet.data.sources import DataError
 from alexnet.engine.checkpoint import load_checkpoint, load_weights
 from alexnet.engine.optim import LRSchedule, PaperSGD
 from alexnet.engine.train import EXIT_PREEMPTED, TrainingStopped, train
@@ -321,6 +322,30 @@ def test_existing_run_needs_resume(tmp_path, fmnist):
     train(cfg_for(fmnist, "run.epochs=1"), tmp_path / "r", quiet=True)
     with pytest.raises(ConfigError, match="--resume"):
         train(cfg_for(fmnist, "run.epochs=1"), tmp_path / "r", quiet=True)
+
+
+def test_resume_on_other_data_is_an_error_before_anything_changes(tmp_path, fmnist):
+    train(cfg_for(fmnist, "run.epochs=1"), tmp_path / "r", quiet=True)
+    config = (tmp_path / "r" / "config.yaml").read_text()
+    ckpt = (tmp_path / "r" / "checkpoint.pt").read_bytes()
+    make_cifar10(tmp_path / "c", per_batch=8)
+    prepare(str(tmp_path / "c"), tmp_path / "cprep", progress=False)
+    with pytest.raises(
+        DataError, match=r"holds 32x32x3 images but the model was trained on 28x28x1"
+    ):
+        train(cfg_for(tmp_path / "cprep", "run.epochs=2"), tmp_path / "r", resume=True, quiet=True)
+    # Same image size, other class names: also refused, naming the first difference.
+    make_fashion_mnist(tmp_path / "fm2", n_train=16, n_val=8)
+    prepare(str(tmp_path / "fm2"), tmp_path / "fm2prep", progress=False)
+    meta = json.loads((tmp_path / "fm2prep" / "meta.json").read_text())
+    meta["classes"] = ["shirt-ish", *meta["classes"][1:]]
+    (tmp_path / "fm2prep" / "meta.json").write_text(json.dumps(meta))
+    with pytest.raises(DataError, match=r"first differ at index 0 \(data: shirt-ish"):
+        train(
+            cfg_for(tmp_path / "fm2prep", "run.epochs=2"), tmp_path / "r", resume=True, quiet=True
+        )
+    assert (tmp_path / "r" / "config.yaml").read_text() == config
+    assert (tmp_path / "r" / "checkpoint.pt").read_bytes() == ckpt
 
 
 def test_nan_loss_stops_and_keeps_the_last_good_checkpoint(tmp_path, fmnist):

@@ -26,6 +26,7 @@ import contextlib
 import ctypes
 import os
 import platform
+import sys
 
 # glibc's mallopt parameters (malloc.h).
 _M_TRIM_THRESHOLD = -1
@@ -43,7 +44,14 @@ def configure() -> str:
     if _state != "system":
         return describe()
     preload = os.environ.get("LD_PRELOAD", "")
-    if os.environ.get("ALEXNET_MALLOC", "").strip().lower() in {"system", "0", "off"}:
+    choice = os.environ.get("ALEXNET_MALLOC", "").strip().lower()
+    if choice not in {"", "system", "0", "off", "heap", "1", "on"}:
+        print(
+            f"alexnet: ALEXNET_MALLOC={choice!r} is not a setting (use 'system' to leave "
+            "glibc as it is); keeping the heap",
+            file=sys.stderr,
+        )
+    if choice in {"system", "0", "off"}:
         _state = "system (ALEXNET_MALLOC=system)"
     elif any(name in preload for name in _PRELOADED):
         _state = "preloaded: " + next(n for n in _PRELOADED if n in preload)

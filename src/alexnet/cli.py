@@ -349,7 +349,7 @@ def build_parser() -> argparse.ArgumentParser:
         "src",
         help="a class-folder/ImageNet directory, a CIFAR-10 or Fashion-MNIST directory, or the names cifar10 / fashion-mnist",
     )
-    p.add_argument("dst", help="output directory (the prepared format; see `alexnet.data`)")
+    p.add_argument("dst", help="output directory (the prepared format; see `alexnet.data.dataset`)")
     p.add_argument(
         "--kind", default="auto", choices=["auto", "folder", "imagenet", "cifar10", "fashion-mnist"]
     )
@@ -425,7 +425,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("predict", help="top-k labels for image files or folders")
     p.add_argument("weights", help="checkpoint, .safetensors export or torchvision .pth")
     p.add_argument("inputs", nargs="+", help="image files and/or directories")
-    p.add_argument("--top-k", type=int, default=5)
+    p.add_argument("--top-k", type=_positive_int, default=5)
     p.add_argument("--views", default="center", choices=["center", "ten-crop"])
     p.add_argument("--batch-size", type=int, default=32)
     p.add_argument("--device", default="auto")
@@ -439,7 +439,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--data", required=True)
     p.add_argument("--split", default="train")
     p.add_argument(
-        "--out", required=True, help="output .npz (see alexnet.retrieval for the format)"
+        "--out", required=True, help="output .npz (see alexnet.apps.retrieval for the format)"
     )
     p.add_argument("--dtype", default="float16", choices=["float16", "float32"])
     p.add_argument("--batch-size", type=int, default=128)
@@ -455,7 +455,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--query", default=None, help="features .npz of the queries (default: the gallery itself)"
     )
-    p.add_argument("-k", type=int, default=6)
+    p.add_argument("-k", type=_positive_int, default=6)
     p.add_argument("--limit", type=int, default=None, help="only the first N queries")
     p.add_argument("--device", default="auto")
     p.add_argument("--json", default=None, metavar="FILE")

@@ -58,7 +58,7 @@ class ModelConfig:
     init: Literal["paper", "kaiming", "torch"] | None = None
     init_bias: float = 1.0
     # How convolutions run, not what they compute: "direct" = PyTorch's kernels; "auto" /
-    # "fourier" = conv2..conv5 in the Fourier domain on CPU in float32 (alexnet.fourier),
+    # "fourier" = conv2..conv5 in the Fourier domain on CPU in float32 (alexnet.network.fourier),
     # faster there; GPUs, bf16 and conv1 always run the direct kernels.
     conv_impl: Literal["auto", "direct", "fourier"] = "auto"
 
@@ -350,7 +350,7 @@ class RunConfig:
     device: str = "auto"  # auto | cpu | cuda | cuda:N
     # Training precision. auto: bf16 on GPUs that have it, fp16 + grad scaler on older GPUs;
     # on CPUs bf16 where they have native bf16 (AMX, AVX512-BF16, ARM BF16), else fp32.
-    # What ran is recorded in summary.json ("execution"); policy in alexnet.execution.
+    # What ran is recorded in summary.json ("execution"); policy in alexnet.engine.execution.
     precision: Literal["auto", "fp32", "bf16", "fp16"] = "auto"
     # Precision of validation and test passes (auto: the same policy as run.precision).
     eval_precision: Literal["auto", "fp32", "bf16", "fp16"] = "fp32"

@@ -1,7 +1,7 @@
 """What this machine is: CPU model and features, cores available, accelerators.
 
 The one place that reads ``/proc/cpuinfo``. Everything ``auto`` decides from the hardware
-(precision, loader workers, threads) starts here; :func:`alexnet.execution.machine_info`
+(precision, loader workers, threads) starts here; :func:`alexnet.engine.execution.machine_info`
 is what runs, benchmarks and reports record about the machine.
 """
 

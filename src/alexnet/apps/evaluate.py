@@ -1,5 +1,5 @@
 """``alexnet evaluate``: one model or an ensemble on a prepared split, with per-class
-accuracy and the most confused class pairs (metrics in :mod:`alexnet.metrics`)."""
+accuracy and the most confused class pairs (metrics in :mod:`alexnet.engine.metrics`)."""
 
 from __future__ import annotations
 
@@ -10,6 +10,7 @@ from torch import Tensor
 
 from ..atomic import atomic_path
 from ..engine.metrics import model_outputs, topk_correct
+from ..progress import bar as progress_bar
 
 
 def run_evaluation(
@@ -42,13 +43,21 @@ def run_evaluation(
         loaded = [load_model(w, dist.device) for w in weights]
         first = loaded[0]
         for lm in loaded[1:]:
-            if (
-                lm.crop != first.crop
-                or lm.prep.normalize != first.prep.normalize
-                or lm.classes != first.classes
-            ):
+            differ = [
+                f"{what}: {mine} vs {theirs}"
+                for what, mine, theirs in (
+                    ("input size", first.crop, lm.crop),
+                    ("normalisation", first.prep.normalize, lm.prep.normalize),
+                    ("stored image size", first.image_size, lm.image_size),
+                    ("classes", len(first.classes), len(lm.classes)),
+                )
+                if mine != theirs
+            ]
+            if not differ and first.classes != lm.classes:
+                differ = ["the class names differ"]
+            if differ:
                 raise ValueError(
-                    f"{lm.path} and {first.path} differ in input size, normalisation or classes; they cannot be ensembled"
+                    f"{first.path} and {lm.path} cannot be ensembled: {'; '.join(differ)}"
                 )
         first.prep.check_data(data.image_size, data.classes, f"{data_dir} ({split})")
         loader = make_loader(
@@ -65,15 +74,7 @@ def run_evaluation(
         nll = torch.zeros(1, dtype=torch.float64, device=dist.device)
         bar = None
         if progress and dist.is_main:
-            from tqdm import tqdm
-
-            bar = tqdm(
-                total=loader.num_samples,
-                desc=f"evaluate {split}",
-                unit="img",
-                dynamic_ncols=True,
-                mininterval=1.0,
-            )
+            bar = progress_bar(loader.num_samples, f"evaluate {split}")
         t0 = time.perf_counter()
         models = [lm.model for lm in loaded]
         for probs, batch in model_outputs(models, loader.batches(), dist.device, autocast):

@@ -15,6 +15,7 @@ from ..data.images import ImageError, image_to_array
 from ..data.sources import IMAGE_EXTENSIONS
 from ..engine.inference import LoadedModel, images_to_inputs, load_model
 from ..engine.metrics import model_outputs
+from ..progress import bar as progress_bar
 
 
 def collect_files(inputs: list[str]) -> list[Path]:
@@ -41,17 +42,9 @@ def predict_files(
 ) -> list[dict[str, Any]]:
     """One result per file: {"path", "predictions": [{"class", "name", "index", "probability"}]}
     or {"path", "error"}."""
-    from tqdm import tqdm
-
     k = min(top_k, len(lm.classes))
     results: list[dict[str, Any]] = []
-    bar = tqdm(
-        total=len(files),
-        desc="predict",
-        unit="img",
-        disable=not progress or len(files) < 2,
-        dynamic_ncols=True,
-    )
+    bar = progress_bar(len(files), "predict", enabled=progress and len(files) > 1)
     device = next(lm.model.parameters()).device
     for start in range(0, len(files), batch_size):
         chunk = files[start : start + batch_size]

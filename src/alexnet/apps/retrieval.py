@@ -24,14 +24,13 @@ import numpy as np
 import torch
 
 from ..atomic import atomic_path
+from ..progress import bar as progress_bar
 
 
 def extract_features(
     weights: str, data_dir: str, split: str, out: str, batch_size: int = 128, workers: int | str = "auto",
     device: str = "auto", dtype: str = "float16", progress: bool = True,
 ) -> dict[str, Any]:  # fmt: skip
-    from tqdm import tqdm
-
     from ..data.dataset import Prepared, make_loader
     from ..engine.distributed import resolve_device
     from ..engine.inference import load_model
@@ -46,14 +45,7 @@ def extract_features(
     n = loader.num_samples
     feats = np.zeros((n, lm.model.fc7.out_features), dtype=np.dtype(dtype))
     labels = np.zeros(n, dtype=np.int64)
-    bar = tqdm(
-        total=n,
-        desc=f"features {split}",
-        unit="img",
-        disable=not progress,
-        dynamic_ncols=True,
-        mininterval=1.0,
-    )
+    bar = progress_bar(n, f"features {split}", enabled=progress)
     for fc7, batch in model_outputs(lm.model, loader.batches(), dev, features=True):
         idx = batch["indices"].cpu().numpy()
         feats[idx] = fc7.cpu().numpy().astype(feats.dtype)
@@ -128,6 +120,17 @@ def run_neighbors(
     gal = load_features(gallery_path)
     same = query_path is None or Path(query_path).resolve() == Path(gallery_path).resolve()
     qry = gal if same else load_features(query_path)  # type: ignore[arg-type]
+    if not same:  # distances between two models' features mean nothing
+        gm, qm = str(gal.get("model", "?")), str(qry.get("model", "?"))
+        gd, qd = gal["features"].shape[1], qry["features"].shape[1]
+        if gm != qm or gd != qd:
+            raise ValueError(
+                f"{query_path} holds {qd}-d features of {qm} but {gallery_path} holds {gd}-d "
+                f"features of {gm}: extract both with the same weights"
+            )
+    available = len(gal["features"]) - (1 if same else 0)
+    if not 1 <= k <= available:
+        raise ValueError(f"-k {k}: choose 1 to {available} (the gallery's other images)")
     q_feats = torch.as_tensor(qry["features"][:limit] if limit else qry["features"])
     dist, idx = nearest(q_feats, gal["features"], k, resolve_device(device), exclude_self=same)
     results = []

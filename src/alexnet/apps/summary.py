@@ -20,7 +20,7 @@ class LayerRow:
     params: int
     macs: int
     # conv layers: how `conv_impl: auto` runs them on CPU in float32 by the cost model
-    # ("fourier"/"direct"); training measures instead (alexnet.fourier), see summary.json.
+    # ("fourier"/"direct"); training measures instead (alexnet.network.fourier), see summary.json.
     cpu_kernel: str = ""
 
 

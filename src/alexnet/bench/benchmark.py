@@ -759,7 +759,7 @@ def bench_conv(
     batch: int = 128, repeats: int = 5, variant: str = "paper", input_size: int | None = None
 ) -> dict[str, Any]:
     """Forward + backward of conv2-conv5 of a network (the paper's by default; fp32,
-    channels_last), with PyTorch's kernel and with :mod:`alexnet.fourier`, timed in
+    channels_last), with PyTorch's kernel and with :mod:`alexnet.network.fourier`, timed in
     interleaved rounds, next to the speedup the cost model predicts and what ``auto``
     chooses on this machine: its own probe's answer (batch min(batch, 32), read from the
     probe cache where an earlier run measured it), so predicted, measured and chosen can be

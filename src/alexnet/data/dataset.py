@@ -299,7 +299,7 @@ def _worker_init(_: int) -> None:
 @dataclass
 class LoaderSpec:
     """What the sampler draws for one split; how images become inputs is the model's
-    :class:`~alexnet.preprocess.Preprocessing`."""
+    :class:`~alexnet.data.preprocess.Preprocessing`."""
 
     train: bool  # random crops + flips + PCA, or deterministic views
     flip: bool = True
@@ -311,7 +311,7 @@ class LoaderSpec:
 class DeviceLoader:
     """Iterates (inputs, labels) on ``device``: uint8 batches moved with pinned memory and
     non_blocking, then turned into inputs on the device by the preprocessing's
-    :class:`~alexnet.preprocess.InputTransform` (mean subtraction, PCA noise, views).
+    :class:`~alexnet.data.preprocess.InputTransform` (mean subtraction, PCA noise, views).
 
     For evaluation with ``views == "ten-crop"`` inputs are (10, N, C, S, S).
     """
@@ -357,6 +357,9 @@ class DeviceLoader:
                 persistent_workers=workers > 0,
                 prefetch_factor=4 if workers > 0 else None,
                 worker_init_fn=_worker_init if workers > 0 else None,
+                # Its own generator: starting an epoch's iterator must not draw from torch's
+                # global RNG, or dropout after a mid-epoch resume would differ.
+                generator=torch.Generator(),
             )
 
     def __len__(self) -> int:

@@ -19,12 +19,15 @@ class ImageError(Exception):
     """An input image that cannot be used; the message is the reason for the report."""
 
 
-def load_image(path: str | Path, size: int = 256, max_pixels: int | None = None) -> np.ndarray:
+def load_image(
+    path: str | Path, size: int = 256, max_pixels: int | None = None, channels: int = 3
+) -> np.ndarray:
     """§2: rescale so the shorter side is ``size``, then take the central size x size crop.
 
     Decodes by content (a PNG named .JPEG works), applies EXIF orientation, turns CMYK,
-    grayscale, palette and alpha images into RGB. Raises ImageError with the reason for
-    truncated, corrupt, non-image files and decompression bombs.
+    grayscale, palette and alpha images into RGB (or, with ``channels=1``, grayscale,
+    shape (size, size, 1)). Raises ImageError with the reason for truncated, corrupt,
+    non-image files and decompression bombs.
     """
     limit = max_pixels if max_pixels is not None else Image.MAX_IMAGE_PIXELS
     try:
@@ -39,18 +42,20 @@ def load_image(path: str | Path, size: int = 256, max_pixels: int | None = None)
                 if w < 1 or h < 1:
                     raise ImageError(f"empty image ({w}x{h})")
                 # JPEG DCT-domain downscaling: decode big photos at >= the target size only.
+                mode = "L" if channels == 1 else "RGB"
                 im.draft(
-                    "RGB", (max(1, -(-w * size // min(w, h))), max(1, -(-h * size // min(w, h))))
+                    mode, (max(1, -(-w * size // min(w, h))), max(1, -(-h * size // min(w, h))))
                 )
                 im = ImageOps.exif_transpose(im)
-                im = im.convert("RGB")
+                im = im.convert(mode)
                 w, h = im.size
                 scale = size / min(w, h)
                 nw, nh = max(size, round(w * scale)), max(size, round(h * scale))
                 im = im.resize((nw, nh), Image.Resampling.BILINEAR)
                 left, top = (nw - size) // 2, (nh - size) // 2
                 im = im.crop((left, top, left + size, top + size))
-                return np.asarray(im, dtype=np.uint8)
+                arr = np.asarray(im, dtype=np.uint8)
+                return arr[..., None] if channels == 1 else arr
     except ImageError:
         raise
     except Image.DecompressionBombError as err:
@@ -77,14 +82,8 @@ def encode_jpeg(img: np.ndarray, quality: int) -> bytes:
 
 
 def image_to_array(path: str | Path, image_size: tuple[int, int, int]) -> np.ndarray:
-    """An image file -> (H, W, C) uint8 as ``alexnet prepare`` would store it."""
+    """An image file -> (H, W, C) uint8 exactly as ``alexnet prepare`` stores one at that
+    size (shorter side H, central crop, EXIF orientation, the same bad-file errors);
+    one channel for grayscale models."""
     h, _, c = image_size
-    if h >= 64:
-        return load_image(path, h)  # §2: shorter side h, central crop
-    try:
-        with Image.open(path) as im:
-            im = im.convert("L" if c == 1 else "RGB").resize((h, h), Image.Resampling.BILINEAR)
-            arr = np.asarray(im, dtype=np.uint8)
-    except (OSError, SyntaxError, ValueError) as err:
-        raise ImageError(f"not a readable image: {err}") from None
-    return arr[..., None] if c == 1 else arr
+    return load_image(path, h, channels=c)

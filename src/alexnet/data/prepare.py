@@ -26,6 +26,7 @@ from typing import Any
 import numpy as np
 
 from ..atomic import atomic_path, write_json, write_text
+from ..progress import bar as progress_bar
 from .dataset import FORMAT, FORMAT_VERSION, INDEX_DTYPE
 from .images import ImageError, encode_jpeg, load_image
 from .sources import (
@@ -158,8 +159,6 @@ def _write_file_split(
     split: FileSplit, name: str, dst: Path, size: int, quality: int, workers: int,
     max_pixels: int | None, with_stats: bool, progress: bool,
 ) -> SplitResult:  # fmt: skip
-    from tqdm import tqdm
-
     items = [(str(p), int(y)) for p, y in zip(split.paths, split.labels, strict=True)]
     chunks = [items[i : i + CHUNK] for i in range(0, len(items), CHUNK)]
     index_rows: list[tuple[int, int, int]] = []
@@ -168,14 +167,7 @@ def _write_file_split(
     stats = PixelStats.empty((size, size, 3)) if with_stats else None
     offset = 0
     args = [(c, size, quality, max_pixels, with_stats) for c in chunks]
-    bar = tqdm(
-        total=len(items),
-        desc=f"prepare {name}",
-        unit="img",
-        disable=not progress,
-        dynamic_ncols=True,
-        mininterval=1.0,
-    )
+    bar = progress_bar(len(items), f"prepare {name}", enabled=progress)
     pool = get_context("fork").Pool(workers, initializer=_worker_init) if workers > 1 else None
     try:
         results = pool.imap(_process_chunk, args) if pool else map(_process_chunk, args)

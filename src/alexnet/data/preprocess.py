@@ -3,7 +3,7 @@
 One :class:`Preprocessing` describes it (stored image size and channels, crop, mean image,
 PCA of the training pixels, input scale, normalisation kind, class names). ``alexnet
 prepare`` computes its data part, a training run adds its ``data.*`` settings
-(:meth:`Prepared.preprocessing <alexnet.data.Prepared.preprocessing>`), every checkpoint
+(:meth:`Prepared.preprocessing <alexnet.data.dataset.Prepared.preprocessing>`), every checkpoint
 and weights export stores it (:meth:`Preprocessing.tensors`, :meth:`Preprocessing.meta`),
 and every consumer loads it back (:meth:`Preprocessing.from_meta`). :class:`InputTransform`
 is the one implementation of "uint8 batch -> model inputs", used by training, evaluation,
@@ -89,7 +89,7 @@ class Preprocessing:
     def from_meta(
         cls, meta: dict[str, Any], where: str, num_classes: int, input_size: int
     ) -> Preprocessing:
-        """From what :func:`alexnet.checkpoint.load_weights` read out of a file (``where``
+        """From what :func:`alexnet.engine.checkpoint.load_weights` read out of a file (``where``
         names it in errors); ``input_size``: the model's input side, the crop where the
         file does not record one. torchvision's own weights file gets torchvision's
         preprocessing and ImageNet's classes."""
@@ -145,18 +145,19 @@ class Preprocessing:
         self, image_size: tuple[int, int, int], classes: list[str] | None, where: str
     ) -> None:
         """Raise :class:`DataError` naming both sides where the data does not fit: stored
-        image size (the mean image is per pixel), channels, and (when labels are used) the
-        class list."""
-        if self.normalize == "mean_image" and tuple(image_size) != tuple(self.image_size):
+        image size and channels (the mean image is per pixel; the crop's field of view
+        depends on the size), and (when labels are used) the class list."""
+        if tuple(image_size) != tuple(self.image_size):
+            why = (
+                "its mean image is per pixel"
+                if self.normalize == "mean_image"
+                else "the crop's field of view depends on it"
+            )
             raise DataError(
                 f"{where} holds {image_size[0]}x{image_size[1]}x{image_size[2]} images but the "
                 f"model was trained on {self.image_size[0]}x{self.image_size[1]}x"
-                f"{self.image_size[2]} (its mean image is per pixel): prepare the data with "
+                f"{self.image_size[2]} ({why}): prepare the data with "
                 f"`alexnet prepare ... --size {self.image_size[0]}`"
-            )
-        if int(image_size[2]) != self.channels:
-            raise DataError(
-                f"{where} has {image_size[2]} channels but the model takes {self.channels}"
             )
         if classes is not None and self.classes and list(classes) != list(self.classes):
             ours, theirs = list(self.classes), list(classes)
@@ -167,8 +168,8 @@ class Preprocessing:
             raise DataError(
                 f"{where} has {len(theirs)} classes and the model {len(ours)}; they first differ "
                 f"at index {diff} (data: {theirs[diff] if diff < len(theirs) else '-'}, model: "
-                f"{ours[diff] if diff < len(ours) else '-'}): evaluate on data prepared with "
-                "the model's classes"
+                f"{ours[diff] if diff < len(ours) else '-'}): use data prepared with the "
+                "model's classes"
             )
 
 

@@ -3,7 +3,7 @@ Fashion-MNIST.
 
 A *source* is either a list of image files with labels (ImageNet, class folders) or
 in-memory uint8 arrays (CIFAR-10, Fashion-MNIST). ``alexnet prepare`` turns a source into
-the prepared format of :mod:`alexnet.data`.
+the prepared format of :mod:`alexnet.data.dataset`.
 """
 
 from __future__ import annotations

@@ -3,7 +3,7 @@
 Images travel as uint8 NHWC (cheap to decode, crop and copy); everything that needs floats
 (mean-image subtraction, PCA colour noise) runs on the training device on whole batches.
 Crop offsets, flips and PCA coefficients are drawn per sample by the sampler in
-:mod:`alexnet.data`, so a batch is the same whatever the worker count or rank layout.
+:mod:`alexnet.data.dataset`, so a batch is the same whatever the worker count or rank layout.
 
 Batches are NHWC in memory throughout; :func:`to_nchw` gives the (N, C, H, W) view the
 model takes, which *is* channels_last memory, so no copy is made.

@@ -6,7 +6,7 @@ RNG states, the config and the code version. It holds only tensors and plain Pyt
 values, so it loads with ``torch.load(weights_only=True)``.
 
 A weights export (``model.safetensors``) holds the model's tensors plus what predicting
-needs, its :class:`~alexnet.preprocess.Preprocessing`: the mean image and PCA as tensors
+needs, its :class:`~alexnet.data.preprocess.Preprocessing`: the mean image and PCA as tensors
 under ``meta.*``, and the model config, class names and the rest of the preprocessing as
 JSON strings in the safetensors metadata. A checkpoint carries the same fields.
 """
@@ -55,6 +55,10 @@ def export_weights(
     names as JSON metadata), written atomically."""
     from safetensors.torch import save_file
 
+    if Path(path).suffix != ".safetensors":
+        raise ValueError(
+            f"{path}: a weights export is a safetensors file; give it the .safetensors suffix"
+        )
     tensors = {k: v.detach().to("cpu").contiguous() for k, v in state.items()}
     tensors.update({META_PREFIX + k: v.contiguous() for k, v in prep.tensors().items()})
     metadata = {

@@ -151,7 +151,7 @@ def execution_record(
     compile: bool = False,
 ) -> dict[str, Any]:
     """What ran, for summary.json, checkpoints and the report. ``conv_impl``: each conv
-    layer's implementation in the training step and why (:func:`alexnet.fourier.conv_decisions`);
+    layer's implementation in the training step and why (:func:`alexnet.network.fourier.conv_decisions`);
     ``eval_conv_impl``: the same for evaluation, recorded where it differs."""
     from ..network import native
 

@@ -1,7 +1,7 @@
 """``alexnet train``: the paper's recipe (§5) on CPU, one GPU, or many through torchrun.
 
 Plain functions: :func:`train` sets a run up and loops over :func:`train_one_epoch` and
-:func:`~alexnet.metrics.evaluate_model`. Rank 0 alone logs and writes. Every epoch ends
+:func:`~alexnet.engine.metrics.evaluate_model`. Rank 0 alone logs and writes. Every epoch ends
 with an atomic checkpoint; SIGTERM/SIGUSR1 finish the current step (under torchrun: up to
 the next ``run.log_every`` step), checkpoint and exit with code 75 (resume with
 ``--resume``); a non-finite loss stops the run and keeps the last good checkpoint. The
@@ -390,6 +390,17 @@ def _tensorboard(out: Path) -> Any:
     return SummaryWriter(str(out / "tensorboard"))
 
 
+def check_resume_data(state: dict[str, Any], data: Prepared, ckpt_path: Path) -> None:
+    """--resume on other data (other classes, image size or channels) is an error naming
+    both sides, raised before the run directory changes."""
+    model_cfg = state.get("config", {}).get("model", {})
+    saved = Preprocessing.from_meta(
+        state, str(ckpt_path), int(model_cfg.get("num_classes") or data.num_classes),
+        int(model_cfg.get("input_size") or 224),
+    )  # fmt: skip
+    saved.check_data(data.image_size, data.classes, f"--data {data.root}")
+
+
 def resolve_config_for_resume(
     out: Path, cfg: TrainConfig | None, overrides: list[str]
 ) -> TrainConfig:
@@ -434,6 +445,16 @@ def _train(
             "no training data: pass --data DIR (a directory made by `alexnet prepare`)"
         )
     data = Prepared(cfg.data.path)
+    ckpt_path = out / "checkpoint.pt"
+    if resume and not ckpt_path.is_file():
+        raise FileNotFoundError(f"--resume: no checkpoint in {out} (expected {ckpt_path})")
+    if not resume and ckpt_path.is_file():
+        raise ConfigError(
+            f"{out} already holds a run; pass --resume to continue it or choose another --out"
+        )
+    state = load_checkpoint(ckpt_path, map_location=dist.device) if resume else None
+    if state is not None:  # the data must be what the run was trained on, before anything changes
+        check_resume_data(state, data, ckpt_path)
     cfg = configure_model_from_data(cfg, data, log)
     if cfg.run.batch_size % dist.world_size:
         raise ConfigError(
@@ -446,16 +467,9 @@ def _train(
     eval_precision = resolve_precision(cfg.run.eval_precision, dev, key="run.eval_precision")
     autocast, needs_scaler = precision.autocast_dtype, precision.needs_scaler
     workers = resolve_workers(cfg.data.workers)
-    ckpt_path = out / "checkpoint.pt"
     best_path = out / "best.safetensors"  # the best validation epoch's weights
     if dist.is_main:
         out.mkdir(parents=True, exist_ok=True)
-    if resume and not ckpt_path.is_file():
-        raise FileNotFoundError(f"--resume: no checkpoint in {out} (expected {ckpt_path})")
-    if not resume and ckpt_path.is_file():
-        raise ConfigError(
-            f"{out} already holds a run; pass --resume to continue it or choose another --out"
-        )
     if dev.type == "cuda":
         torch.backends.cudnn.benchmark = True
         torch.backends.cuda.matmul.allow_tf32 = True
@@ -496,7 +510,6 @@ def _train(
     progress = Progress()
     best: dict[str, Any] = {"val_top1_error": None, "val_top5_error": None, "epoch": None}
 
-    state = load_checkpoint(ckpt_path, map_location=dev) if resume else None
     precision_history: list[dict[str, Any]] = []  # [{from_step, precision}], one per change
     if state is not None:
         model.load_state_dict(state["model"])
@@ -552,9 +565,11 @@ def _train(
 
     if dist.is_main:
         save_yaml(cfg, out / "config.yaml")
+    n_train = len(data.split("train"))
+    limited = f" of {n_train:,}" if train_loader.sampler.n < n_train else ""
     log(
         f"training {cfg.model.variant} ({sum(p.numel() for p in model.parameters()):,} params) on "
-        f"{len(data.split('train')):,} images, {dist.world_size} rank(s), device {dev}, "
+        f"{train_loader.sampler.n:,}{limited} images, {dist.world_size} rank(s), device {dev}, "
         f"batch {cfg.run.batch_size} -> {out}"
     )
     if train_loader.loader is None:  # array data: batches are gathered in this process

@@ -185,7 +185,7 @@ def local_response_norm(
     """LRN across channels of an (N, C, H, W) tensor; see the module docstring.
 
     ``impl="fast"`` runs the fused C kernel for channels_last float32 and bfloat16 CPU
-    tensors when it is available (:mod:`alexnet.native`) and the banded-matmul PyTorch path
+    tensors when it is available (:mod:`alexnet.network.native`) and the banded-matmul PyTorch path
     otherwise; ``"matmul"`` always takes the PyTorch path.
 
     Low-precision inputs (bf16/fp16 under autocast) are normalised in float32 and cast

@@ -8,7 +8,7 @@ Variants
   owt    torchvision's "one weird trick" network: 64/192/384/256/256 kernels, no LRN, no
          groups, adaptive 6x6 average pool, dropout on the inputs of fc6 and fc7.
          61,100,840 parameters; its weights convert to and from torchvision's exactly
-         (:mod:`alexnet.convert`).
+         (:mod:`alexnet.network.convert`).
   small  the same layer types and order for 28-32 px images (CIFAR-10, Fashion-MNIST):
          conv1 is 5x5 stride 1, half the kernels, 1024-wide fc6/fc7.
 

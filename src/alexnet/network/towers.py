@@ -3,7 +3,7 @@
 Each device holds one tower: half of the kernels of every conv layer and half of the
 neurons of fc6 and fc7. The towers exchange activations only where the paper's do: the
 input of conv3 and of every fully connected layer. Numerically this is the grouped
-single-device :class:`~alexnet.model.AlexNet` (groups=2 in conv2, conv4, conv5; LRN within
+single-device :class:`~alexnet.network.model.AlexNet` (groups=2 in conv2, conv4, conv5; LRN within
 each tower), and the weights convert both ways, so checkpoints stay in the grouped layout.
 """
 
