@@ -18,7 +18,6 @@ import hashlib
 import os
 import shutil
 import subprocess
-import tempfile
 import threading
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -27,6 +26,7 @@ from typing import Any
 
 import torch
 
+from ...atomic import atomic_path
 from ...hardware import cpu_flags
 
 _SOURCE = Path(__file__).with_name("lrn.c")
@@ -71,16 +71,20 @@ def _build(cc: str) -> Path:
     # -march=native vectorises for this CPU (the cache key includes its flags); retry
     # without it for compilers that do not know the option.
     for arch in (["-march=native"], []):
-        fd, tmp = tempfile.mkstemp(suffix=".so", dir=out.parent)
-        os.close(fd)
-        cmd = [cc, *_FLAGS, *arch, "-o", tmp, str(_SOURCE), "-lm"]
-        proc = subprocess.run(cmd, capture_output=True, text=True)
-        if proc.returncode == 0:
-            os.replace(tmp, out)  # atomic: concurrent processes never load a partial file
+        try:  # atomic: concurrent processes never load a partial library
+            with atomic_path(out) as tmp:
+                cmd = [cc, *_FLAGS, *arch, "-o", str(tmp), str(_SOURCE), "-lm"]
+                proc = subprocess.run(cmd, capture_output=True, text=True)
+                if proc.returncode != 0:
+                    raise _CompileError(f"{' '.join(cmd)}: {proc.stderr.strip()[-500:]}")
             return out
-        os.unlink(tmp)
-        errors.append(f"{' '.join(cmd)}: {proc.stderr.strip()[-500:]}")
+        except _CompileError as err:
+            errors.append(str(err))
     raise RuntimeError("; ".join(errors))
+
+
+class _CompileError(Exception):
+    pass
 
 
 def library() -> ctypes.CDLL | None:
