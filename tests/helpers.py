@@ -104,3 +104,21 @@ def make_cifar10(root: Path, per_batch: int = 20) -> Path:
         with open(d / name, "wb") as f:
             pickle.dump({b"data": data, b"labels": labels}, f)
     return root
+
+
+def make_split_folders(
+    root: Path,
+    splits: tuple[str, ...] = ("train", "test"),
+    classes: int = 2,
+    per_class: int = 4,
+    size: tuple[int, int] = (32, 32),
+) -> Path:
+    """``root/<split>/class_<c>/img_<i>.jpg`` for each split name (e.g. Train, valid, test)."""
+    for s, split in enumerate(splits):
+        make_folder_dataset(root / split, classes, per_class, size)
+        for c in range(classes):  # different pixels in each split
+            for i in range(per_class):
+                photo(*size, seed=10_000 * (s + 1) + c * 100 + i).save(
+                    root / split / f"class_{c}" / f"img_{i}.jpg", quality=92
+                )
+    return root

@@ -57,3 +57,22 @@ def test_info_bad_input_is_a_clear_error(capsys):
     assert "unknown model variant 'resnet'" in err and "Traceback" not in err
     assert main(["info", "--input-size", "20"]) == 2
     assert "allowed: input_size >=" in capsys.readouterr().err
+
+
+def test_progress_off_a_terminal_is_a_line_per_tenth(capsys):
+    from alexnet.progress import bar
+
+    b = bar(200, "prepare train")  # stderr is captured here: not a terminal
+    for _ in range(40):
+        b.update(5)
+    b.close()
+    err = capsys.readouterr().err
+    lines = err.splitlines()
+    assert "\r" not in err and len(lines) == 10
+    assert (
+        lines[0].startswith("prepare train: 20/200 img (10%)") and "200/200 img (100%)" in lines[-1]
+    )
+    quiet = bar(200, "x", enabled=False)
+    quiet.update(200)
+    quiet.close()
+    assert capsys.readouterr().err == ""

@@ -15,9 +15,16 @@ import torch
 from alexnet.data import transforms as T
 from alexnet.data.dataset import EpochSampler, LoaderSpec, Prepared, make_loader
 from alexnet.data.images import load_image
-from alexnet.data.prepare import PixelStats, prepare
+from alexnet.data.prepare import PixelStats, format_summary, prepare
 from alexnet.data.sources import DataError, folder_source, open_source
-from helpers import make_cifar10, make_fashion_mnist, make_folder_dataset, make_messy_dataset, photo
+from helpers import (
+    make_cifar10,
+    make_fashion_mnist,
+    make_folder_dataset,
+    make_messy_dataset,
+    make_split_folders,
+    photo,
+)
 
 SAMPLES = Path(__file__).resolve().parents[2] / "shared" / "data" / "imagenet-samples"
 
@@ -538,3 +545,162 @@ def test_finished_split_is_kept_on_rerun(tmp_path):
     assert out["splits"]["train"].get("resumed") is True
     assert (dst / "train.jpg").stat().st_mtime_ns == before
     assert json.loads((dst / "meta.json").read_text())["splits"]["val"]["count"] == 2
+
+
+# ---------------------------------------------------------------- `alexnet prepare` as users run it
+
+
+def test_prepare_with_workers_terminates_its_pool_cleanly(tmp_path, cli_env):
+    # The CLI turns SIGTERM into KeyboardInterrupt; forked workers must not inherit that, or
+    # pool.terminate() interrupts them inside the task queue's lock (tracebacks, hangs).
+    src = make_folder_dataset(tmp_path / "src", classes=2, per_class=40, size=(80, 60))
+    runs = [f"main(['prepare', {str(src)!r}, {str(tmp_path / f'out{i}')!r}, '--workers', '2', "
+            "'--quiet'])" for i in range(8)]  # fmt: skip
+    code = "import sys\nfrom alexnet.cli import main\nsys.exit(max([" + ", ".join(runs) + "]))"
+    r = subprocess.run(
+        [sys.executable, "-c", code], env=cli_env, capture_output=True, text=True, timeout=60
+    )
+    assert r.returncode == 0, r.stderr
+    assert "Traceback" not in r.stderr and "KeyboardInterrupt" not in r.stderr, r.stderr
+    r = subprocess.run(
+        [sys.executable, "-m", "alexnet", "prepare", str(src), str(tmp_path / "cli"),
+         "--workers", "2", "--quiet"],
+        env=cli_env, capture_output=True, text=True, timeout=30,
+    )  # fmt: skip
+    assert r.returncode == 0 and "Traceback" not in r.stderr, r.stderr
+
+
+def test_split_folders_in_any_case_become_the_splits(tmp_path):
+    src = make_split_folders(tmp_path / "src", ("Train", "Validation", "test"), size=(80, 60))
+    out = prepare(str(src), tmp_path / "out", workers=1, progress=False)
+    data = Prepared(tmp_path / "out")
+    assert data.classes == ["class_0", "class_1"]
+    assert out["splits"]["train"]["count"] == 8 and out["splits"]["val"]["count"] == 8
+    val_paths = (tmp_path / "out" / "val.paths.txt").read_text().split()
+    assert all("/Validation/" in p for p in val_paths)
+    text = format_summary(out)
+    assert f"val split: {src / 'Validation'}" in text
+    assert f"ignored: {src / 'test'}" in text
+    # test/ alone is the val split; a single wrapper folder is looked through, not a class.
+    make_split_folders(tmp_path / "w" / "images", ("train", "TEST"))
+    s = open_source(str(tmp_path / "w"))
+    assert s.classes == ["class_0", "class_1"]
+    assert all("/TEST/" in str(p) for p in s.splits["val"].paths) and len(s.splits["val"].paths)
+    make_folder_dataset(tmp_path / "x" / "photos", classes=3, per_class=2)
+    assert open_source(str(tmp_path / "x")).classes == ["class_0", "class_1", "class_2"]
+
+
+def test_small_jpeg_folders_are_stored_at_native_size_like_cifar10(tmp_path):
+    from PIL import Image
+
+    src = make_split_folders(tmp_path / "src", ("train", "test"), per_class=5, size=(32, 32))
+    photo(30, 28, seed=7).save(src / "train" / "class_1" / "odd.jpg")
+    out = prepare(str(src), tmp_path / "out", workers=2, progress=False)
+    data = Prepared(tmp_path / "out")
+    assert data.kind == "raw" and data.image_size == (32, 32, 3)
+    assert len(data.split("train")) == 11 and len(data.split("val")) == 10
+    test_files = sorted((src / "test").rglob("*.jpg"))
+    stored = np.load(tmp_path / "out" / "val.images.npy")
+    expected = np.stack([np.asarray(Image.open(f).convert("RGB")) for f in test_files])
+    assert np.array_equal(stored, expected)  # lossless, not resized
+    with open(tmp_path / "out" / "report.csv") as f:
+        rows = {Path(r["path"]).name: r["reason"] for r in csv.DictReader(f)}
+    assert "resized" in rows["odd.jpg"] and out["skipped"] == 0
+    # An explicit --size still stores JPEG crops of that size.
+    prepare(str(src), tmp_path / "jpeg", size=48, workers=1, progress=False)
+    assert Prepared(tmp_path / "jpeg").kind == "jpeg"
+    # --size native keeps larger images at their size too.
+    big = make_folder_dataset(tmp_path / "big", classes=2, per_class=3, size=(80, 60))
+    prepare(str(big), tmp_path / "native", size="native", workers=1, progress=False)
+    assert Prepared(tmp_path / "native").image_size == (60, 80, 3)
+
+
+def test_rerun_with_other_source_or_options_is_refused(tmp_path):
+    src = make_folder_dataset(tmp_path / "src", classes=2, per_class=5)
+    other = make_folder_dataset(tmp_path / "other", classes=2, per_class=5)
+    dst = tmp_path / "dst"
+    prepare(str(src), dst, workers=1, val_fraction=0.2, progress=False)
+    meta = json.loads((dst / "meta.json").read_text())
+    assert meta["options"]["src"] == str(src.resolve())
+    assert json.loads((dst / ".alexnet-prepare.json").read_text())["options"] == meta["options"]
+    with pytest.raises(DataError, match=r"--val-fraction 0\.2 \(this run: 0\.4\).*--force"):
+        prepare(str(src), dst, workers=1, val_fraction=0.4, progress=False)
+    (dst / "meta.json").unlink()  # an interrupted run: finished splits are not reused either
+    with pytest.raises(DataError, match=r"SRC .*src \(this run: .*other\)"):
+        prepare(str(other), dst, workers=1, val_fraction=0.2, progress=False)
+    with pytest.raises(DataError, match=r"--quality 90 \(this run: 70\)"):
+        prepare(str(src), dst, workers=1, val_fraction=0.2, quality=70, progress=False)
+    (dst / "mine.txt").write_text("not prepare's")
+    out = prepare(str(other), dst, workers=1, val_fraction=0.4, force=True, progress=False)
+    assert out["splits"]["val"]["count"] == 4 and (dst / "mine.txt").is_file()
+    assert json.loads((dst / "meta.json").read_text())["options"]["src"] == str(other.resolve())
+
+
+def test_resumed_prepare_is_byte_identical(tmp_path):
+    src = make_folder_dataset(tmp_path / "src", classes=2, per_class=5)
+    prepare(str(src), tmp_path / "a", workers=1, val_fraction=0.2, progress=False)
+    prepare(str(src), tmp_path / "b", workers=2, val_fraction=0.2, progress=False)
+    for name in ("meta.json", "val.index.npy", "mean.npy"):
+        (tmp_path / "b" / name).unlink()
+    out = prepare(str(src), tmp_path / "b", workers=2, val_fraction=0.2, progress=False)
+    assert out["splits"]["train"]["resumed"] is True
+    for name in ("train.jpg", "train.index.npy", "val.jpg", "val.index.npy", "mean.npy"):
+        assert (tmp_path / "a" / name).read_bytes() == (tmp_path / "b" / name).read_bytes()
+
+
+def test_prepare_deletes_only_its_own_files(tmp_path):
+    src = make_folder_dataset(tmp_path / "src", classes=2, per_class=4)
+    dst = tmp_path / "dst"
+    dst.mkdir()
+    theirs = ["notes.tmp.txt", "backup.tmp", ".train.tmp.jpg", "train.bak"]
+    for name in theirs:
+        (dst / name).write_text("keep me")
+    (dst / ".train.index.4242.tmp.npy").write_bytes(b"half-written")  # prepare's own
+    out = prepare(str(src), dst, workers=1, progress=False)
+    assert out["removed_partial"] == [".train.index.4242.tmp.npy"]
+    prepare(str(src), dst, workers=1, force=True, progress=False)
+    assert all((dst / name).read_text() == "keep me" for name in theirs)
+    with pytest.raises(DataError, match="inside SRC"):
+        prepare(str(src), src / "prepared", workers=1, progress=False)
+    assert not (src / "prepared").exists()
+
+
+def test_symlinks_out_of_src_are_skipped_and_reported(tmp_path):
+    src = make_folder_dataset(tmp_path / "src", classes=2, per_class=3)
+    outside = make_folder_dataset(tmp_path / "outside", classes=1, per_class=2)
+    (src / "linked_class").symlink_to(outside / "class_0", target_is_directory=True)
+    (src / "class_0" / "linked.jpg").symlink_to(outside / "class_0" / "img_0.jpg")
+    (src / "class_1" / "inside.jpg").symlink_to(src / "class_0" / "img_0.jpg")
+    s = folder_source(src, val_fraction=0.0)
+    assert s.classes == ["class_0", "class_1"]
+    names = [p.name for p in s.splits["train"].paths]
+    assert "linked.jpg" not in names and "inside.jpg" in names
+    prepare(str(src), tmp_path / "out", workers=1, val_fraction=0.0, progress=False)
+    report = (tmp_path / "out" / "report.csv").read_text()
+    assert "linked_class" in report and "linked.jpg" in report and "outside SRC" in report
+
+
+def test_16_bit_png_is_scaled_not_white(tmp_path):
+    from PIL import Image
+
+    ramp = np.tile(np.linspace(0, 65535, 64), (64, 1)).astype(np.uint16)
+    Image.fromarray(ramp).save(tmp_path / "deep.png")
+    assert Image.open(tmp_path / "deep.png").mode == "I;16"
+    img = load_image(tmp_path / "deep.png", size=64)
+    assert img.shape == (64, 64, 3)
+    assert np.abs(img[..., 0].astype(float) - ramp / 257).max() <= 1
+
+
+def test_bad_options_and_datasets_are_clear(tmp_path):
+    src = make_folder_dataset(tmp_path / "src", classes=1, per_class=4)
+    for bad in (1.0, -0.1):
+        with pytest.raises(DataError, match=rf"--val-fraction must be in \[0, 1\), got {bad}"):
+            prepare(str(src), tmp_path / "o", val_fraction=bad, progress=False)
+    out = prepare(str(src), tmp_path / "one", workers=1, progress=False)
+    assert "warning: only one class (class_0)" in format_summary(out)
+    junk = tmp_path / "junk" / "a"
+    junk.mkdir(parents=True)
+    (junk / "x.jpg").write_bytes(b"not a jpeg")
+    with pytest.raises(DataError, match=r"see .*report\.csv"):
+        prepare(str(tmp_path / "junk"), tmp_path / "j", workers=1, progress=False)
+    assert "not an image" in (tmp_path / "j" / "report.csv").read_text()

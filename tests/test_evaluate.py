@@ -432,3 +432,18 @@ def test_predict_decodes_files_as_prepare_stores_them(run, tmp_path, monkeypatch
     assert code == 1
     out = json.loads((tmp_path / "p.json").read_text())
     assert "decompression bomb" in out[0]["error"]
+
+
+def test_nan_weights_are_an_error_not_an_error_rate(run, tmp_path, capsys):
+    _, meta = load_weights(run / "run" / "model.safetensors")
+    lm = load_model(run / "run" / "model.safetensors")
+    with torch.no_grad():
+        lm.model.fc8.weight.fill_(float("nan"))
+    from alexnet.engine.checkpoint import export_weights
+
+    export_weights(
+        tmp_path / "nan.safetensors", lm.model.state_dict(), meta["model_config"], lm.prep
+    )
+    code = main(["evaluate", str(tmp_path / "nan.safetensors"), "--data", str(run / "data"),
+                 "--workers", "0", "--device", "cpu"])  # fmt: skip
+    assert code == 2 and "not finite" in capsys.readouterr().err

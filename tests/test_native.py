@@ -247,3 +247,12 @@ def test_build_is_cached_per_machine(tmp_path):
     assert _probe(tmp_path)[0] == status  # second process: loads, does not rebuild
     assert lib.stat().st_mtime_ns == stamp
     assert not [p for p in (tmp_path / "cache").iterdir() if p != lib]  # no temp files left
+
+
+def test_windows_wider_than_the_kernel_buffers_take_the_pytorch_path():
+    # 8192 channels with a 101-wide window would overrun the C kernel's row buffers
+    # (MAX_CHANNELS + 64 values): such layers must run PyTorch's path, with the same result.
+    x = torch.randn(1, 8192, 2, 2).contiguous(memory_format=torch.channels_last)
+    ours = local_response_norm(x, size=101, alpha=1e-4, beta=0.75, k=2.0)
+    ref = torch.nn.functional.local_response_norm(x.contiguous(), 101, 1e-4, 0.75, 2.0)
+    assert torch.allclose(ours, ref, atol=1e-5)

@@ -365,13 +365,20 @@ def test_nan_loss_stops_and_keeps_the_last_good_checkpoint(tmp_path, fmnist):
     assert_same(good, weights(tmp_path / "r"))
 
 
-def test_sigterm_mid_epoch_then_resume_loses_nothing(tmp_path, fmnist, cli_env):
+def _two_epoch_cli_run(fmnist, out, env):
+    """`alexnet train` arguments for a 2-epoch run logging every step; runs it straight
+    into ``out`` (the reference an interrupted run must match) and returns them."""
     args = ["--preset", "fashion-mnist", "--data", str(fmnist), "--set", "run.epochs=2", "--set", "run.log_every=1",
             "--set", "schedule.kind=constant"] + [a for s in SMALL for a in ("--set", s)]  # fmt: skip
     args[args.index("run.batch_size=16")] = "run.batch_size=4"
-    straight = subprocess.run([sys.executable, "-m", "alexnet", "train", *args, "--out", str(tmp_path / "a")],
-                              env=cli_env, capture_output=True, text=True, timeout=300)  # fmt: skip
+    straight = subprocess.run([sys.executable, "-m", "alexnet", "train", *args, "--out", str(out)],
+                              env=env, capture_output=True, text=True, timeout=300)  # fmt: skip
     assert straight.returncode == 0, straight.stderr
+    return args
+
+
+def test_sigterm_mid_epoch_then_resume_loses_nothing(tmp_path, fmnist, cli_env):
+    args = _two_epoch_cli_run(fmnist, tmp_path / "a", cli_env)
     proc = subprocess.Popen([sys.executable, "-m", "alexnet", "train", *args, "--out", str(tmp_path / "b")],
                             env=cli_env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)  # fmt: skip
     for line in proc.stdout:
@@ -666,3 +673,159 @@ def test_sigterm_flag_in_process(tmp_path, fmnist):
         T.train_one_epoch = original
     assert info.value.code == EXIT_PREEMPTED
     assert load_checkpoint(tmp_path / "r" / "checkpoint.pt")["progress"]["batch"] == 1
+
+
+# ---------------------------------------------------------------- never losing a run
+
+
+def test_sigint_mid_epoch_checkpoints_then_resume_loses_nothing(tmp_path, fmnist, cli_env, capsys):
+    # Ctrl-C stops like SIGTERM (after the step, with a checkpoint) but exits 130; while the
+    # run is alive its directory is locked against a second `alexnet train`.
+    args = _two_epoch_cli_run(fmnist, tmp_path / "a", cli_env)
+    out = tmp_path / "b"
+    proc = subprocess.Popen([sys.executable, "-m", "alexnet", "train", *args, "--out", str(out)],
+                            env=cli_env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)  # fmt: skip
+    for line in proc.stdout:
+        if "epoch 1/2 step 3/" in line:
+            proc.send_signal(signal.SIGSTOP)  # holds the lock, frozen mid-epoch
+            break
+    try:
+        for again in (["--resume"], args):
+            assert main(["train", "--out", str(out), *again]) == 2
+            err = capsys.readouterr().err
+            assert f"{out} is in use by another `alexnet train` (PID {proc.pid})" in err, err
+        proc.send_signal(signal.SIGINT)
+    finally:
+        proc.send_signal(signal.SIGCONT)
+    rest, stderr = proc.communicate(timeout=120)
+    assert proc.returncode == 130, stderr
+    assert "stopped by SIGINT: checkpoint saved at epoch 1" in rest
+    assert "again to abort" in stderr and "Traceback" not in stderr
+    state = load_checkpoint(out / "checkpoint.pt")
+    assert state["progress"]["epoch"] == 0 and 3 <= state["progress"]["batch"] < 16
+    resumed = subprocess.run([sys.executable, "-m", "alexnet", "train", "--resume", "--out", str(out)],
+                             env=cli_env, capture_output=True, text=True, timeout=300)  # fmt: skip
+    assert resumed.returncode == 0, resumed.stderr
+    assert load_checkpoint(out / "checkpoint.pt")["progress"]["global_step"] == 32
+    assert_same(weights(tmp_path / "a"), weights(out))
+
+
+def test_a_second_ctrl_c_aborts_without_a_checkpoint(tmp_path, fmnist):
+    from alexnet.engine import train as T
+
+    original = T.train_one_epoch
+
+    def ctrl_c_twice(*a, **k):
+        os.kill(os.getpid(), signal.SIGINT)  # the first only asks to stop after this step
+        os.kill(os.getpid(), signal.SIGINT)
+        return original(*a, **k)
+
+    T.train_one_epoch = ctrl_c_twice
+    handler = signal.getsignal(signal.SIGINT)
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            train(cfg_for(fmnist, "run.epochs=1"), tmp_path / "r", quiet=True)
+    finally:
+        T.train_one_epoch = original
+    assert not (tmp_path / "r" / "checkpoint.pt").exists()
+    assert signal.getsignal(signal.SIGINT) is handler  # given back
+
+
+def test_a_stale_lock_never_blocks(tmp_path, fmnist, cli_env, capsys):
+    # A process holding the run directory's lock refuses other runs, naming its PID; once
+    # it is killed (no clean-up ran), its lock file is left behind and blocks nothing.
+    out = tmp_path / "r"
+    holder = subprocess.Popen(
+        [sys.executable, "-c", "import sys, time; from pathlib import Path; "
+         "from alexnet.engine.distributed import DistInfo; from alexnet.engine.rundir import RunDirLock; "
+         "RunDirLock(Path(sys.argv[1])).acquire(DistInfo()); print('locked', flush=True); time.sleep(300)",
+         str(out)], env=cli_env, stdout=subprocess.PIPE, text=True)  # fmt: skip
+    try:
+        assert holder.stdout.readline().strip() == "locked"
+        args = ["train", "--preset", "fashion-mnist", "--data", str(fmnist), "--out", str(out)]
+        assert main(args) == 2
+        err = capsys.readouterr().err
+        assert err.count("\n") == 1 and f"(PID {holder.pid})" in err and str(out) in err
+    finally:
+        holder.kill()
+        holder.wait()
+    assert (out / "train.lock").read_text().strip() == str(holder.pid)  # left behind
+    s = train(cfg_for(fmnist, "run.epochs=1"), out, quiet=True)
+    assert s["epochs"] == 1
+
+
+class SimulatedCrash(Exception):
+    pass
+
+
+def test_metrics_csv_follows_the_checkpoint_through_crashes(tmp_path, fmnist, monkeypatch):
+    from alexnet.engine import train as T
+
+    def rows(run_dir):
+        return list(csv.DictReader((run_dir / "metrics.csv").read_text().splitlines()))
+
+    common = ["run.epochs=4", "run.checkpoint_every=2", "schedule.kind=constant"]
+    train(cfg_for(fmnist, *common), tmp_path / "straight", quiet=True)
+    run = tmp_path / "r"
+    write_metrics, atomic_save = T.write_metrics, T.atomic_save
+
+    def crash_after_the_checkpoint(path, rows):  # epoch 2 checkpointed, its row not written
+        if len(rows) == 2:
+            raise SimulatedCrash
+        write_metrics(path, rows)
+
+    monkeypatch.setattr(T, "write_metrics", crash_after_the_checkpoint)
+    with pytest.raises(SimulatedCrash):
+        train(cfg_for(fmnist, *common), run, quiet=True)
+    assert [r["epoch"] for r in rows(run)] == ["1"]
+    monkeypatch.setattr(T, "write_metrics", write_metrics)
+
+    def crash_saving_epoch_4(obj, path):  # epoch 3's row written, never checkpointed
+        if obj["progress"]["epoch"] == 4:
+            raise SimulatedCrash
+        atomic_save(obj, path)
+
+    monkeypatch.setattr(T, "atomic_save", crash_saving_epoch_4)
+    with pytest.raises(SimulatedCrash):
+        train(cfg_for(fmnist, *common), run, resume=True, quiet=True)
+    assert [r["epoch"] for r in rows(run)] == ["1", "2", "3"]
+    monkeypatch.setattr(T, "atomic_save", atomic_save)
+    train(cfg_for(fmnist, *common), run, resume=True, quiet=True)
+    got, want = rows(run), rows(tmp_path / "straight")
+    assert [r["epoch"] for r in got] == ["1", "2", "3", "4"]  # each once, none lost
+    for key in ("train_loss", "train_top1_error", "val_loss", "val_top1_error", "lr"):
+        assert [r[key] for r in got] == [r[key] for r in want], key
+    assert_same(weights(tmp_path / "straight"), weights(run))
+
+
+def test_a_run_directory_is_never_overwritten_without_resume_or_force(tmp_path, fmnist, capsys):
+    out = tmp_path / "r"
+    train(cfg_for(fmnist, "run.epochs=1"), out, quiet=True)
+    (out / "checkpoint.pt").unlink()  # what is left is still a run
+    (out / "notes.txt").write_text("mine")
+    before = {p.name: p.read_bytes() for p in out.iterdir() if p.is_file()}
+    with pytest.raises(ConfigError, match=r"already holds a run \(config\.yaml, .*--force"):
+        train(cfg_for(fmnist, "run.epochs=1"), out, quiet=True)
+    args = ["train", "--preset", "fashion-mnist", "--data", str(fmnist), "--out", str(out)]
+    for extra in ([], ["--resume"], ["--resume", "--force"]):
+        assert main([*args, *extra]) == 2
+        err = capsys.readouterr().err
+        assert err.count("\n") == 1 and str(out) in err and "Traceback" not in err, err
+    assert {p.name: p.read_bytes() for p in out.iterdir() if p.is_file()} == before
+    # --force starts over: the run's files are replaced, nothing else is touched.
+    (out / "summary.json").write_text("{}")
+    train(cfg_for(fmnist, "run.epochs=2"), out, quiet=True, force=True)
+    assert (out / "notes.txt").read_text() == "mine"
+    assert json.loads((out / "summary.json").read_text())["epochs"] == 2
+    assert len((out / "metrics.csv").read_text().splitlines()) == 3  # header + 2 epochs
+
+
+def test_resuming_a_finished_run_keeps_its_final_validation(tmp_path, fmnist):
+    first = train(cfg_for(fmnist, "run.epochs=1"), tmp_path / "r", quiet=True)
+    again = train(cfg_for(fmnist, "run.epochs=1"), tmp_path / "r", resume=True, quiet=True)
+    assert first["final_val_top1_error"] is not None
+    for key in ("final_val_top1_error", "final_val_top5_error", "val_images", "best_epoch"):
+        assert again[key] == first[key], key
+    saved = json.loads((tmp_path / "r" / "summary.json").read_text())
+    assert saved["final_val_top1_error"] == first["final_val_top1_error"]
+    assert len((tmp_path / "r" / "metrics.csv").read_text().splitlines()) == 2

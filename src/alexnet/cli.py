@@ -94,7 +94,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     if args.resume:
         cfg = resolve_config_for_resume(out, cfg, overrides)
     try:
-        summary = train(cfg, out, resume=args.resume, quiet=args.quiet)
+        summary = train(cfg, out, resume=args.resume, quiet=args.quiet, force=args.force)
     except TrainingStopped as stopped:
         print(f"alexnet train: {stopped}", file=sys.stderr)
         return stopped.code
@@ -312,6 +312,12 @@ def _workers(text: str) -> int | str:
     return value
 
 
+def _size(text: str) -> int | str:
+    if text.strip().lower() == "native":
+        return "native"
+    return _positive_int(text)
+
+
 def _positive_int(text: str) -> int:
     value = int(text)
     if value < 1:
@@ -357,7 +363,11 @@ def build_parser() -> argparse.ArgumentParser:
         "--workers", type=int, default=None, help="decoding processes (default: all cores)"
     )
     p.add_argument(
-        "--size", type=int, default=256, help="side of the stored central crop (default 256, §2)"
+        "--size",
+        type=_size,
+        default=None,
+        help="side of the stored central crop (default 256, §2; folders of images <= 64 px "
+        "keep their native size), or 'native' to keep every image's size",
     )
     p.add_argument(
         "--quality", type=int, default=90, help="JPEG quality of the stored crops (default 90)"
@@ -390,6 +400,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", default=None, help="run directory (default runs/<preset>)")
     _add_set(p, "override a config value, e.g. --set optim.lr=0.02")
     p.add_argument("--resume", action="store_true", help="continue the latest checkpoint in --out")
+    p.add_argument(
+        "--force",
+        action="store_true",
+        help="start over in an --out that holds a run (replaces its run files, nothing else)",
+    )
     p.add_argument(
         "--init-from",
         default=None,

@@ -283,7 +283,9 @@ def ablation(
                 if progress:
                     print(f"ablation: {variant}, seed {seed} -> {run_dir}", flush=True)
                 cfg = load_train_config(preset, None, [*base, *extra, f"run.seed={seed}"])
-                train(cfg, run_dir, resume=(run_dir / "checkpoint.pt").is_file(), quiet=True)
+                # Resume a run cut short; one killed before its first checkpoint starts over.
+                ckpt = (run_dir / "checkpoint.pt").is_file()
+                train(cfg, run_dir, resume=ckpt, force=not ckpt, quiet=True)
             s = json.loads(summary_file.read_text())
             results[variant].append(
                 {"seed": seed, "top1": s["best_val_top1_error"], "top5": s["best_val_top5_error"]}

@@ -22,6 +22,7 @@ exactly what one process with batch B sees.
 from __future__ import annotations
 
 import json
+import signal
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -294,6 +295,9 @@ class JpegBatches(torch.utils.data.Dataset):
 
 def _worker_init(_: int) -> None:
     torch.set_num_threads(1)
+    # Ctrl-C reaches the whole process group: the training process decides (it checkpoints
+    # and stops the workers), so a worker must not die of it mid-batch.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
 
 
 @dataclass

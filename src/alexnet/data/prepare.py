@@ -6,18 +6,27 @@ native size as raw uint8 arrays. Either way ``mean.npy`` holds the per-pixel mea
 the training split and ``meta.json`` the RGB covariance's eigenvalues/eigenvectors, both
 accumulated streaming in float64.
 
-Interrupt-safe: every file is written under a ``.tmp`` name and renamed when complete;
-``meta.json`` comes last. A finished split is kept on the next run (with its statistics in
-``train.stats.npz``); anything half-written is removed and rebuilt.
+Small images (both sides <= 64 px in a sample of the files, or ``size="native"``) keep
+their native size as raw arrays too, like the built-in CIFAR-10.
+
+Interrupt-safe: ``.alexnet-prepare.json`` (SRC and the options) is written first, every
+file under a temporary name renamed when complete, ``meta.json`` last. A rerun with the
+same SRC and options keeps a finished split (with its statistics in ``train.stats.npz``)
+and removes and rebuilds anything half-written; other options are refused unless
+``force``. Only prepare's own outputs are ever deleted.
 """
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import json
 import os
+import re
 import signal
 import time
+from collections import Counter
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from multiprocessing import get_context
 from pathlib import Path
@@ -28,10 +37,11 @@ import numpy as np
 from ..atomic import atomic_path, write_json, write_text
 from ..progress import bar as progress_bar
 from .dataset import FORMAT, FORMAT_VERSION, INDEX_DTYPE
-from .images import ImageError, encode_jpeg, load_image
+from .images import GRAYSCALE_MODES, ImageError, encode_jpeg, load_image, probe, resize_to
 from .sources import (
     ArraySource,
     DataError,
+    FileSource,
     FileSplit,
     Source,
     class_counts,
@@ -39,6 +49,29 @@ from .sources import (
 )
 
 CHUNK = 32
+DEFAULT_SIZE = 256  # §2
+SMALL_SIDE = 64  # images no larger than this on both sides keep their native size
+SAMPLE = 64  # files whose headers decide that
+MARKER = ".alexnet-prepare.json"
+SPLITS = ("train", "val")
+# Every file prepare writes; the only names it ever deletes (and their temporary names).
+OUTPUTS = (
+    *(f"{n}.{ext}" for n in SPLITS for ext in ("jpg", "index.npy", "paths.txt", "images.npy",
+                                                "labels.npy")),
+    "train.stats.npz", "mean.npy", "report.csv", "meta.json", MARKER,
+)  # fmt: skip
+# atomic.atomic_path's temporary names: .<stem>.<pid>.tmp<suffix>
+_TEMP_NAME = re.compile(
+    "|".join(
+        re.escape(f".{Path(n).stem}.") + r"\d+" + re.escape(f".tmp{Path(n).suffix}")
+        for n in OUTPUTS
+    )
+)
+OPTION_FLAGS = {
+    "src": "SRC", "kind": "--kind", "size": "--size", "quality": "--quality",
+    "val_fraction": "--val-fraction", "seed": "--seed", "val_labels": "--val-labels",
+    "max_pixels": "--max-pixels",
+}  # fmt: skip
 
 
 # --------------------------------------------------------------------------------------
@@ -128,8 +161,26 @@ def _process_chunk(
     return {"blobs": blobs, "labels": labels, "paths": paths, "problems": problems, "stats": stats}
 
 
+def _decode_native_chunk(args: tuple[list[tuple[str, int]], int | None, int]) -> dict[str, Any]:
+    items, max_pixels, channels = args
+    images, labels, paths, problems = [], [], [], []
+    for path, label in items:
+        try:
+            images.append(load_image(path, None, max_pixels, channels))
+        except ImageError as err:
+            problems.append((path, str(err)))
+            continue
+        labels.append(label)
+        paths.append(path)
+    return {"images": images, "labels": labels, "paths": paths, "problems": problems}
+
+
 def _worker_init() -> None:
-    signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent handles interrupts
+    # The parent handles interrupts. pool.terminate() stops workers with SIGTERM, which
+    # must end them at once: the CLI's SIGTERM handler (raise KeyboardInterrupt), copied by
+    # fork, would raise inside the task queue's lock and can hang the pool's shutdown.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
     try:
         import torch
 
@@ -145,6 +196,20 @@ def _worker_init() -> None:
 def _save_npy(path: Path, array: np.ndarray) -> None:
     with atomic_path(path) as tmp, open(tmp, "wb") as f:
         np.save(f, array)
+
+
+@contextlib.contextmanager
+def _chunk_results(
+    fn: Callable[[Any], dict[str, Any]], args: list[Any], workers: int
+) -> Iterator[Iterator[dict[str, Any]]]:
+    """``fn`` over ``args`` in order, in ``workers`` forked processes (or here for one)."""
+    pool = get_context("fork").Pool(workers, initializer=_worker_init) if workers > 1 else None
+    try:
+        yield pool.imap(fn, args) if pool else map(fn, args)
+    finally:
+        if pool:
+            pool.terminate()
+            pool.join()
 
 
 @dataclass
@@ -168,10 +233,12 @@ def _write_file_split(
     offset = 0
     args = [(c, size, quality, max_pixels, with_stats) for c in chunks]
     bar = progress_bar(len(items), f"prepare {name}", enabled=progress)
-    pool = get_context("fork").Pool(workers, initializer=_worker_init) if workers > 1 else None
     try:
-        results = pool.imap(_process_chunk, args) if pool else map(_process_chunk, args)
-        with atomic_path(dst / f"{name}.jpg") as blob_tmp, open(blob_tmp, "wb") as f:
+        with (
+            _chunk_results(_process_chunk, args, workers) as results,
+            atomic_path(dst / f"{name}.jpg") as blob_tmp,
+            open(blob_tmp, "wb") as f,
+        ):
             for chunk, res in zip(chunks, results, strict=True):
                 for blob, label in zip(res["blobs"], res["labels"], strict=True):
                     f.write(blob)
@@ -185,9 +252,6 @@ def _write_file_split(
                 bar.set_postfix(skipped=len(problems), MB=f"{offset / 1e6:.0f}")
     finally:
         bar.close()
-        if pool:
-            pool.terminate()
-            pool.join()
     write_text(dst / f"{name}.paths.txt", "".join(p.replace("\n", " ") + "\n" for p in kept_paths))
     _save_npy(dst / f"{name}.index.npy", np.array(index_rows, dtype=INDEX_DTYPE))
     return SplitResult(len(index_rows), offset, problems, stats)
@@ -205,18 +269,129 @@ def _write_array_split(
     return SplitResult(len(labels), images.nbytes, [], stats)
 
 
+def _write_native_split(
+    split: FileSplit, name: str, dst: Path, shape: tuple[int, int] | None, channels: int,
+    workers: int, max_pixels: int | None, with_stats: bool, progress: bool,
+) -> tuple[SplitResult, tuple[int, int]]:  # fmt: skip
+    """Small images at their native size, as raw arrays; images of another size than
+    ``shape`` (default: the split's most common size) are resized to it and reported."""
+    items = [(str(p), int(y)) for p, y in zip(split.paths, split.labels, strict=True)]
+    chunks = [items[i : i + CHUNK] for i in range(0, len(items), CHUNK)]
+    images: list[np.ndarray] = []
+    labels: list[int] = []
+    paths: list[str] = []
+    problems: list[tuple[str, str]] = []
+    bar = progress_bar(len(items), f"prepare {name}", enabled=progress)
+    try:
+        args = [(c, max_pixels, channels) for c in chunks]
+        with _chunk_results(_decode_native_chunk, args, workers) as results:
+            for chunk, res in zip(chunks, results, strict=True):
+                images += res["images"]
+                labels += res["labels"]
+                paths += res["paths"]
+                problems += res["problems"]
+                bar.update(len(chunk))
+    finally:
+        bar.close()
+    if shape is None:
+        sizes = Counter(img.shape[:2] for img in images)
+        shape = sizes.most_common(1)[0][0] if sizes else (1, 1)
+    for i, img in enumerate(images):
+        if img.shape[:2] != shape:
+            problems.append((paths[i], f"{img.shape[1]}x{img.shape[0]} px, not the most common "
+                             f"{shape[1]}x{shape[0]}: resized to it (kept)"))  # fmt: skip
+            images[i] = resize_to(img, shape)
+    stacked = np.stack(images) if images else np.zeros((0, *shape, channels), np.uint8)
+    res = _write_array_split(stacked, np.asarray(labels, np.int64), name, dst, with_stats)
+    write_text(dst / f"{name}.paths.txt", "".join(p.replace("\n", " ") + "\n" for p in paths))
+    return SplitResult(res.count, res.bytes, problems, res.stats), shape
+
+
+def _native_plan(source: FileSource, size: int | str | None) -> tuple[bool, int]:
+    """(store at native size, channels): native when asked, or when the default size is
+    asked and every sampled file has both sides <= SMALL_SIDE; one channel when all are
+    grayscale."""
+    if size not in (None, "native"):  # an explicit size is what the user asked for
+        return False, 3
+    files = [p for split in source.splits.values() for p in split.paths]
+    sample = files[:: max(1, len(files) // SAMPLE)][:SAMPLE]
+    heads = [h for h in map(probe, sample) if h is not None]
+    small = bool(heads) and all(w <= SMALL_SIDE and h <= SMALL_SIDE for w, h, _ in heads)
+    gray = bool(heads) and all(mode in GRAYSCALE_MODES for _, _, mode in heads)
+    return size == "native" or small, 1 if gray else 3
+
+
 def _split_done(dst: Path, name: str, kind: str) -> bool:
     final = f"{name}.index.npy" if kind == "jpeg" else f"{name}.labels.npy"
     return (dst / final).is_file()
 
 
 def _clean_partial(dst: Path) -> list[str]:
+    """Remove the temporary files of an interrupted run (only the names prepare writes)."""
     removed = []
-    for p in dst.iterdir():
-        if ".tmp" in p.name:
+    for p in sorted(dst.iterdir()):
+        if p.is_file() and _TEMP_NAME.fullmatch(p.name):
             p.unlink()
             removed.append(p.name)
     return removed
+
+
+def _remove_outputs(dst: Path) -> None:
+    """``--force``: delete what an earlier prepare wrote here, and nothing else."""
+    for n in OUTPUTS:
+        (dst / n).unlink(missing_ok=True)
+    _clean_partial(dst)
+
+
+def _options(src: str, kind: str, size: int | str | None, quality: int, val_fraction: float,
+             seed: int, val_labels: str | None, max_pixels: int | None) -> dict[str, Any]:  # fmt: skip
+    """What the prepared data depends on (not --workers: the output is the same)."""
+    named = src in ("fashion-mnist", "cifar10")
+    return {
+        "src": src if named else str(Path(src).resolve()),
+        "kind": kind,
+        "size": DEFAULT_SIZE if size is None else size,
+        "quality": quality,
+        "val_fraction": val_fraction,
+        "seed": seed,
+        "val_labels": str(Path(val_labels).resolve()) if val_labels else None,
+        "max_pixels": max_pixels,
+    }
+
+
+def _recorded_options(dst: Path) -> dict[str, Any] | None:
+    for path, key in ((dst / MARKER, "options"), (dst / "meta.json", "options")):
+        if path.is_file():
+            try:
+                return json.loads(path.read_text()).get(key)
+            except (OSError, ValueError):
+                raise DataError(
+                    f"{path} is unreadable; pass --force to rebuild {dst}, or choose another DST"
+                ) from None
+    return None
+
+
+def _check_dst(dst: Path, options: dict[str, Any]) -> None:
+    """Refuse to mix this run's options with an earlier run's files in ``dst``."""
+    recorded = _recorded_options(dst)
+    if recorded is not None:
+        diffs = [
+            f"{OPTION_FLAGS.get(k, k)} {recorded.get(k)} (this run: {v})"
+            for k, v in options.items()
+            if recorded.get(k) != v
+        ]
+        if diffs:
+            raise DataError(
+                f"{dst} was prepared with other options: {', '.join(diffs)}; pass --force to "
+                "rebuild it, or choose another DST"
+            )
+    elif not (dst / "meta.json").is_file():
+        foreign = [n for n in OUTPUTS if (dst / n).exists()]
+        if foreign:
+            raise DataError(
+                f"{dst} holds {', '.join(foreign)} but no {MARKER} saying which SRC and "
+                "options made them; pass --force to replace them, or choose another DST"
+            )
 
 
 def _pca_with_channels(stats: PixelStats) -> tuple[list[float], list[list[float]]]:
@@ -230,7 +405,7 @@ def prepare(
     *,
     kind: str = "auto",
     workers: int | None = None,
-    size: int = 256,
+    size: int | str | None = None,
     quality: int = 90,
     val_fraction: float = 0.1,
     seed: int = 0,
@@ -240,29 +415,49 @@ def prepare(
     download: bool = True,
     progress: bool = True,
 ) -> dict[str, Any]:
-    """Prepare ``src`` into ``dst``; returns the summary (also printed by the CLI)."""
+    """Prepare ``src`` into ``dst``; returns the summary (also printed by the CLI).
+
+    ``size``: the side of the stored crops; None (256, §2) stores images whose sides are
+    all <= 64 px at their native size instead, as does ``"native"`` for any images."""
     if not 1 <= quality <= 100:
         raise DataError(f"--quality must be in 1..100, got {quality}")
+    if not 0 <= val_fraction < 1:
+        raise DataError(f"--val-fraction must be in [0, 1), got {val_fraction}")
+    if size != "native" and not (size is None or (isinstance(size, int) and size >= 1)):
+        raise DataError(f"--size must be a positive number of pixels or 'native', got {size!r}")
     dst = Path(dst)
-    if (dst / "meta.json").is_file() and not force:
-        meta = json.loads((dst / "meta.json").read_text())
-        return {
-            "dst": str(dst),
-            "already_prepared": True,
-            "splits": meta["splits"],
-            "skipped": meta.get("skipped", 0),
-        }
+    named = src in ("fashion-mnist", "cifar10")
+    if not named and Path(src).is_dir() and dst.resolve().is_relative_to(Path(src).resolve()):
+        raise DataError(
+            f"DST {dst} is inside SRC {src}: its files would be read as images; choose a DST "
+            "outside SRC"
+        )
+    options = _options(src, kind, size, quality, val_fraction, seed, val_labels, max_pixels)
+    if dst.is_dir() and not force:
+        _check_dst(dst, options)
+        if (dst / "meta.json").is_file():
+            meta = json.loads((dst / "meta.json").read_text())
+            return {
+                "dst": str(dst),
+                "already_prepared": True,
+                "splits": meta["splits"],
+                "skipped": meta.get("skipped", 0),
+            }
     t0 = time.time()
     source: Source = open_source(
         src, kind, val_fraction, seed, Path(val_labels) if val_labels else None, download
     )
     dst.mkdir(parents=True, exist_ok=True)
     if force:
-        for p in dst.iterdir():
-            if p.is_file():
-                p.unlink()
+        _remove_outputs(dst)
     removed = _clean_partial(dst)
-    fmt = "raw" if isinstance(source, ArraySource) else "jpeg"
+    if not (dst / MARKER).is_file():
+        write_json(dst / MARKER, {"format": FORMAT, "options": options}, indent=1)
+    native, channels = _native_plan(source, size) if isinstance(source, FileSource) else (False, 3)
+    fmt = "raw" if isinstance(source, ArraySource) or native else "jpeg"
+    native_shape: tuple[int, int] | None = None
+    if native and (dst / "train.images.npy").is_file():
+        native_shape = np.load(dst / "train.images.npy", mmap_mode="r").shape[1:3]
     workers = workers or max(1, os.cpu_count() or 1)
     problems: list[tuple[str, str]] = list(getattr(source, "problems", []))
     splits: dict[str, dict[str, Any]] = {}
@@ -292,12 +487,18 @@ def prepare(
         if isinstance(source, ArraySource):
             res = _write_array_split(source.images[name], labels, name, dst, with_stats)
             split_labels = labels
+        elif native:
+            res, native_shape = _write_native_split(
+                source.splits[name], name, dst, native_shape, channels, workers, max_pixels,
+                with_stats, progress,
+            )  # fmt: skip
+            split_labels = np.load(dst / f"{name}.labels.npy")
         else:
             res = _write_file_split(
                 source.splits[name],
                 name,
                 dst,
-                size,
+                size if isinstance(size, int) else DEFAULT_SIZE,
                 quality,
                 workers,
                 max_pixels,
@@ -314,9 +515,16 @@ def prepare(
             "bytes": res.bytes,
             "class_counts": class_counts(split_labels, n_classes),
         }
+    _write_report(dst / "report.csv", problems)
     if stats is None or stats.count == 0:
         raise DataError(f"no usable training images in {src}; see {dst / 'report.csv'}")
-    _write_report(dst / "report.csv", problems)
+    layout = list(getattr(source, "layout", []))
+    warnings = []
+    if len(source.classes) == 1:
+        warnings.append(
+            f"only one class ({source.classes[0]}): a classifier needs two or more; give the "
+            "folder that holds the class folders as SRC"
+        )
     np_mean = stats.mean_image()
     _save_npy(dst / "mean.npy", np_mean)
     eigenvalues, eigenvectors = _pca_with_channels(stats)
@@ -330,7 +538,9 @@ def prepare(
             "kind": source.kind,
             "seed": seed,
             "val_fraction": val_fraction,
+            "layout": layout,
         },
+        "options": options,
         "classes": source.classes,
         "names": source.names,
         "image_size": image_size,
@@ -360,6 +570,10 @@ def prepare(
         "images_per_s": written / elapsed if elapsed > 0 else None,
         "removed_partial": removed,
         "report": str(dst / "report.csv"),
+        "kind": fmt,
+        "image_size": image_size,
+        "layout": layout,
+        "warnings": warnings,
     }
 
 
@@ -378,6 +592,10 @@ def format_summary(s: dict[str, Any]) -> str:
         f"prepared {s['dst']}: "
         + ", ".join(f"{k} {v['count']:,} images" for k, v in s["splits"].items())
     ]
+    lines += s.get("layout", [])
+    if s.get("image_size"):
+        how = "raw uint8 arrays (native size)" if s["kind"] == "raw" else "JPEG crops"
+        lines.append(f"stored as {how}: {'x'.join(map(str, s['image_size']))} each")
     lines.append(
         f"written {s['written']:,}, skipped {s['skipped']:,}, {s['bytes'] / 1e6:,.1f} MB, "
         f"{s['seconds']:.1f} s ({s['images_per_s'] or 0:,.0f} images/s)"
@@ -388,4 +606,5 @@ def format_summary(s: dict[str, Any]) -> str:
         lines.append(
             f"removed half-written files from an interrupted run: {', '.join(s['removed_partial'])}"
         )
+    lines += [f"warning: {w}" for w in s.get("warnings", [])]
     return "\n".join(lines)

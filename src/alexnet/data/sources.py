@@ -73,6 +73,7 @@ class FileSource:
     names: list[str]  # human-readable names
     splits: dict[str, FileSplit]
     problems: list[tuple[str, str]] = field(default_factory=list)  # (path, reason)
+    layout: list[str] = field(default_factory=list)  # which folder became which split
 
 
 @dataclass
@@ -106,13 +107,59 @@ def _is_image(path: Path) -> bool:
     return path.suffix.lower() in IMAGE_EXTENSIONS
 
 
-def _scan_class_dirs(root: Path, problems: list[tuple[str, str]]) -> dict[str, list[Path]]:
-    classes: dict[str, list[Path]] = {}
-    for d in sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith(".")):
-        files = []
-        for f in sorted(d.rglob("*")):
-            if not f.is_file() or f.name.startswith("."):
+def _outside(path: Path, top: Path) -> bool:
+    """``path`` is a symlink (or lies under one) that leads outside ``top`` (resolved)."""
+    return not path.resolve().is_relative_to(top)
+
+
+def _skip_outside(path: Path, top: Path, problems: list[tuple[str, str]]) -> bool:
+    if path.is_symlink() and _outside(path, top):
+        problems.append((str(path), f"symlink to {path.resolve()}, outside SRC; skipped"))
+        return True
+    return False
+
+
+def _subdirs(root: Path, top: Path, problems: list[tuple[str, str]]) -> list[Path]:
+    """Visible subfolders of ``root``; symlinked ones that lead outside ``top`` are skipped."""
+    return sorted(
+        d
+        for d in root.iterdir()
+        if d.is_dir() and not d.name.startswith(".") and not _skip_outside(d, top, problems)
+    )
+
+
+def _walk_files(d: Path, top: Path, problems: list[tuple[str, str]]) -> list[Path]:
+    """Files under ``d`` (recursively, in sorted order), never following a symlink out of
+    ``top`` and never visiting a folder twice (symlink loops)."""
+    out: list[Path] = []
+    seen: set[Path] = set()
+    stack = [d]
+    while stack:
+        cur = stack.pop()
+        real = cur.resolve()
+        if real in seen:
+            continue
+        seen.add(real)
+        subdirs = []
+        for f in sorted(cur.iterdir()):
+            if f.name.startswith(".") or _skip_outside(f, top, problems):
                 continue
+            if f.is_dir():
+                subdirs.append(f)
+            elif f.is_file():
+                out.append(f)
+        stack.extend(reversed(subdirs))
+    return sorted(out)
+
+
+def _scan_class_dirs(
+    root: Path, problems: list[tuple[str, str]], top: Path | None = None
+) -> dict[str, list[Path]]:
+    top = (top or root).resolve()
+    classes: dict[str, list[Path]] = {}
+    for d in _subdirs(root, top, problems):
+        files = []
+        for f in _walk_files(d, top, problems):
             if _is_image(f):
                 files.append(f)
             else:
@@ -208,17 +255,59 @@ def stratified_split(
     return train, val
 
 
+TRAIN_DIRS = ("train", "training")
+VAL_DIRS = ("val", "valid", "validation", "test", "testing")
+
+
+def _split_dirs(
+    root: Path, top: Path, problems: list[tuple[str, str]], layout: list[str]
+) -> tuple[Path, Path | None, Path | None]:
+    """Where the splits are: descends through single wrapper folders (``SRC/images/...``),
+    then finds ``train`` and the first of ``val``/``valid``/``validation``/``test`` (any
+    case). Returns (base, train folder, val folder); notes what it chose in ``layout``."""
+    base = root
+    while True:
+        dirs = _subdirs(base, top, problems)
+        by_name: dict[str, Path] = {}
+        for d in dirs:
+            by_name.setdefault(d.name.lower(), d)
+        train = next((by_name[n] for n in TRAIN_DIRS if n in by_name), None)
+        if train is not None:
+            break
+        has_files = any(f.is_file() and _is_image(f) for f in base.iterdir())
+        if len(dirs) == 1 and not has_files and _subdirs(dirs[0], top, []):
+            layout.append(f"{dirs[0]}: a wrapper folder, not a class; looked inside it")
+            base = dirs[0]
+            continue
+        return base, None, None
+    val_dirs = [by_name[n] for n in VAL_DIRS if n in by_name]
+    val = val_dirs[0] if val_dirs else None
+    layout.append(f"train split: {train}")
+    if val is not None:
+        layout.append(f"val split: {val}")
+    for d in dirs:
+        if d != train and d != val:
+            why = "a second held-out folder" if d in val_dirs else "not a train/val/test folder"
+            layout.append(f"ignored: {d} ({why})")
+    return base, train, val
+
+
 def folder_source(
     root: Path, val_fraction: float = 0.1, seed: int = 0, val_labels: Path | None = None
 ) -> FileSource:
-    """``root/train/<class>/*`` (+ ``root/val/``) or ``root/<class>/*`` split by seed."""
+    """``root/train/<class>/*`` (+ ``root/val/``, ``valid/``, ``validation/`` or ``test/``,
+    any case, behind any single wrapper folder) or ``root/<class>/*`` split by seed."""
+    if not 0 <= val_fraction < 1:
+        raise DataError(f"--val-fraction must be in [0, 1), got {val_fraction}")
     problems: list[tuple[str, str]] = []
-    train_dir, val_dir = root / "train", root / "val"
+    layout: list[str] = []
     flat = flat_wnid_files(root)
     if flat is not None:
         return flat
-    if train_dir.is_dir():
-        by_class = _scan_class_dirs(train_dir, problems)
+    top = root.resolve()
+    base, train_dir, val_dir = _split_dirs(root, top, problems, layout)
+    if train_dir is not None:
+        by_class = _scan_class_dirs(train_dir, problems, top)
         if not by_class:
             raise DataError(
                 f"{train_dir} has no class folders (expected {train_dir}/<class>/<image>)"
@@ -229,10 +318,9 @@ def folder_source(
             [i for i, c in enumerate(classes) for _ in by_class[c]],
         )
         splits = {"train": train}
-        if val_dir.is_dir():
-            subdirs = [d for d in val_dir.iterdir() if d.is_dir()]
-            if subdirs:
-                val_by_class = _scan_class_dirs(val_dir, problems)
+        if val_dir is not None:
+            if _subdirs(val_dir, top, []):
+                val_by_class = _scan_class_dirs(val_dir, problems, top)
                 unknown = sorted(set(val_by_class) - set(classes))
                 if unknown:
                     raise DataError(f"{val_dir} has classes not in {train_dir}: {unknown[:5]}")
@@ -242,7 +330,7 @@ def folder_source(
                     [index[c] for c in sorted(val_by_class) for _ in val_by_class[c]],
                 )
             else:
-                labels_file = val_labels or _find_val_labels(root)
+                labels_file = val_labels or _find_val_labels(base)
                 if labels_file is None:
                     raise DataError(
                         f"{val_dir} is flat (no class folders) and no labels file was found; pass "
@@ -251,15 +339,20 @@ def folder_source(
                     )
                 splits["val"] = _flat_val_labels(val_dir, labels_file, classes)
         else:
+            layout.append(
+                f"val split: {val_fraction:.0%} of each class of {train_dir} (--val-fraction)"
+            )
             splits["train"], splits["val"] = stratified_split(by_class, val_fraction, seed)
     else:
-        by_class = _scan_class_dirs(root, problems)
+        by_class = _scan_class_dirs(base, problems, top)
         if not by_class:
             raise DataError(
                 f"{root} has no class folders; expected {root}/<class>/<image> or "
                 f"{root}/train/<class>/<image>"
             )
         classes = sorted(by_class)
+        layout.append(f"classes: the folders of {base}")
+        layout.append(f"val split: {val_fraction:.0%} of each class (--val-fraction)")
         splits = dict(
             zip(("train", "val"), stratified_split(by_class, val_fraction, seed), strict=True)
         )
@@ -268,7 +361,7 @@ def folder_source(
     if kind == "imagenet":
         table = imagenet_class_names()
         names = [table.get(c, c) for c in classes]
-    return FileSource(kind, root, classes, names, splits, problems)
+    return FileSource(kind, root, classes, names, splits, problems, layout)
 
 
 FLAT_WNID_FILE = re.compile(r"^(n\d{8})_.*$")

@@ -73,7 +73,8 @@ def model_outputs(
     """(outputs, batch) for each batch ({"inputs": (N, C, S, S) or (V, N, C, S, S), ...}):
     softmax probabilities (N, classes) averaged over views and models, or with
     ``features`` the first model's fc7 vectors (N, D) averaged over views. Models run in
-    eval mode without gradients and are put back as they were."""
+    eval mode without gradients and are put back as they were. Non-finite outputs (broken
+    weights or inputs) raise ValueError rather than turn into a plausible error rate."""
     models = models if isinstance(models, list) else [models]
     with torch.no_grad(), _eval_mode(models):
         for batch in batches:
@@ -86,6 +87,11 @@ def model_outputs(
                     out = out.view(v, n, -1).mean(0)
                 else:
                     out = view_probabilities(models, x)
+            if not bool(torch.isfinite(out).all()):
+                raise ValueError(
+                    "the model's outputs are not finite (NaN or inf): its weights or the "
+                    "inputs are broken; check the weights file"
+                )
             yield out, batch
 
 

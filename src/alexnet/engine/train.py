@@ -1,21 +1,21 @@
 """``alexnet train``: the paper's recipe (§5) on CPU, one GPU, or many through torchrun.
 
 Plain functions: :func:`train` sets a run up and loops over :func:`train_one_epoch` and
-:func:`~alexnet.engine.metrics.evaluate_model`. Rank 0 alone logs and writes. Every epoch ends
-with an atomic checkpoint; SIGTERM/SIGUSR1 finish the current step (under torchrun: up to
-the next ``run.log_every`` step), checkpoint and exit with code 75 (resume with
+:func:`~alexnet.engine.metrics.evaluate_model`. Rank 0 alone logs and writes, and holds a
+lock on the run directory while it does. Every epoch ends with an atomic checkpoint, which
+also carries the rows of ``metrics.csv`` (rewritten from them, so the two never disagree);
+SIGTERM/SIGUSR1 and Ctrl-C finish the current step (under torchrun: up to the next
+``run.log_every`` step), checkpoint and exit with code 75 (130 for Ctrl-C; resume with
 ``--resume``); a non-finite loss stops the run and keeps the last good checkpoint. The
 best validation epoch's weights are kept as ``best.safetensors``.
 """
 
 from __future__ import annotations
 
-import contextlib
 import csv
 import dataclasses
 import math
 import os
-import signal
 import sys
 import time
 from pathlib import Path
@@ -25,7 +25,7 @@ import torch
 from torch import nn
 
 from .. import __version__
-from ..atomic import write_json
+from ..atomic import atomic_path, write_json
 from ..config import ConfigError, TrainConfig, from_dict, save_yaml, to_dict
 from ..data.dataset import LoaderSpec, Prepared, make_loader
 from ..data.preprocess import Preprocessing
@@ -42,8 +42,10 @@ from .execution import (
 )
 from .metrics import autocast_context, evaluate_model, topk_correct
 from .optim import LRSchedule, build_optimizer, set_lr
+from .rundir import RunDirLock, StopFlag, check_run_dir
 
 EXIT_PREEMPTED = 75  # EX_TEMPFAIL: stopped on request, resume to continue
+EXIT_INTERRUPTED = 130  # 128 + SIGINT, as a shell reports Ctrl-C; checkpoint saved all the same
 METRICS_FIELDS = [
     "epoch", "train_loss", "train_top1_error", "train_top5_error", "val_loss", "val_top1_error",
     "val_top5_error", "lr", "images_per_s", "epoch_seconds", "wall_seconds",
@@ -95,28 +97,6 @@ def apply_init_from(model: AlexNet, path: str, log: Any) -> None:
     ]
     for key in missing:
         log(f"  not in the file, kept from init: {key}")
-
-
-class StopFlag:
-    """SIGTERM / SIGUSR1 (cluster preemption) set the flag; training checks it after every
-    step, under torchrun where the ranks next agree (every ``run.log_every`` steps)."""
-
-    def __init__(self) -> None:
-        self.signal: str | None = None
-        self._old: dict[int, Any] = {}
-
-    def install(self) -> None:
-        for sig in (signal.SIGTERM, signal.SIGUSR1):
-            with contextlib.suppress(ValueError):  # not the main thread: no handlers
-                self._old[sig] = signal.signal(sig, self._handle)
-
-    def uninstall(self) -> None:
-        for sig, old in self._old.items():
-            signal.signal(sig, old)
-        self._old.clear()
-
-    def _handle(self, signum: int, _frame: Any) -> None:
-        self.signal = signal.Signals(signum).name
 
 
 # --------------------------------------------------------------------------------------
@@ -318,9 +298,9 @@ def train_one_epoch(
                     rate=rate,
                 )
             if stopping:
-                raise TrainingStopped(
-                    f"stopped by {ctx.stop.signal or 'a signal on another rank'}", EXIT_PREEMPTED
-                )
+                by = ctx.stop.signal
+                code = EXIT_INTERRUPTED if by == "SIGINT" else EXIT_PREEMPTED
+                raise TrainingStopped(f"stopped by {by or 'a signal on another rank'}", code)
     finally:
         if bar is not None:
             bar.close()
@@ -373,13 +353,25 @@ class _Bar:
             self.tqdm.close()
 
 
-def _append_metrics(path: Path, row: dict[str, Any]) -> None:
-    new = not path.exists()
-    with open(path, "a", newline="") as f:
+def write_metrics(path: Path, rows: list[dict[str, Any]]) -> None:
+    """metrics.csv, rewritten whole and atomically from the run's rows. The checkpoint
+    carries the same rows, and a resume rewrites the file from them: a crash between the
+    two writes neither loses a row nor repeats one."""
+    with atomic_path(path) as tmp, open(tmp, "w", newline="") as f:
         w = csv.DictWriter(f, fieldnames=METRICS_FIELDS)
-        if new:
-            w.writeheader()
-        w.writerow({k: row.get(k, "") for k in METRICS_FIELDS})
+        w.writeheader()
+        w.writerows({k: row.get(k, "") for k in METRICS_FIELDS} for row in rows)
+
+
+def _saved_rows(state: dict[str, Any], path: Path, epochs: int) -> list[dict[str, Any]]:
+    """The checkpoint's metrics rows; a checkpoint from before they were kept there: the
+    file's first ``epochs`` rows."""
+    if "metrics" in state:
+        return list(state["metrics"])
+    if not path.is_file():
+        return []
+    with open(path, newline="") as f:
+        return list(csv.DictReader(f))[:epochs]
 
 
 def _tensorboard(out: Path) -> Any:
@@ -416,17 +408,25 @@ def resolve_config_for_resume(
 
 
 def train(
-    cfg: TrainConfig, out: str | Path, resume: bool = False, quiet: bool = False
+    cfg: TrainConfig,
+    out: str | Path,
+    resume: bool = False,
+    quiet: bool = False,
+    force: bool = False,
 ) -> dict[str, Any]:
-    """Train according to ``cfg`` into run directory ``out``; returns the summary."""
+    """Train according to ``cfg`` into run directory ``out``; returns the summary.
+    ``resume`` continues the run there; ``force`` starts over in a directory that holds
+    one (replacing its run files, nothing else)."""
     out = Path(out)
     dist = D.setup(cfg.run.device)
     log = (lambda msg: None) if (quiet or not dist.is_main) else _log_line
-    stop = StopFlag()
+    stop = StopFlag(announce=dist.is_main)
     stop.install()
+    lock = RunDirLock(out)
     try:
-        return _train(cfg, out, resume, dist, log, stop, quiet)
+        return _train(cfg, out, resume, force, dist, log, stop, quiet, lock)
     finally:
+        lock.release()
         stop.uninstall()
         D.cleanup()
 
@@ -435,10 +435,12 @@ def _train(
     cfg: TrainConfig,
     out: Path,
     resume: bool,
+    force: bool,
     dist: D.DistInfo,
     log: Any,
     stop: StopFlag,
     quiet: bool,
+    lock: RunDirLock,
 ) -> dict[str, Any]:
     if not cfg.data.path:
         raise ConfigError(
@@ -446,12 +448,8 @@ def _train(
         )
     data = Prepared(cfg.data.path)
     ckpt_path = out / "checkpoint.pt"
-    if resume and not ckpt_path.is_file():
-        raise FileNotFoundError(f"--resume: no checkpoint in {out} (expected {ckpt_path})")
-    if not resume and ckpt_path.is_file():
-        raise ConfigError(
-            f"{out} already holds a run; pass --resume to continue it or choose another --out"
-        )
+    lock.acquire(dist)  # before anything in `out` is read or changed
+    replaced = check_run_dir(out, resume, force)
     state = load_checkpoint(ckpt_path, map_location=dist.device) if resume else None
     if state is not None:  # the data must be what the run was trained on, before anything changes
         check_resume_data(state, data, ckpt_path)
@@ -470,6 +468,10 @@ def _train(
     best_path = out / "best.safetensors"  # the best validation epoch's weights
     if dist.is_main:
         out.mkdir(parents=True, exist_ok=True)
+        for name in replaced:  # --force: no file of the old run outlives it
+            (out / name).unlink(missing_ok=True)
+        if replaced:
+            log(f"--force: removed the previous run's {', '.join(replaced)} from {out}")
     if dev.type == "cuda":
         torch.backends.cudnn.benchmark = True
         torch.backends.cuda.matmul.allow_tf32 = True
@@ -509,6 +511,8 @@ def _train(
     scaler = torch.amp.GradScaler("cuda") if needs_scaler else None
     progress = Progress()
     best: dict[str, Any] = {"val_top1_error": None, "val_top5_error": None, "epoch": None}
+    rows: list[dict[str, Any]] = []  # metrics.csv, one row per finished epoch
+    last_val: dict[str, float] = {}  # the latest validation result
 
     precision_history: list[dict[str, Any]] = []  # [{from_step, precision}], one per change
     if state is not None:
@@ -543,6 +547,10 @@ def _train(
             scaler.load_state_dict(state["scaler"])
         progress = Progress(**state["progress"])
         best = state.get("best", best)
+        rows = _saved_rows(state, out / "metrics.csv", progress.epoch)
+        last_val = dict(state.get("last_val") or {})
+        if dist.is_main:  # epochs after the checkpoint are trained again: drop their rows
+            write_metrics(out / "metrics.csv", rows)
         set_rng_state(state["rng"])
         log(
             f"resumed {out} at epoch {progress.epoch + 1}, step {progress.batch} (global step {progress.global_step})"
@@ -600,11 +608,13 @@ def _train(
         progress.wall_seconds = time.perf_counter() - t_start
         if dist.is_main:
             ckpt = checkpoint_state(model, optimizer, schedule, scaler, progress, cfg, prep, best)
-            ckpt = {**ckpt, "execution": execution(), "precision_history": precision_history}
+            ckpt = {
+                **ckpt, "execution": execution(), "precision_history": precision_history,
+                "metrics": rows, "last_val": last_val,
+            }  # fmt: skip
             atomic_save(ckpt, ckpt_path)
         D.barrier()
 
-    last_val: dict[str, float] = {}
     try:
         while progress.epoch < cfg.run.epochs and not schedule.stop:
             epoch = progress.epoch
@@ -614,7 +624,7 @@ def _train(
                     train_model, train_loader, optimizer, schedule, progress, ctx
                 )
             except TrainingStopped as stopped:
-                if stopped.code == EXIT_PREEMPTED:
+                if stopped.code in (EXIT_PREEMPTED, EXIT_INTERRUPTED):
                     save()
                     log(
                         f"{stopped}: checkpoint saved at epoch {epoch + 1}, step {progress.batch}; continue with --resume"
@@ -650,12 +660,7 @@ def _train(
             progress.loss_sum = progress.top1_sum = progress.top5_sum = 0.0
             progress.seen = 0
             row["wall_seconds"] = time.perf_counter() - t_start
-            if dist.is_main:
-                _append_metrics(out / "metrics.csv", row)
-                if writer is not None:
-                    for k, v in row.items():
-                        if k != "epoch" and isinstance(v, float) and math.isfinite(v):
-                            writer.add_scalar(k, v, epoch + 1)
+            rows.append({k: row[k] for k in METRICS_FIELDS if k in row})
             val_txt = (
                 f", val top-1/top-5 error {100 * row['val_top1_error']:.2f}% / {100 * row['val_top5_error']:.2f}%"
                 if "val_top1_error" in row
@@ -675,6 +680,12 @@ def _train(
                 or schedule.stop
             ):
                 save()
+            if dist.is_main:  # after the checkpoint, which holds the same rows
+                write_metrics(out / "metrics.csv", rows)
+                if writer is not None:
+                    for k, v in row.items():
+                        if k != "epoch" and isinstance(v, float) and math.isfinite(v):
+                            writer.add_scalar(k, v, epoch + 1)
         if schedule.stop:
             log(
                 f"validation error stopped improving after {cfg.schedule.max_reductions} lr reductions: done"

@@ -156,11 +156,17 @@ def _native_lrn(x: Tensor, size: int, alpha: float, beta: float, k: float, group
     return _NativeLRNFunction.apply(x, size, alpha, beta, k, groups)
 
 
-def _use_native(x: Tensor) -> bool:
-    """channels_last float32/bfloat16 CPU tensors, when the kernels compiled."""
+# The C kernel's per-row buffers (native/lrn.c: MAX_CHANNELS, and 64 more for the window).
+_NATIVE_MAX_CHANNELS, _NATIVE_MAX_WINDOW_PAD = 8192, 64
+
+
+def _use_native(x: Tensor, size: int, groups: int) -> bool:
+    """channels_last float32/bfloat16 CPU tensors whose rows fit the kernel's buffers, when
+    the kernels compiled."""
     return (
         x.device.type == "cpu"
-        and x.shape[1] <= 8192
+        and x.shape[1] <= _NATIVE_MAX_CHANNELS
+        and 1 <= size <= _NATIVE_MAX_WINDOW_PAD + 1
         and x.is_contiguous(memory_format=torch.channels_last)
         and native.kernels(x.dtype) is not None
     )
@@ -200,7 +206,7 @@ def local_response_norm(
         raise ValueError(f"{x.shape[1]} channels do not split into {groups} LRN groups")
     a = alpha / size if alpha_convention == "mean" else alpha
     x = x.contiguous(memory_format=_memory_format(x))
-    if impl == "fast" and _use_native(x):
+    if impl == "fast" and _use_native(x, size, groups):
         return _native_lrn(x, size, a, beta, k, groups)
     if x.dtype in (torch.float16, torch.bfloat16):
         # .float() keeps the layout; the cast back is outside _LRNFunction, so autograd

@@ -20,6 +20,7 @@
 #include <string.h>
 
 #define MAX_CHANNELS 8192
+#define MAX_WINDOW_PAD 64
 
 /* The shared bodies take the storage type as a constant flag; forcing them inline makes
  * each entry point a specialised copy with the flag folded away (and vectorisable). */
@@ -75,10 +76,11 @@ static inline void window_sum(const float *pad, float *s, int n, int size) {
 static ALWAYS_INLINE int lrn_forward(const void *x, void *y, long rows, int channels,
                                      int groups, int size, float alpha, float beta, float k,
                                      int bf16) {
-    if (channels <= 0 || channels > MAX_CHANNELS || groups <= 0 || channels % groups)
-        return 1;
+    if (channels <= 0 || channels > MAX_CHANNELS || groups <= 0 || channels % groups ||
+        size < 1 || size > MAX_WINDOW_PAD + 1)
+        return 1; /* the row buffers below hold MAX_CHANNELS + MAX_WINDOW_PAD values */
     const int cg = channels / groups, lo = size / 2, hi = (size - 1) / 2;
-    float pad[MAX_CHANNELS + 64], s[MAX_CHANNELS], inv[MAX_CHANNELS];
+    float pad[MAX_CHANNELS + MAX_WINDOW_PAD], s[MAX_CHANNELS], inv[MAX_CHANNELS];
     memset(pad, 0, sizeof(float) * (size_t)(cg + lo + hi));
     for (long p = 0; p < rows; ++p) {
         for (int g = 0; g < groups; ++g) {
@@ -98,11 +100,12 @@ static ALWAYS_INLINE int lrn_forward(const void *x, void *y, long rows, int chan
 static ALWAYS_INLINE int lrn_backward(const void *x, const void *grad, void *gx, long rows,
                                       int channels, int groups, int size, float alpha,
                                       float beta, float k, int bf16) {
-    if (channels <= 0 || channels > MAX_CHANNELS || groups <= 0 || channels % groups)
-        return 1;
+    if (channels <= 0 || channels > MAX_CHANNELS || groups <= 0 || channels % groups ||
+        size < 1 || size > MAX_WINDOW_PAD + 1)
+        return 1; /* the row buffers below hold MAX_CHANNELS + MAX_WINDOW_PAD values */
     const int cg = channels / groups, lo = size / 2, hi = (size - 1) / 2;
     const float scale = 2.0f * beta * alpha;
-    float pad[MAX_CHANNELS + 64], s[MAX_CHANNELS], d[MAX_CHANNELS], inv[MAX_CHANNELS];
+    float pad[MAX_CHANNELS + MAX_WINDOW_PAD], s[MAX_CHANNELS], d[MAX_CHANNELS], inv[MAX_CHANNELS];
     memset(pad, 0, sizeof(float) * (size_t)(cg + lo + hi));
     for (long p = 0; p < rows; ++p) {
         for (int g = 0; g < groups; ++g) {

@@ -1,0 +1,136 @@
+"""A run directory and the signals that stop a run: what may be overwritten, the lock
+that keeps two runs out of one directory, and the flag SIGTERM/SIGUSR1/Ctrl-C set so a
+run stops after the current step with a checkpoint."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from ..config import ConfigError
+from . import distributed as D
+
+# What a run writes into its directory: one of these there means the directory holds a run.
+RUN_FILES = (
+    "config.yaml", "metrics.csv", "model.safetensors", "best.safetensors", "summary.json",
+    "checkpoint.pt",
+)  # fmt: skip
+LOCK_FILE = "train.lock"  # flock'ed while a run uses the directory; holds the holder's PID
+
+
+class StopFlag:
+    """SIGTERM / SIGUSR1 (cluster preemption) and SIGINT (Ctrl-C) set the flag; training
+    checks it after every step, under torchrun where the ranks next agree (every
+    ``run.log_every`` steps), then checkpoints and exits. A second Ctrl-C aborts at once,
+    without a checkpoint (KeyboardInterrupt). Forked loader workers inherit the handler and
+    leave the signal to the training process, which stops them."""
+
+    def __init__(self, announce: bool = False) -> None:
+        self.signal: str | None = None
+        self.announce = announce  # say on stderr what the first Ctrl-C does
+        self._old: dict[int, Any] = {}
+        self._pid = os.getpid()
+
+    def install(self) -> None:
+        self._pid = os.getpid()
+        for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGUSR1):
+            with contextlib.suppress(ValueError):  # not the main thread: no handlers
+                self._old[sig] = signal.signal(sig, self._handle)
+
+    def uninstall(self) -> None:
+        for sig, old in self._old.items():
+            signal.signal(sig, old)
+        self._old.clear()
+
+    def _handle(self, signum: int, _frame: Any) -> None:
+        if os.getpid() != self._pid:  # a forked loader worker
+            return
+        if signum == signal.SIGINT and self.signal is not None:
+            raise KeyboardInterrupt
+        self.signal = signal.Signals(signum).name
+        if signum == signal.SIGINT and self.announce:
+            # os.write: a signal handler must not re-enter a buffered stream mid-write.
+            os.write(2, b"\nCtrl-C: stopping after this step with a checkpoint; again to abort\n")
+
+
+class RunDirLock:
+    """Only one run uses a run directory at a time: an ``fcntl.flock`` on
+    ``<out>/train.lock``, taken by rank 0 and released when the process ends, however it
+    ends (the kernel drops the lock of a killed process, so a stale file never blocks).
+    Not on systems without ``fcntl`` (Windows): there the directory is not locked."""
+
+    def __init__(self, out: Path) -> None:
+        self.path = out / LOCK_FILE
+        self._fd: int | None = None
+
+    def acquire(self, dist: D.DistInfo) -> None:
+        """Lock, or raise a ConfigError naming the directory and the holder's PID; every
+        rank raises when rank 0 could not lock."""
+        refused: ConfigError | None = None
+        if dist.is_main:
+            try:
+                self._lock()
+            except ConfigError as err:
+                refused = err
+        if dist.distributed:
+            flag = torch.tensor([float(refused is not None)], device=dist.device)
+            if D.all_reduce_sum(flag).item() > 0 and refused is None:
+                refused = ConfigError(f"{self.path.parent} is in use by another run")
+        if refused is not None:
+            raise refused
+
+    def _lock(self) -> None:
+        try:
+            import fcntl
+        except ImportError:  # pragma: no cover - not Unix
+            return
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o666)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = os.read(fd, 32).decode(errors="replace").strip() or "unknown"
+            os.close(fd)
+            raise ConfigError(
+                f"{self.path.parent} is in use by another `alexnet train` (PID {holder}); "
+                "wait for it to end or stop it, or choose another --out"
+            ) from None
+        os.ftruncate(fd, 0)
+        os.write(fd, f"{os.getpid()}\n".encode())
+        self._fd = fd
+
+    def release(self) -> None:
+        if self._fd is not None:
+            os.close(self._fd)  # the file stays: removing it would race the next run's lock
+            self._fd = None
+
+
+def check_run_dir(out: Path, resume: bool, force: bool) -> list[str]:
+    """What ``out`` may be used for: --resume needs its checkpoint; a fresh run needs a
+    directory without a run's files, or --force. Returns the run files --force replaces."""
+    ckpt_path = out / "checkpoint.pt"
+    if resume and force:
+        raise ConfigError(
+            f"--resume and --force exclude each other: --resume continues the run in {out}, "
+            "--force starts it over"
+        )
+    if resume:
+        if not ckpt_path.is_file():
+            raise FileNotFoundError(f"--resume: no checkpoint in {out} (expected {ckpt_path})")
+        return []
+    found = [name for name in RUN_FILES if (out / name).exists()]
+    if found and not force:
+        how = (
+            "pass --resume to continue it, --force to start it over"
+            if "checkpoint.pt" in found
+            else "it has no checkpoint.pt to --resume from; pass --force to start it over"
+        )
+        raise ConfigError(
+            f"{out} already holds a run ({', '.join(found)}); {how}, or choose another --out"
+        )
+    return found
