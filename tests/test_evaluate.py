@@ -318,6 +318,11 @@ def test_bad_weights_file(tmp_path, capsys):
         {"w": torch.zeros(1)}, str(tmp_path / "x.safetensors"), metadata={"model_config": "{}"}
     )
     assert main(["predict", str(tmp_path / "x.safetensors"), str(tmp_path / "a.png")]) == 2
+    # A pickle named .safetensors: one line, not the reader's traceback.
+    torch.save({"w": torch.zeros(1)}, tmp_path / "p.safetensors")
+    capsys.readouterr()
+    assert main(["predict", str(tmp_path / "p.safetensors"), str(tmp_path / "a.png")]) == 2
+    assert "not a readable safetensors file" in capsys.readouterr().err
 
 
 def test_ten_crop_of_the_whole_image_keeps_the_average():

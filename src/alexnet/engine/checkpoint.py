@@ -86,12 +86,21 @@ def load_weights(path: str | Path) -> tuple[dict[str, Tensor], dict[str, Any]]:
     if path.suffix == ".safetensors":
         from safetensors import safe_open
 
-        with safe_open(str(path), framework="pt") as f:
-            raw_meta = f.metadata() or {}
-            tensors = {k: f.get_tensor(k) for k in f.keys()}  # noqa: SIM118 - safe_open has no iterator
+        try:
+            with safe_open(str(path), framework="pt") as f:
+                raw_meta = f.metadata() or {}
+                tensors = {k: f.get_tensor(k) for k in f.keys()}  # noqa: SIM118 - safe_open has no iterator
+        except Exception as err:  # the Rust reader raises its own error types
+            raise ValueError(
+                f"{path}: not a readable safetensors file ({type(err).__name__}: {err}); "
+                "export weights with `alexnet export`"
+            ) from None
         for key in ("model_config", "classes", "names", "preprocessing"):
             if key in raw_meta:
-                meta[key] = json.loads(raw_meta[key])
+                try:
+                    meta[key] = json.loads(raw_meta[key])
+                except json.JSONDecodeError:
+                    raise ValueError(f"{path}: its {key!r} metadata is not valid JSON") from None
         for key in [k for k in tensors if k.startswith(META_PREFIX)]:
             meta[key[len(META_PREFIX) :]] = tensors.pop(key)
         state = tensors
