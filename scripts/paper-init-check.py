@@ -47,7 +47,7 @@ with tempfile.TemporaryDirectory() as tmp:
             data, "train", LoaderSpec(train=True), args.batch, torch.device("cpu"),
             data.preprocessing(224), workers=1,
         )  # fmt: skip
-        loader.sampler.n = min(args.limit, loader.sampler.n)
+        loader.sampler.limit(args.limit)
         stats = {}
         hooks = [
             getattr(model, n).register_forward_hook(

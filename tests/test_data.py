@@ -704,3 +704,14 @@ def test_bad_options_and_datasets_are_clear(tmp_path):
     with pytest.raises(DataError, match=r"see .*report\.csv"):
         prepare(str(tmp_path / "junk"), tmp_path / "j", workers=1, progress=False)
     assert "not an image" in (tmp_path / "j" / "report.csv").read_text()
+
+
+def test_limit_takes_a_fixed_random_subset_not_the_first_class():
+    # Prepared splits are sorted by class: the first n images would be one class.
+    s = EpochSampler(100, 10, seed=3)
+    s.limit(20)
+    seen = np.concatenate([b.indices for b in s.plan()])
+    assert len(seen) == 20 and len(set(seen.tolist())) == 20 and seen.max() >= 50
+    s.set_epoch(1)
+    again = np.concatenate([b.indices for b in s.plan()])
+    assert set(again.tolist()) == set(seen.tolist())  # the same images every epoch

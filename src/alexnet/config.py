@@ -257,7 +257,8 @@ class DataConfig:
     # most 8 (none on a single core); the number used is recorded with the run.
     workers: int | Literal["auto"] = "auto"
     val_views: Literal["center", "ten-crop"] = "center"
-    # Use at most this many training images (0 = all): smoke runs and quick experiments.
+    # Use at most this many training images (0 = all), a fixed random subset of the split:
+    # smoke runs and quick experiments.
     limit_train: int = 0
 
     def __post_init__(self) -> None:

@@ -95,7 +95,7 @@ def _train_curve(
         data, "train", spec, batch, torch.device("cpu"), prep, seed=seed, workers=0
     )
     if limit:
-        loader.sampler.n = min(limit, loader.sampler.n)
+        loader.sampler.limit(limit)
     steps = len(loader)
     every = max(1, steps // points)
     curve: list[tuple[float, float]] = []

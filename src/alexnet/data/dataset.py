@@ -210,6 +210,14 @@ class EpochSampler:
         self.drop_last, self.rank, self.world_size = drop_last, rank, world_size
         self.crop_range, self.flip, self.pca_std = crop_range, flip, pca_std
         self.epoch, self.start_batch = 0, 0
+        self.subset: np.ndarray | None = None  # dataset indices in use (see limit)
+
+    def limit(self, n: int) -> None:
+        """Use a fixed random ``n`` of the split (seeded by ``seed``) rather than all of it;
+        not its first ``n``, which a prepared split stores sorted by class."""
+        if 0 < n < self.n:
+            keep = np.random.default_rng([self.seed, 2**31 - 1]).choice(self.n, n, replace=False)
+            self.subset, self.n = np.sort(keep), n
 
     def set_epoch(self, epoch: int, start_batch: int = 0) -> None:
         self.epoch, self.start_batch = epoch, start_batch
@@ -228,6 +236,8 @@ class EpochSampler:
     def plan(self) -> list[BatchPlan]:
         g = np.random.default_rng([self.seed, self.epoch])
         order = g.permutation(self.n) if self.shuffle else np.arange(self.n)
+        if self.subset is not None:
+            order = self.subset[order]
         ys = g.integers(0, self.crop_range[0] + 1, self.n)
         xs = g.integers(0, self.crop_range[1] + 1, self.n)
         flips = g.random(self.n) < 0.5 if self.flip else np.zeros(self.n, dtype=bool)

@@ -350,7 +350,8 @@ def _options(src: str, kind: str, size: int | str | None, quality: int, val_frac
     return {
         "src": src if named else str(Path(src).resolve()),
         "kind": kind,
-        "size": DEFAULT_SIZE if size is None else size,
+        # None is not 256: it lets small images keep their native size (see _native_plan)
+        "size": "default" if size is None else size,
         "quality": quality,
         "val_fraction": val_fraction,
         "seed": seed,

@@ -494,7 +494,7 @@ def _train(
         world_size=dist.world_size, workers=workers,
     )  # fmt: skip
     if cfg.data.limit_train:
-        train_loader.sampler.n = min(cfg.data.limit_train, train_loader.sampler.n)
+        train_loader.sampler.limit(cfg.data.limit_train)
     if len(train_loader) == 0:
         raise ConfigError(
             f"the training split has {train_loader.sampler.n} images, fewer than one batch of "
