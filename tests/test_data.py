@@ -547,6 +547,45 @@ def test_finished_split_is_kept_on_rerun(tmp_path):
     assert json.loads((dst / "meta.json").read_text())["splits"]["val"]["count"] == 2
 
 
+def test_resumed_prepare_keeps_the_finished_splits_problems(tmp_path):
+    # report.csv is written as each split finishes; a rerun that keeps the train split
+    # keeps its rows too, and every row names its split.
+    src = tmp_path / "src"
+    make_folder_dataset(src / "train", classes=2, per_class=5)
+    make_folder_dataset(src / "test", classes=2, per_class=2)
+    (src / "train" / "class_0" / "broken.jpg").write_bytes(b"not an image")
+    dst = tmp_path / "dst"
+    prepare(str(src), dst, workers=1, progress=False)
+
+    def rows():
+        with open(dst / "report.csv") as f:
+            return {(r["split"], Path(r["path"]).name) for r in csv.DictReader(f)}
+
+    first = rows()
+    assert ("train", "broken.jpg") in first, first
+    (dst / "meta.json").unlink()  # as if killed after the train split
+    (dst / "val.index.npy").unlink()
+    out = prepare(str(src), dst, workers=1, progress=False)
+    assert out["splits"]["train"].get("resumed") is True
+    assert rows() == first
+
+
+def test_val_fraction_only_matters_where_a_val_split_is_held_out(tmp_path):
+    # With its own test/ folder the source ignores --val-fraction and --seed: a rerun with
+    # other values is the same dataset. Where val is held out, they stay part of the check.
+    make_folder_dataset(tmp_path / "src" / "train", classes=2, per_class=4)
+    make_folder_dataset(tmp_path / "src" / "test", classes=2, per_class=2)
+    prepare(str(tmp_path / "src"), tmp_path / "a", workers=1, progress=False)
+    again = prepare(
+        str(tmp_path / "src"), tmp_path / "a", workers=1, val_fraction=0.3, seed=5, progress=False
+    )
+    assert again["already_prepared"] is True
+    flat = make_folder_dataset(tmp_path / "flat", classes=2, per_class=5)
+    prepare(str(flat), tmp_path / "b", workers=1, progress=False)
+    with pytest.raises(DataError, match=r"--val-fraction 0\.1 \(this run: 0\.3\)"):
+        prepare(str(flat), tmp_path / "b", workers=1, val_fraction=0.3, progress=False)
+
+
 # ---------------------------------------------------------------- `alexnet prepare` as users run it
 
 

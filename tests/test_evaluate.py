@@ -1,5 +1,6 @@
 import json
 import os
+import shutil
 import subprocess
 import sys
 
@@ -14,6 +15,7 @@ from alexnet.apps.retrieval import nearest
 from alexnet.cli import main
 from alexnet.data.dataset import Prepared, make_loader
 from alexnet.data.prepare import prepare
+from alexnet.data.sources import DataError
 from alexnet.engine.checkpoint import load_weights
 from alexnet.engine.inference import images_to_inputs, load_model
 from alexnet.engine.metrics import model_outputs, view_probabilities
@@ -452,3 +454,57 @@ def test_nan_weights_are_an_error_not_an_error_rate(run, tmp_path, capsys):
     code = main(["evaluate", str(tmp_path / "nan.safetensors"), "--data", str(run / "data"),
                  "--workers", "0", "--device", "cpu"])  # fmt: skip
     assert code == 2 and "not finite" in capsys.readouterr().err
+
+
+def test_allow_mismatch_is_the_explicit_override_for_transfer(run, tmp_path, capsys):
+    # Other class names: refused by evaluate and features; --allow-mismatch compares labels
+    # by index and says so.
+    shutil.copytree(run / "data", tmp_path / "renamed")
+    meta_path = tmp_path / "renamed" / "meta.json"
+    meta = json.loads(meta_path.read_text())
+    meta["classes"] = meta["names"] = [f"other_{c}" for c in meta["classes"]]
+    meta_path.write_text(json.dumps(meta))
+    weights = str(run / "run" / "model.safetensors")
+    base = ["--data", str(tmp_path / "renamed"), "--workers", "0", "--device", "cpu"]
+    assert main(["evaluate", weights, *base]) == 2
+    assert "first differ at index 0" in capsys.readouterr().err
+    out = tmp_path / "f.npz"
+    assert main(["features", weights, *base, "--split", "val", "--out", str(out)]) == 2
+    assert not out.exists()
+    capsys.readouterr()
+    assert (
+        main(["evaluate", weights, *base, "--allow-mismatch", "--json", str(tmp_path / "e.json")])
+        == 0
+    )
+    captured = capsys.readouterr()
+    assert "labels are compared by index" in captured.err + captured.out
+    ref = run_evaluation([weights], str(run / "data"), progress=False)
+    assert json.loads((tmp_path / "e.json").read_text())["top1_error"] == ref["top1_error"]
+    assert (
+        main(["features", weights, *base, "--split", "val", "--out", str(out), "--allow-mismatch"])
+        == 0
+    )
+    assert out.exists()
+
+
+def test_allow_mismatch_adapts_the_mean_to_another_size_and_never_the_channels(run):
+    from alexnet.data.preprocess import InputTransform
+
+    prep = load_model(run / "run" / "model.safetensors").prep
+    with pytest.raises(DataError, match="36x36x1"):
+        prep.for_data((36, 36, 1), None, "d")
+    adapted, notes = prep.for_data((36, 36, 1), None, "d", allow_mismatch=True)
+    assert adapted.image_size == (36, 36, 1) and len(notes) == 1 and "per-channel" in notes[0]
+    assert adapted.mean is not None
+    np.testing.assert_allclose(
+        adapted.mean, prep.mean.mean(axis=(0, 1)) + 0 * adapted.mean, rtol=1e-6
+    )
+    x = torch.full((2, 36, 36, 1), 100, dtype=torch.uint8)
+    inputs = InputTransform(adapted, torch.device("cpu"))(x)
+    assert inputs.shape == (2, 1, prep.crop, prep.crop)
+    expected = (100 - float(prep.mean.mean())) * prep.input_scale
+    assert torch.allclose(inputs, torch.full_like(inputs, expected), rtol=1e-5)
+    # Same size and classes: nothing changes, no notes.
+    assert prep.for_data(prep.image_size, list(prep.classes), "d", True) == (prep, [])
+    with pytest.raises(DataError, match="channels must match"):
+        prep.for_data((28, 28, 3), None, "d", allow_mismatch=True)

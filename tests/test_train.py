@@ -829,3 +829,87 @@ def test_resuming_a_finished_run_keeps_its_final_validation(tmp_path, fmnist):
     saved = json.loads((tmp_path / "r" / "summary.json").read_text())
     assert saved["final_val_top1_error"] == first["final_val_top1_error"]
     assert len((tmp_path / "r" / "metrics.csv").read_text().splitlines()) == 2
+
+
+def test_full_disk_is_one_line_and_keeps_the_last_checkpoint(tmp_path, fmnist, capsys, monkeypatch):
+    # torch.save reports a full disk as a RuntimeError about stream positions; the atomic
+    # writer asks the filesystem, removes its partial file and says what happened.
+    import alexnet.atomic as A
+
+    args = ["--preset", "fashion-mnist", "--data", str(fmnist), "--set", "schedule.kind=constant"]
+    args += [a for s in SMALL for a in ("--set", s)]
+    out = tmp_path / "run"
+    assert main(["train", *args, "--set", "run.epochs=1", "--out", str(out)]) == 0
+    before = (out / "checkpoint.pt").read_bytes()
+    real_save, real_statvfs = torch.save, os.statvfs
+
+    def full_save(obj, f, *a, **k):
+        with open(f, "wb") as fh:
+            fh.write(b"PK\x03\x04 partial")
+        raise RuntimeError("[enforce fail at inline_container.cc:672] . unexpected pos 576 vs 534")
+
+    class Full:
+        f_bavail, f_frsize = 3, 4096
+
+    monkeypatch.setattr(torch, "save", full_save)
+    monkeypatch.setattr(A.os, "statvfs", lambda p: Full())
+    capsys.readouterr()
+    assert main(["train", "--out", str(out), "--resume", "--set", "run.epochs=2"]) == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "no space left on the device" in err[0], err
+    assert f"{out / 'checkpoint.pt'} is whole: continue with --resume" in err[0]
+    assert (out / "checkpoint.pt").read_bytes() == before
+    assert not [p for p in out.iterdir() if ".tmp" in p.name]
+    monkeypatch.setattr(torch, "save", real_save)
+    monkeypatch.setattr(A.os, "statvfs", real_statvfs)
+    assert main(["train", "--out", str(out), "--resume", "--set", "run.epochs=2"]) == 0
+    with open(out / "metrics.csv") as f:
+        assert [r["epoch"] for r in csv.DictReader(f)] == ["1", "2"]
+
+
+def test_full_disk_on_a_real_filesystem(tmp_path, fmnist, capsys):
+    # Where the suite may mount a tiny tmpfs (root on Linux), the real thing.
+    mnt = tmp_path / "tiny"
+    mnt.mkdir()
+    if (
+        sys.platform != "linux"
+        or subprocess.run(
+            ["mount", "-t", "tmpfs", "-o", "size=64k", "tmpfs", str(mnt)], capture_output=True
+        ).returncode
+    ):
+        pytest.skip("cannot mount a tmpfs here")
+    try:
+        args = ["--preset", "fashion-mnist", "--data", str(fmnist), "--set", "run.epochs=1"]
+        args += [a for s in SMALL for a in ("--set", s)]
+        assert main(["train", *args, "--out", str(mnt / "run")]) == 1
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and "no space left on the device" in err[0], err
+        assert "no checkpoint was written yet" in err[0]
+        assert not [p for p in (mnt / "run").iterdir() if ".tmp" in p.name]
+    finally:
+        subprocess.run(["umount", str(mnt)], check=False)
+
+
+def test_tensorboard_never_shows_an_epoch_twice_after_resume(tmp_path, fmnist, monkeypatch):
+    # Epochs logged after the last checkpoint by a run that stopped are purged on resume.
+    import types
+
+    writers = []
+
+    class Writer:
+        def __init__(self, log_dir, purge_step=None):
+            self.purge_step, self.steps = purge_step, set()
+            writers.append(self)
+
+        def add_scalar(self, tag, value, step):
+            self.steps.add(step)
+
+        def close(self):
+            pass
+
+    monkeypatch.setitem(
+        sys.modules, "torch.utils.tensorboard", types.SimpleNamespace(SummaryWriter=Writer)
+    )
+    train(cfg_for(fmnist, "run.epochs=1"), tmp_path / "r", quiet=True)
+    train(cfg_for(fmnist, "run.epochs=2"), tmp_path / "r", resume=True, quiet=True)
+    assert [(w.purge_step, w.steps) for w in writers] == [(None, {1}), (2, {2})]

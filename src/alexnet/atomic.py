@@ -10,6 +10,7 @@ replaces; a failed write removes its temporary file.
 from __future__ import annotations
 
 import contextlib
+import errno
 import json
 import os
 from collections.abc import Iterator
@@ -55,11 +56,29 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
         # Some writers (safetensors) create 0600 files; give every file the usual mode.
         os.chmod(tmp, 0o666 & ~_umask())
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as err:
+        full = isinstance(err, Exception) and _disk_full(err, path.parent)
         with contextlib.suppress(OSError):
             tmp.unlink()
+        if full:
+            raise OSError(errno.ENOSPC, "no space left on the device", str(path)) from err
         raise
     fsync_dir(path.parent)
+
+
+def _disk_full(err: Exception, folder: Path) -> bool:
+    """Whether a failed write ran out of space. Writers report it differently (an OSError,
+    torch's "unexpected pos" RuntimeError, safetensors' error text), so the filesystem is
+    asked too, while the partial temporary file still holds its space."""
+    if isinstance(err, OSError) and err.errno in (errno.ENOSPC, errno.EDQUOT):
+        return True
+    if "No space left" in str(err):
+        return True
+    try:
+        st = os.statvfs(folder)
+    except (OSError, AttributeError):  # pragma: no cover - no statvfs (Windows)
+        return False
+    return st.f_bavail * st.f_frsize < 1 << 20
 
 
 def write_bytes(path: str | Path, data: bytes) -> Path:

@@ -7,6 +7,7 @@ import json
 import os
 import sys
 from collections.abc import Callable, Sequence
+from pathlib import Path
 
 from . import __version__
 
@@ -75,7 +76,6 @@ def cmd_prepare(args: argparse.Namespace) -> int:
 
 
 def cmd_train(args: argparse.Namespace) -> int:
-    from pathlib import Path
 
     from .config import load_train_config
     from .engine.train import TrainingStopped, format_summary, resolve_config_for_resume, train
@@ -85,7 +85,7 @@ def cmd_train(args: argparse.Namespace) -> int:
         overrides.append(f"data.path={args.data}")
     if args.init_from:
         overrides.append(f"init_from={args.init_from}")
-    out = Path(args.out or f"runs/{args.preset or Path(args.config or 'run').stem}")
+    out = args.run_dir = Path(args.out or f"runs/{args.preset or Path(args.config or 'run').stem}")
     cfg = None
     if args.preset or args.config or not args.resume:
         if not (args.preset or args.config):
@@ -114,7 +114,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 
     report = run_evaluation(
         args.weights, args.data, args.split, args.views, args.batch_size, args.workers, args.device,
-        progress=not args.quiet, precision=args.precision,
+        progress=not args.quiet, precision=args.precision, allow_mismatch=args.allow_mismatch,
     )  # fmt: skip
     if int(os.environ.get("RANK", "0")) != 0:
         return 0
@@ -157,7 +157,10 @@ def cmd_features(args: argparse.Namespace) -> int:
         args.device,
         args.dtype,
         not args.quiet,
+        args.allow_mismatch,
     )
+    for note in r["mismatch_notes"]:
+        print(f"alexnet features: note: {note}", file=sys.stderr)
     print(
         f"wrote {r['images']:,} x {r['dim']} {r['dtype']} fc7 features ({r['bytes'] / 1e6:,.1f} MB) to {r['out']}"
     )
@@ -435,6 +438,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", default=None, metavar="FILE", help="write everything as JSON")
     p.add_argument("--csv", default=None, metavar="FILE", help="write per-class accuracy as CSV")
     p.add_argument("--quiet", action="store_true")
+    p.add_argument(
+        "--allow-mismatch",
+        action="store_true",
+        help="deliberate transfer: run on data prepared at another size or with other class "
+        "names (the model's per-channel mean replaces its mean image; labels by index)",
+    )
     p.set_defaults(func=cmd_evaluate)
 
     p = sub.add_parser("predict", help="top-k labels for image files or folders")
@@ -463,6 +472,12 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--device", default="auto")
     p.add_argument("--quiet", action="store_true")
+    p.add_argument(
+        "--allow-mismatch",
+        action="store_true",
+        help="deliberate transfer: run on data prepared at another size or with other class "
+        "names (the model's per-channel mean replaces its mean image; labels by index)",
+    )
     p.set_defaults(func=cmd_features)
 
     p = sub.add_parser("neighbors", help="exact k nearest gallery images by Euclidean fc7 distance")
@@ -606,3 +621,36 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print(f"alexnet {args.command}: interrupted", file=sys.stderr)
         return 130
+    except OSError as err:  # a full disk, permissions, a vanished mount: not a bug of ours
+        if os.environ.get("ALEXNET_DEBUG"):
+            raise
+        print(
+            f"alexnet {args.command}: error: {_os_error_text(err, args.command, getattr(args, 'run_dir', None))}",
+            file=sys.stderr,
+        )
+        return 1
+
+
+def _os_error_text(err: OSError, command: str, out: Path | None = None) -> str:
+    import errno
+
+    what = err.strerror or str(err)
+    text = f"{what}: {err.filename}" if err.filename else what
+    hint = {
+        errno.ENOSPC: "free some space or write somewhere else",
+        errno.EDQUOT: "the disk quota is used up: free some space or write somewhere else",
+        errno.EACCES: "check the permissions",
+        errno.EPERM: "check the permissions",
+        errno.EROFS: "the filesystem is read-only: write somewhere else",
+    }.get(err.errno or 0)
+    if hint:
+        text += f" ({hint})"
+    # Every file is written whole or not at all (alexnet/atomic.py): say how to go on.
+    if command == "prepare":
+        text += "; the splits already written are whole: the same command continues"
+    elif command == "train" and out is not None:
+        if (out / "checkpoint.pt").exists():
+            text += f"; {out / 'checkpoint.pt'} is whole: continue with --resume"
+        else:
+            text += "; no checkpoint was written yet: start again with --force"
+    return text

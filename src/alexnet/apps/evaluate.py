@@ -24,10 +24,14 @@ def run_evaluation(
     progress: bool = True,
     top_confusions: int = 10,
     precision: str = "fp32",
+    allow_mismatch: bool = False,
 ) -> dict[str, Any]:
     """Top-1/top-5 error of one model or the average of several models' softmax outputs
     (the paper's "5 CNNs"), per-class accuracy and the most confused class pairs.
-    ``precision``: fp32, or bf16/fp16 autocast where the device runs it."""
+    ``precision``: fp32, or bf16/fp16 autocast where the device runs it.
+    ``allow_mismatch``: evaluate on data the model was not prepared for (deliberate
+    transfer; :meth:`Preprocessing.for_data` says what is adapted, and the report lists it)."""
+    import sys
     import time
 
     from ..data.dataset import Prepared, make_loader
@@ -59,10 +63,14 @@ def run_evaluation(
                 raise ValueError(
                     f"{first.path} and {lm.path} cannot be ensembled: {'; '.join(differ)}"
                 )
-        first.prep.check_data(data.image_size, data.classes, f"{data_dir} ({split})")
+        prep, notes = first.prep.for_data(
+            data.image_size, data.classes, f"{data_dir} ({split})", allow_mismatch
+        )
+        for note in notes if dist.is_main else []:
+            print(f"alexnet evaluate: note: {note}", file=sys.stderr)
         loader = make_loader(
             data, split, first.loader_spec(views), max(1, batch_size // dist.world_size), dist.device,
-            first.prep, rank=dist.rank, world_size=dist.world_size, workers=workers,
+            prep, rank=dist.rank, world_size=dist.world_size, workers=workers,
         )  # fmt: skip
         n_classes = first.model.cfg.num_classes
         if n_classes != data.num_classes:
@@ -104,7 +112,7 @@ def run_evaluation(
             dist.world_size,
             top_confusions,
         )
-        return {**report, "precision": resolved.name}
+        return {**report, "precision": resolved.name, "mismatch_notes": notes}
     finally:
         D.cleanup()
 
@@ -177,6 +185,7 @@ def format_report(r: dict[str, Any]) -> str:
         f"   (accuracy {100 * r['top1_accuracy']:.2f}% / {100 * r['top5_accuracy']:.2f}%)",
         f"  {r['images_per_s'] or 0:,.0f} images/s",
     ]
+    lines += [f"  --allow-mismatch: {note}" for note in r.get("mismatch_notes") or []]
     scored = [c for c in r["per_class"] if c["images"]]
     if 1 < len(scored) <= 20:
         lines.append("  per class top-1 accuracy:")

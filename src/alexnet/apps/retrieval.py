@@ -29,8 +29,11 @@ from ..progress import bar as progress_bar
 
 def extract_features(
     weights: str, data_dir: str, split: str, out: str, batch_size: int = 128, workers: int | str = "auto",
-    device: str = "auto", dtype: str = "float16", progress: bool = True,
+    device: str = "auto", dtype: str = "float16", progress: bool = True, allow_mismatch: bool = False,
 ) -> dict[str, Any]:  # fmt: skip
+    """fc7 features of every image of a prepared split, written atomically to ``out``
+    (.npz). ``allow_mismatch``: data the model was not prepared for (see
+    :meth:`Preprocessing.for_data`); the notes are returned."""
     from ..data.dataset import Prepared, make_loader
     from ..engine.distributed import resolve_device
     from ..engine.inference import load_model
@@ -39,8 +42,12 @@ def extract_features(
     dev = resolve_device(device)
     lm = load_model(weights, dev)
     data = Prepared(data_dir)
+    # Features carry the data's labels, not the model's: class names only matter as a check.
+    prep, notes = lm.prep.for_data(
+        data.image_size, data.classes, f"{data_dir} ({split})", allow_mismatch
+    )
     loader = make_loader(
-        data, split, lm.loader_spec("center"), batch_size, dev, lm.prep, workers=workers
+        data, split, lm.loader_spec("center"), batch_size, dev, prep, workers=workers
     )
     n = loader.num_samples
     feats = np.zeros((n, lm.model.fc7.out_features), dtype=np.dtype(dtype))
@@ -65,6 +72,7 @@ def extract_features(
         "dim": feats.shape[1],
         "dtype": dtype,
         "bytes": feats.nbytes,
+        "mismatch_notes": notes,
     }
 
 

@@ -360,26 +360,37 @@ def _options(src: str, kind: str, size: int | str | None, quality: int, val_frac
     }
 
 
-def _recorded_options(dst: Path) -> dict[str, Any] | None:
-    for path, key in ((dst / MARKER, "options"), (dst / "meta.json", "options")):
+def _recorded_options(dst: Path) -> tuple[dict[str, Any] | None, set[str]]:
+    """The options ``dst`` was built with, and those that did not matter for its source."""
+    for path in (dst / MARKER, dst / "meta.json"):
         if path.is_file():
             try:
-                return json.loads(path.read_text()).get(key)
+                record = json.loads(path.read_text())
             except (OSError, ValueError):
                 raise DataError(
                     f"{path} is unreadable; pass --force to rebuild {dst}, or choose another DST"
                 ) from None
-    return None
+            return record.get("options"), set(record.get("unused_options", []))
+    return None, set()
+
+
+def _unused_options(source: Source) -> list[str]:
+    """--val-fraction and --seed only choose a held-out val split; a source with its own
+    (a val/test folder, CIFAR-10's test batch) ignores them, so reruns may differ there."""
+    held_out = isinstance(source, FileSource) and any(
+        "--val-fraction" in line for line in source.layout
+    )
+    return [] if held_out else ["val_fraction", "seed"]
 
 
 def _check_dst(dst: Path, options: dict[str, Any]) -> None:
     """Refuse to mix this run's options with an earlier run's files in ``dst``."""
-    recorded = _recorded_options(dst)
+    recorded, unused = _recorded_options(dst)
     if recorded is not None:
         diffs = [
             f"{OPTION_FLAGS.get(k, k)} {recorded.get(k)} (this run: {v})"
             for k, v in options.items()
-            if recorded.get(k) != v
+            if recorded.get(k) != v and k not in unused
         ]
         if diffs:
             raise DataError(
@@ -453,14 +464,20 @@ def prepare(
         _remove_outputs(dst)
     removed = _clean_partial(dst)
     if not (dst / MARKER).is_file():
-        write_json(dst / MARKER, {"format": FORMAT, "options": options}, indent=1)
+        record = {"format": FORMAT, "options": options, "unused_options": _unused_options(source)}
+        write_json(dst / MARKER, record, indent=1)
     native, channels = _native_plan(source, size) if isinstance(source, FileSource) else (False, 3)
     fmt = "raw" if isinstance(source, ArraySource) or native else "jpeg"
     native_shape: tuple[int, int] | None = None
     if native and (dst / "train.images.npy").is_file():
         native_shape = np.load(dst / "train.images.npy", mmap_mode="r").shape[1:3]
     workers = workers or max(1, os.cpu_count() or 1)
-    problems: list[tuple[str, str]] = list(getattr(source, "problems", []))
+    # (split, path, reason); a resumed split's rows come from the report the earlier run
+    # wrote when it finished that split.
+    earlier = _read_report(dst / "report.csv")
+    problems: list[tuple[str, str, str]] = [
+        ("scan", p, r) for p, r in getattr(source, "problems", [])
+    ]
     splits: dict[str, dict[str, Any]] = {}
     stats_path = dst / "train.stats.npz"
     stats: PixelStats | None = None
@@ -484,6 +501,7 @@ def prepare(
                 np.load(dst / (f"{name}.index.npy" if fmt == "jpeg" else f"{name}.labels.npy"))
             )
             splits[name] = {"count": idx_count, "resumed": True}
+            problems += [row for row in earlier if row[0] == name]
             continue
         if isinstance(source, ArraySource):
             res = _write_array_split(source.images[name], labels, name, dst, with_stats)
@@ -507,7 +525,8 @@ def prepare(
                 progress,
             )
             split_labels = np.load(dst / f"{name}.index.npy")["label"]
-        problems.extend(res.problems)
+        problems += [(name, p, r) for p, r in res.problems]
+        _write_report(dst / "report.csv", problems)  # kept for a resumed run
         if res.stats is not None:
             stats = res.stats
             stats.save(stats_path)
@@ -542,6 +561,7 @@ def prepare(
             "layout": layout,
         },
         "options": options,
+        "unused_options": _unused_options(source),
         "classes": source.classes,
         "names": source.names,
         "image_size": image_size,
@@ -553,7 +573,7 @@ def prepare(
             "eigenvectors": eigenvectors,
             "units": "pixel values in [0, 1]",
         },
-        "skipped": len([p for p in problems if "kept" not in p[1]]),
+        "skipped": len([p for p in problems if "kept" not in p[2]]),
         "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
     }
     write_json(dst / "meta.json", meta, indent=1)
@@ -578,11 +598,20 @@ def prepare(
     }
 
 
-def _write_report(path: Path, problems: list[tuple[str, str]]) -> None:
+def _write_report(path: Path, problems: list[tuple[str, str, str]]) -> None:
     with atomic_path(path) as tmp, open(tmp, "w", newline="") as f:
         w = csv.writer(f)
-        w.writerow(["path", "reason"])
+        w.writerow(["split", "path", "reason"])
         w.writerows(problems)
+
+
+def _read_report(path: Path) -> list[tuple[str, str, str]]:
+    """The rows of an earlier run's report.csv (none where absent or of the old format)."""
+    try:
+        with open(path, newline="") as f:
+            return [(r["split"], r["path"], r["reason"]) for r in csv.DictReader(f)]
+    except (OSError, KeyError, csv.Error):
+        return []
 
 
 def format_summary(s: dict[str, Any]) -> str:

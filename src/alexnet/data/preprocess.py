@@ -157,7 +157,8 @@ class Preprocessing:
                 f"{where} holds {image_size[0]}x{image_size[1]}x{image_size[2]} images but the "
                 f"model was trained on {self.image_size[0]}x{self.image_size[1]}x"
                 f"{self.image_size[2]} ({why}): prepare the data with "
-                f"`alexnet prepare ... --size {self.image_size[0]}`"
+                f"`alexnet prepare ... --size {self.image_size[0]}` (or, for a deliberate "
+                "transfer, pass --allow-mismatch to evaluate/features)"
             )
         if classes is not None and self.classes and list(classes) != list(self.classes):
             ours, theirs = list(self.classes), list(classes)
@@ -169,8 +170,53 @@ class Preprocessing:
                 f"{where} has {len(theirs)} classes and the model {len(ours)}; they first differ "
                 f"at index {diff} (data: {theirs[diff] if diff < len(theirs) else '-'}, model: "
                 f"{ours[diff] if diff < len(ours) else '-'}): use data prepared with the "
-                "model's classes"
+                "model's classes (or, for a deliberate transfer with as many classes, pass "
+                "--allow-mismatch to evaluate/features)"
             )
+
+    def for_data(
+        self,
+        image_size: tuple[int, int, int],
+        classes: list[str] | None,
+        where: str,
+        allow_mismatch: bool = False,
+    ) -> tuple[Preprocessing, list[str]]:
+        """This contract checked against a prepared split (:meth:`check_data`), or, with
+        ``allow_mismatch`` (a deliberate transfer), adapted to it with a note per change:
+
+        - another stored size: the model's mean image is reduced to its per-channel mean
+          (Caffe's "mean value"), which fits any size; the crop stays the model's;
+        - other class names: labels are compared by index (the count must still match).
+
+        A different channel count cannot be adapted and stays an error."""
+        if not allow_mismatch:
+            self.check_data(image_size, classes, where)
+            return self, []
+        size = tuple(int(v) for v in image_size)
+        if size[2] != self.channels:
+            raise DataError(
+                f"{where} holds {size[2]}-channel images but the model takes {self.channels}; "
+                "even with --allow-mismatch the channels must match: prepare the data again"
+            )
+        prep, notes = self, []
+        if size != tuple(self.image_size):
+            mean = None
+            if self.mean is not None:
+                mean = np.broadcast_to(self.mean.mean(axis=(0, 1)), size).astype(np.float32)
+            prep = dataclasses.replace(self, image_size=size, mean=mean)  # type: ignore[arg-type]
+            notes.append(
+                f"{where} holds {size[0]}x{size[1]} images and the model was trained on "
+                f"{self.image_size[0]}x{self.image_size[1]}: using the model's per-channel mean"
+                " instead of its mean image"
+            )
+        if classes is not None and self.classes and list(classes) != list(self.classes):
+            if len(classes) != len(self.classes):
+                self.check_data(size, classes, where)  # the error that names both sides
+            notes.append(
+                f"{where} names its classes differently from the model: labels are compared by "
+                "index"
+            )
+        return prep, notes
 
 
 class InputTransform:

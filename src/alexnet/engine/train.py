@@ -374,12 +374,16 @@ def _saved_rows(state: dict[str, Any], path: Path, epochs: int) -> list[dict[str
         return list(csv.DictReader(f))[:epochs]
 
 
-def _tensorboard(out: Path) -> Any:
+def _tensorboard(out: Path, next_epoch: int) -> Any:
+    """TensorBoard's writer, where installed. On resume, the epochs logged after the
+    checkpoint (by the run that stopped) are purged, so no epoch appears twice."""
     try:
         from torch.utils.tensorboard import SummaryWriter
     except ImportError:
         return None
-    return SummaryWriter(str(out / "tensorboard"))
+    return SummaryWriter(
+        str(out / "tensorboard"), purge_step=next_epoch if next_epoch > 1 else None
+    )
 
 
 def check_resume_data(state: dict[str, Any], data: Prepared, ckpt_path: Path) -> None:
@@ -600,7 +604,7 @@ def _train(
         cfg=cfg, device=dev, autocast=autocast, scaler=scaler, stop=stop, dist=dist,
         ckpt_path=ckpt_path, show_progress=dist.is_main and not quiet,
     )  # fmt: skip
-    writer = _tensorboard(out) if dist.is_main else None
+    writer = _tensorboard(out, progress.epoch + 1) if dist.is_main else None
     t_start = time.perf_counter() - progress.wall_seconds
 
     def save() -> None:
@@ -615,6 +619,7 @@ def _train(
             atomic_save(ckpt, ckpt_path)
         D.barrier()
 
+    new_best = False
     try:
         while progress.epoch < cfg.run.epochs and not schedule.stop:
             epoch = progress.epoch
@@ -648,13 +653,7 @@ def _train(
                         "val_top5_error": last_val["top5_error"],
                         "epoch": epoch + 1,
                     }
-                    # Later epochs may overfit: keep this epoch's weights; model.safetensors
-                    # holds the last epoch's.
-                    sync()
-                    if dist.is_main:
-                        export_weights(
-                            best_path, model.state_dict(), dataclasses.asdict(cfg.model), prep
-                        )
+                    new_best = True
             schedule.end_epoch(epoch, row.get("val_top1_error", row["train_top1_error"]))
             progress.epoch, progress.batch = epoch + 1, 0
             progress.loss_sum = progress.top1_sum = progress.top5_sum = 0.0
@@ -680,6 +679,16 @@ def _train(
                 or schedule.stop
             ):
                 save()
+            if new_best:
+                # Later epochs may overfit: keep this epoch's weights (model.safetensors
+                # holds the last epoch's). Written after the checkpoint, so a failure here
+                # (a full disk) never costs the epoch.
+                new_best = False
+                sync()
+                if dist.is_main:
+                    export_weights(
+                        best_path, model.state_dict(), dataclasses.asdict(cfg.model), prep
+                    )
             if dist.is_main:  # after the checkpoint, which holds the same rows
                 write_metrics(out / "metrics.csv", rows)
                 if writer is not None:
