@@ -122,3 +122,31 @@ def make_split_folders(
                     root / split / f"class_{c}" / f"img_{i}.jpg", quality=92
                 )
     return root
+
+
+SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
+
+
+def cifar10_jpeg_subset(dst: Path, train_per_class: int, test_per_class: int) -> Path | None:
+    """``dst/train/<class>`` and ``dst/test/<class>`` with the first N real CIFAR-10 JPEGs
+    of each class from the shared tarball; None where it is not on this machine."""
+    import tarfile
+
+    archive = SHARED_DATA / "cifar10-jpeg.tar.gz"
+    if not archive.is_file():
+        return None
+    want = {"train": train_per_class, "test": test_per_class}
+    counts: dict[tuple[str, str], int] = {}
+    with tarfile.open(archive) as tar:
+        for member in tar:
+            parts = Path(member.name).parts  # cifar10-jpeg/<split>/<class>/<file>
+            if not member.isfile() or len(parts) != 4 or parts[1] not in want:
+                continue
+            key = (parts[1], parts[2])
+            if counts.get(key, 0) >= want[parts[1]]:
+                continue
+            out = dst / parts[1] / parts[2] / parts[3]
+            out.parent.mkdir(parents=True, exist_ok=True)
+            out.write_bytes(tar.extractfile(member).read())  # type: ignore[union-attr]
+            counts[key] = counts.get(key, 0) + 1
+    return dst

@@ -323,8 +323,30 @@ def test_pca_offsets_formula():
     vals = torch.tensor([0.2, 0.02, 0.004])
     vecs = torch.linalg.qr(torch.randn(3, 3))[0]
     alphas = torch.randn(5, 3) * 0.1
-    manual = torch.stack([vecs @ (a * vals) for a in alphas])
+    manual = torch.stack([vecs @ (a * vals.sqrt()) for a in alphas])
     assert torch.allclose(T.pca_offsets(alphas, vals, vecs), manual, atol=1e-6)
+
+
+def test_pca_noise_has_the_authors_strength_on_known_data():
+    # Pixels spread along known colour directions with standard deviations of 30, 8 and 2
+    # grey levels: prepare's PCA finds them, and the noise along each direction has a
+    # standard deviation of 0.1 x those (3.0 / 0.8 / 0.2 levels), as in the authors' code
+    # (alpha times the standard deviation), not alpha times the eigenvalue on a [0, 1]
+    # scale (0.35 / 0.025 / 0.0016 levels).
+    g = np.random.default_rng(0)
+    dirs = np.linalg.qr(g.standard_normal((3, 3)))[0]
+    stds = np.array([30.0, 8.0, 2.0])
+    z = g.standard_normal((200_000, 3)) * stds
+    pixels = np.clip(np.rint(128 + z @ dirs.T), 0, 255).astype(np.uint8)
+    stats = PixelStats.empty((1, 1, 3))
+    stats.add(pixels.reshape(-1, 1, 1, 3))
+    vals, vecs = stats.pca()
+    alphas = torch.from_numpy(g.standard_normal((100_000, 3)) * 0.1).float()
+    offsets = 255 * T.pca_offsets(
+        alphas, torch.from_numpy(vals).float(), torch.from_numpy(vecs).float()
+    )
+    along = offsets.numpy() @ dirs  # the noise along each known direction, in grey levels
+    np.testing.assert_allclose(along.std(axis=0), 0.1 * stds, rtol=0.03)
 
 
 @pytest.fixture(scope="module")
@@ -379,7 +401,7 @@ def test_training_batch_is_crop_minus_mean_plus_pca(prepared_folder):
     ref = img - mean
     if f:
         ref = ref[:, ::-1]
-    ref = ref + 255 * (data.eigenvectors @ (a * data.eigenvalues))
+    ref = ref + 255 * (data.eigenvectors @ (a * np.sqrt(data.eigenvalues)))
     assert np.allclose(x[0].permute(1, 2, 0).numpy(), ref, atol=1e-3)
 
 
@@ -399,7 +421,7 @@ def test_pca_noise_has_the_papers_strength_under_torchvision_normalisation(prepa
         img = img[:, ::-1]
     mean = 255 * np.array([0.485, 0.456, 0.406], np.float32)
     std = 255 * np.array([0.229, 0.224, 0.225], np.float32)
-    noise = 255 * (data.eigenvectors @ (a * data.eigenvalues))
+    noise = 255 * (data.eigenvectors @ (a * np.sqrt(data.eigenvalues)))
     ref = (img - mean + noise) / std
     assert np.allclose(x[0].permute(1, 2, 0).numpy(), ref, atol=1e-4)
 

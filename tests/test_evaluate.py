@@ -508,3 +508,33 @@ def test_allow_mismatch_adapts_the_mean_to_another_size_and_never_the_channels(r
     assert prep.for_data(prep.image_size, list(prep.classes), "d", True) == (prep, [])
     with pytest.raises(DataError, match="channels must match"):
         prep.for_data((28, 28, 3), None, "d", allow_mismatch=True)
+
+
+def test_ensemble_members_each_use_their_own_mean_image(run, tmp_path):
+    # A second model identical but for its mean image (+20 grey levels): each member is fed
+    # its own preprocessing, so the ensemble is the average of what each would give alone.
+    import dataclasses
+
+    from alexnet.engine.checkpoint import export_weights
+
+    _, meta = load_weights(run / "run" / "model.safetensors")
+    lm = load_model(run / "run" / "model.safetensors")
+    shifted = dataclasses.replace(lm.prep, mean=lm.prep.mean + 20)
+    other = tmp_path / "shifted.safetensors"
+    export_weights(other, lm.model.state_dict(), meta["model_config"], shifted)
+    paths = [run / "run" / "model.safetensors", other]
+    data = Prepared(run / "data")
+    probs = []
+    for p in paths:
+        m = load_model(p)
+        loader = make_loader(
+            data, "val", m.loader_spec(), 8, torch.device("cpu"), m.prep, workers=0
+        )
+        probs.append(
+            torch.cat([o for o, _ in model_outputs(m.model, loader.batches(), torch.device("cpu"))])
+        )
+    assert not torch.allclose(probs[0], probs[1])  # the mean image matters
+    labels = torch.from_numpy(data.split("val").labels)
+    expected = -torch.log(((probs[0] + probs[1]) / 2).gather(1, labels.view(-1, 1))).mean()
+    r = run_evaluation([str(p) for p in paths], str(run / "data"), progress=False)
+    assert r["loss"] == pytest.approx(expected.item(), rel=1e-5)

@@ -1,3 +1,4 @@
+import numpy as np
 import pytest
 import torch
 import torchvision
@@ -478,3 +479,35 @@ def test_bad_values_rejected():
         ModelConfig(dropout=1.5)
     with pytest.raises(ConfigError, match="drop_conv"):
         ModelConfig(drop_conv=["conv1"])
+
+
+def test_paper_dropout_is_the_papers_and_old_files_keep_inverted(tmp_path):
+    # §4.2: training zeroes outputs and leaves the rest unchanged; test time halves them.
+    from alexnet.network.model import PaperDropout
+
+    assert isinstance(build_model(variant="paper", num_classes=10).drop6, PaperDropout)
+    for variant in ("owt", "small"):
+        assert type(build_model(variant=variant, num_classes=10).drop6) is torch.nn.Dropout
+    d = PaperDropout(0.5)
+    x = torch.rand(4096) + 0.5
+    y = d.train()(x)
+    kept = y != 0
+    assert torch.equal(y[kept], x[kept]) and 0.45 < kept.float().mean() < 0.55
+    assert torch.equal(d.eval()(x), x * 0.5)
+    # Weights files from before model.dropout_form existed were trained with inverted
+    # dropout: they load with it, or their fc layers would see halved inputs.
+    from alexnet.data.preprocess import Preprocessing
+    from alexnet.engine.checkpoint import export_weights
+    from alexnet.engine.inference import load_model
+
+    model = build_model(variant="paper", num_classes=3, input_size=227)
+    prep = Preprocessing(
+        (256, 256, 3), 227, mean=np.zeros((256, 256, 3), np.float32), classes=("a", "b", "c")
+    )
+    old = {"variant": "paper", "num_classes": 3, "input_size": 227}
+    export_weights(tmp_path / "old.safetensors", model.state_dict(), old, prep)
+    export_weights(
+        tmp_path / "new.safetensors", model.state_dict(), {**old, "dropout_form": None}, prep
+    )
+    assert type(load_model(tmp_path / "old.safetensors").model.drop6) is torch.nn.Dropout
+    assert isinstance(load_model(tmp_path / "new.safetensors").model.drop6, PaperDropout)

@@ -42,6 +42,13 @@ class ModelConfig:
     lrn_alpha: Literal["mean", "sum"] = "mean"
     pooling: Literal["overlapping", "non-overlapping"] = "overlapping"
     dropout: float = 0.5
+    # §4.2 as printed ("paper"): training zeroes outputs with probability `dropout` and
+    # passes the rest unchanged, test time multiplies every output by 1 - dropout.
+    # "inverted": PyTorch's nn.Dropout, training scales the kept outputs by 1 / (1 - p).
+    # Same function at test time, but inverted doubles the fc inputs in training, which
+    # quadruples the first steps' change in the logits and killed fc7 under the paper's
+    # init (README, "Deviations"). None: paper for paper, inverted for owt and small.
+    dropout_form: Literal["paper", "inverted"] | None = None
     # None: 2 for paper and small (grouped conv2/4/5), 1 for owt.
     towers: Literal[1, 2] | None = None
     # Remove any of conv3..conv5 (the paper's depth ablation, §7).
@@ -92,8 +99,17 @@ class ModelConfig:
             towers=self.towers or (1 if v == "owt" else 2),
             fc_width=self.fc_width or (1024 if v == "small" else 4096),
             init=self.init or ("torch" if v == "owt" else "paper"),
+            dropout_form=self.dropout_form or ("paper" if v == "paper" else "inverted"),
             drop_conv=list(self.drop_conv),
         )
+
+
+def saved_model_config(d: dict[str, Any]) -> dict[str, Any]:
+    """A model config read back from a run or weights file. Files from before
+    ``dropout_form`` existed were all trained with inverted dropout; they keep it."""
+    d = dict(d)
+    d.setdefault("dropout_form", "inverted")
+    return d
 
 
 # --------------------------------------------------------------------------------------
@@ -316,27 +332,38 @@ class OptimConfig:
 class ScheduleConfig:
     """Learning-rate schedule.
 
-    plateau: §5 — divide by ``factor`` (10) when validation error has not improved for
-    ``patience`` epochs; after ``max_reductions`` (3) reductions the next plateau ends the
-    run. step: multiply by ``factor`` every ``step_epochs``. onecycle: linear warm-up for
-    ``warmup_epochs`` to lr, then linear decay to 0 at the last epoch (per step).
+    plateau: §5 — divide by ``factor`` (10) when validation error has not improved by
+    ``threshold`` for ``patience`` validated epochs, and not before ``min_epochs`` epochs
+    at the current rate; after ``max_reductions`` (3) reductions the next plateau ends the
+    run. It needs a validation split. step: multiply by ``factor`` every ``step_epochs``.
+    onecycle: linear warm-up for ``warmup_epochs`` to lr, then linear decay to 0 at the
+    last epoch (per step).
     """
 
     kind: Literal["plateau", "step", "onecycle", "constant"] = "plateau"
     factor: float = 0.1
     patience: int = 1
     max_reductions: int = 3
-    threshold: float = 1e-4  # an improvement smaller than this is no improvement
+    threshold: float = 1e-4  # an improvement smaller than this (top-1 error) is none
+    min_epochs: int = 0  # plateau: epochs at each rate before it may be divided
     step_epochs: int = 30
     warmup_epochs: float = 0.0
 
     def __post_init__(self) -> None:
         if not 0 < self.factor < 1:
             raise ConfigError(f"schedule.factor must be in (0, 1), got {self.factor}")
-        if self.patience < 0 or self.max_reductions < 0 or self.step_epochs < 1:
+        if (
+            self.patience < 0
+            or self.max_reductions < 0
+            or self.min_epochs < 0
+            or self.step_epochs < 1
+        ):
             raise ConfigError(
-                "schedule.patience and schedule.max_reductions must be >= 0, step_epochs >= 1"
+                "schedule.patience, schedule.max_reductions and schedule.min_epochs must be "
+                ">= 0, schedule.step_epochs >= 1"
             )
+        if self.threshold < 0:
+            raise ConfigError(f"schedule.threshold must be >= 0, got {self.threshold}")
         if self.warmup_epochs < 0:
             raise ConfigError(f"schedule.warmup_epochs must be >= 0, got {self.warmup_epochs}")
 

@@ -51,7 +51,6 @@ def run_evaluation(
                 f"{what}: {mine} vs {theirs}"
                 for what, mine, theirs in (
                     ("input size", first.crop, lm.crop),
-                    ("normalisation", first.prep.normalize, lm.prep.normalize),
                     ("stored image size", first.image_size, lm.image_size),
                     ("classes", len(first.classes), len(lm.classes)),
                 )
@@ -68,9 +67,17 @@ def run_evaluation(
         )
         for note in notes if dist.is_main else []:
             print(f"alexnet evaluate: note: {note}", file=sys.stderr)
+        # Each model sees its own mean image, scale and normalisation (§6's "5 CNNs" were
+        # trained separately); the stored size and crop are shared, checked above.
+        others = [
+            lm.prep.for_data(
+                data.image_size, data.classes, f"{data_dir} ({split})", allow_mismatch
+            )[0]
+            for lm in loaded[1:]
+        ]
         loader = make_loader(
             data, split, first.loader_spec(views), max(1, batch_size // dist.world_size), dist.device,
-            prep, rank=dist.rank, world_size=dist.world_size, workers=workers,
+            prep, rank=dist.rank, world_size=dist.world_size, workers=workers, ensemble=others,
         )  # fmt: skip
         n_classes = first.model.cfg.num_classes
         if n_classes != data.num_classes:

@@ -340,12 +340,19 @@ class DeviceLoader:
         prep: Preprocessing,
         workers: int = 2,
         dtype: torch.dtype = torch.float32,
+        ensemble: list[Preprocessing] | None = None,
     ) -> None:
         self.data, self.spec, self.sampler, self.device = data, spec, sampler, device
         self.split = data.split(split)
         h, w, _ = data.image_size
-        prep.check_data(data.image_size, None, f"{data.root} ({split})")
+        for p in [prep, *(ensemble or [])]:
+            p.check_data(data.image_size, None, f"{data.root} ({split})")
         self.prep, self.transform = prep, InputTransform(prep, device, dtype)
+        # Evaluation of an ensemble: every model's inputs from its own preprocessing (mean
+        # image, scale, normalisation), cut from the same decoded images.
+        self.ensemble = [InputTransform(p, device, dtype) for p in ensemble or []]
+        if self.ensemble and spec.train:
+            raise ValueError("per-model preprocessing is for evaluation only")
         crop = prep.crop
         if crop > min(h, w) + 2 * spec.pad:
             raise DataError(
@@ -411,11 +418,16 @@ class DeviceLoader:
         """Normalised batches with their metadata: inputs, labels, indices."""
         source = self._raw_batches() if self.array_images is not None else iter(self.loader)  # type: ignore[arg-type]
         for b in source:
-            yield {
+            out = {
                 "inputs": self._normalize(b),
                 "labels": b["labels"].to(self.device, non_blocking=True),
                 "indices": b["indices"],
             }
+            if self.ensemble:  # the first model's inputs, then each other model's
+                out["model_inputs"] = [out["inputs"]] + [
+                    t(b["images"], self.spec.views) for t in self.ensemble
+                ]
+            yield out
 
     def __iter__(self) -> Iterator[tuple[Tensor, Tensor]]:
         for b in self.batches():
@@ -435,10 +447,13 @@ def make_loader(
     world_size: int = 1,
     workers: int | str = "auto",
     dtype: torch.dtype = torch.float32,
+    ensemble: list[Preprocessing] | None = None,
 ) -> DeviceLoader:
     """A loader for ``split`` that turns its images into inputs as ``prep`` says (the
     training run's, or the loaded model's): random training draws or exact evaluation
-    views. ``workers``: decoding processes for JPEG data, ``"auto"`` for one per spare core."""
+    views. ``workers``: decoding processes for JPEG data, ``"auto"`` for one per spare core.
+    ``ensemble``: the preprocessing of further models (evaluation), whose inputs each batch
+    carries too (``model_inputs``)."""
     h, w, _ = data.image_size
     n = len(data.split(split))
     if spec.train:
@@ -458,4 +473,4 @@ def make_loader(
             world_size=world_size,
         )
     n_workers = resolve_workers(workers)
-    return DeviceLoader(data, split, spec, sampler, device, prep, n_workers, dtype)
+    return DeviceLoader(data, split, spec, sampler, device, prep, n_workers, dtype, ensemble)

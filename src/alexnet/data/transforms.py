@@ -80,12 +80,18 @@ def _offset_rows(rgb_offset: Tensor, width: int) -> Tensor:
 
 
 def pca_offsets(alphas: Tensor, eigenvalues: Tensor, eigenvectors: Tensor) -> Tensor:
-    """§4.1 "fancy PCA": [p1 p2 p3][a1 l1, a2 l2, a3 l3]^T for each sample -> (N, C).
+    """§4.1 "fancy PCA": [p1 p2 p3][a1 s1, a2 s2, a3 s3]^T for each sample -> (N, C), with
+    s_i = sqrt(l_i) the standard deviation of the pixels along p_i, in the units of the
+    pixel values the covariance was computed on.
 
-    ``eigenvectors`` holds p_i as columns; alphas ~ N(0, 0.1) are drawn once per image
-    each time it is used.
+    The printed formula writes l_i and does not say in which units; the authors' code
+    (cuda-convnet's convdata.py, ``color_stdevs``) multiplies a_i by the standard
+    deviation, which is what produced the paper's numbers: on ImageNet about 10 / 3 / 2
+    grey levels of noise along the three components at a_i ~ N(0, 0.1), where a_i * l_i
+    on a [0, 1] scale would give 4 / 0.35 / 0.1. ``eigenvectors`` holds p_i as columns;
+    the alphas are drawn once per image each time it is used.
     """
-    return (alphas * eigenvalues) @ eigenvectors.T
+    return (alphas * eigenvalues.clamp_min(0).sqrt()) @ eigenvectors.T
 
 
 def finish(x: Tensor, scale: float = 1.0, rgb_offset: Tensor | None = None) -> Tensor:

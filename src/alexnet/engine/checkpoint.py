@@ -21,6 +21,7 @@ import torch
 from torch import Tensor
 
 from ..atomic import atomic_path
+from ..config import saved_model_config
 from ..data.preprocess import Preprocessing
 from ..network.convert import from_torchvision_state_dict, is_torchvision_state_dict
 
@@ -128,6 +129,8 @@ def load_weights(path: str | Path) -> tuple[dict[str, Tensor], dict[str, Any]]:
         state = from_torchvision_state_dict(state)
         meta.setdefault("model_config", {"variant": "owt"})
         meta.setdefault("source", "torchvision")
+    elif isinstance(meta.get("model_config"), dict) and meta["model_config"]:
+        meta["model_config"] = saved_model_config(meta["model_config"])
     return state, meta
 
 

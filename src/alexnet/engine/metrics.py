@@ -85,6 +85,12 @@ def model_outputs(
                     v, n = views.shape[:2]
                     out = models[0].forward_features(views.flatten(0, 1)).float()
                     out = out.view(v, n, -1).mean(0)
+                elif "model_inputs" in batch:  # an ensemble, each model with its own inputs
+                    inputs = batch["model_inputs"]
+                    out = sum(
+                        view_probabilities([m], xi.to(device, non_blocking=True))
+                        for m, xi in zip(models, inputs, strict=True)
+                    ) / len(models)
                 else:
                     out = view_probabilities(models, x)
             if not bool(torch.isfinite(out).all()):

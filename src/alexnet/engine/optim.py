@@ -111,6 +111,7 @@ class LRSchedule:
         self.bad_epochs = 0
         self.stop = False
         self.drops: list[int] = []  # epochs after which the lr was divided
+        self.rate_since = 0  # the epoch at which the current rate began
 
     def lr_at(self, epoch: int, step: int) -> float:
         c = self.cfg
@@ -129,7 +130,8 @@ class LRSchedule:
 
     def end_epoch(self, epoch: int, val_error: float | None) -> None:
         """§5: divide the lr by 10 when the validation error stopped improving; after
-        ``max_reductions`` reductions the next plateau ends training."""
+        ``max_reductions`` reductions the next plateau ends training. ``val_error`` is None
+        on epochs without a validation pass: they count towards ``min_epochs`` only."""
         c = self.cfg
         if c.kind == "step" and (epoch + 1) % c.step_epochs == 0:
             self.drops.append(epoch)
@@ -139,11 +141,12 @@ class LRSchedule:
             self.best, self.bad_epochs = val_error, 0
             return
         self.bad_epochs += 1
-        if self.bad_epochs > c.patience - 1:
+        if self.bad_epochs > c.patience - 1 and epoch + 1 - self.rate_since >= c.min_epochs:
             self.bad_epochs = 0
             if self.reductions < c.max_reductions:
                 self.reductions += 1
                 self.drops.append(epoch)
+                self.rate_since = epoch + 1
             else:
                 self.stop = True
 
@@ -154,6 +157,7 @@ class LRSchedule:
             "bad_epochs": self.bad_epochs,
             "stop": self.stop,
             "drops": list(self.drops),
+            "rate_since": self.rate_since,
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
@@ -162,6 +166,7 @@ class LRSchedule:
         self.bad_epochs = int(state["bad_epochs"])
         self.stop = bool(state["stop"])
         self.drops = list(state["drops"])
+        self.rate_since = int(state.get("rate_since", self.drops[-1] + 1 if self.drops else 0))
 
 
 def set_lr(optimizer: torch.optim.Optimizer, lr: float) -> None:

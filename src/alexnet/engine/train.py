@@ -26,7 +26,7 @@ from torch import nn
 
 from .. import __version__
 from ..atomic import atomic_path, write_json
-from ..config import ConfigError, TrainConfig, from_dict, save_yaml, to_dict
+from ..config import ConfigError, TrainConfig, from_dict, save_yaml, saved_model_config, to_dict
 from ..data.dataset import LoaderSpec, Prepared, make_loader
 from ..data.preprocess import Preprocessing
 from ..network.fourier import conv_decisions
@@ -81,9 +81,10 @@ def configure_model_from_data(cfg: TrainConfig, data: Prepared, log: Any) -> Tra
     return dataclasses.replace(cfg, model=model_cfg, data=dataclasses.replace(cfg.data, crop=crop))
 
 
-def apply_init_from(model: AlexNet, path: str, log: Any) -> None:
-    """Transfer learning: load matching layers; report every shape mismatch by name."""
-    state, _meta = load_weights(path)
+def apply_init_from(model: AlexNet, path: str, log: Any) -> dict[str, Any]:
+    """Transfer learning: load matching layers; report every shape mismatch by name.
+    Returns the file's metadata."""
+    state, meta = load_weights(path)
     report = load_matching(model, state)
     log(f"init from {path}: loaded {len(report['loaded'])} tensors")
     for line in report["shape_mismatch"]:
@@ -97,6 +98,7 @@ def apply_init_from(model: AlexNet, path: str, log: Any) -> None:
     ]
     for key in missing:
         log(f"  not in the file, kept from init: {key}")
+    return meta
 
 
 # --------------------------------------------------------------------------------------
@@ -397,6 +399,19 @@ def check_resume_data(state: dict[str, Any], data: Prepared, ckpt_path: Path) ->
     saved.check_data(data.image_size, data.classes, f"--data {data.root}")
 
 
+def _keep_dropout_form(cfg: TrainConfig, state: dict[str, Any], log: Any) -> TrainConfig:
+    """A resumed run keeps the dropout it was trained with (runs from before
+    ``model.dropout_form`` existed used inverted dropout)."""
+    saved = saved_model_config(state.get("config", {}).get("model", {}))
+    form = saved["dropout_form"] or (
+        "paper" if saved.get("variant", "paper") == "paper" else "inverted"
+    )
+    if cfg.model.resolved().dropout_form != form:
+        log(f"--resume: keeping the run's {form} dropout (model.dropout_form)")
+        cfg = dataclasses.replace(cfg, model=dataclasses.replace(cfg.model, dropout_form=form))
+    return cfg
+
+
 def resolve_config_for_resume(
     out: Path, cfg: TrainConfig | None, overrides: list[str]
 ) -> TrainConfig:
@@ -408,7 +423,9 @@ def resolve_config_for_resume(
     saved = out / "config.yaml"
     if not saved.is_file():
         raise FileNotFoundError(f"--resume: {saved} not found; is {out} a run directory?")
-    return from_dict(TrainConfig, apply_overrides(load_yaml(saved), overrides))
+    raw = load_yaml(saved)
+    raw["model"] = saved_model_config(raw.get("model") or {})
+    return from_dict(TrainConfig, apply_overrides(raw, overrides))
 
 
 def train(
@@ -451,12 +468,20 @@ def _train(
             "no training data: pass --data DIR (a directory made by `alexnet prepare`)"
         )
     data = Prepared(cfg.data.path)
+    has_val = "val" in data.splits() and len(data.split("val")) > 0
+    if cfg.schedule.kind == "plateau" and not has_val:
+        raise ConfigError(
+            f"schedule.kind=plateau divides the lr when the validation error stops improving, "
+            f"but {data.root} has no val split: prepare the data with one (`alexnet prepare "
+            "... --val-fraction 0.1`) or choose another schedule (--set schedule.kind=step)"
+        )
     ckpt_path = out / "checkpoint.pt"
     lock.acquire(dist)  # before anything in `out` is read or changed
     replaced = check_run_dir(out, resume, force)
     state = load_checkpoint(ckpt_path, map_location=dist.device) if resume else None
     if state is not None:  # the data must be what the run was trained on, before anything changes
         check_resume_data(state, data, ckpt_path)
+        cfg = _keep_dropout_form(cfg, state, log)
     cfg = configure_model_from_data(cfg, data, log)
     if cfg.run.batch_size % dist.world_size:
         raise ConfigError(
@@ -484,7 +509,13 @@ def _train(
     torch.manual_seed(cfg.run.seed)
     model = build_model(cfg.model)
     if cfg.init_from and not resume:
-        apply_init_from(model, cfg.init_from, log)
+        source = apply_init_from(model, cfg.init_from, log).get("source")
+        if source == "torchvision" and cfg.data.normalize != "torchvision":
+            # Those weights expect torchvision's per-channel statistics, not a mean image.
+            log("init from torchvision's weights: data.normalize set to torchvision")
+            cfg = dataclasses.replace(
+                cfg, data=dataclasses.replace(cfg.data, normalize="torchvision")
+            )
     model = model.to(dev)
     if cfg.run.channels_last:
         model = model.to(memory_format=torch.channels_last)
@@ -505,7 +536,7 @@ def _train(
             f"{per_rank} per rank; lower run.batch_size"
         )
     val_loader = None
-    if "val" in data.splits() and len(data.split("val")):
+    if has_val:
         val_spec = dataclasses.replace(spec, train=False, views=cfg.data.val_views)
         val_loader = make_loader(
             data, "val", val_spec, per_rank, dev, prep, seed=cfg.run.seed, rank=dist.rank,
@@ -654,7 +685,7 @@ def _train(
                         "epoch": epoch + 1,
                     }
                     new_best = True
-            schedule.end_epoch(epoch, row.get("val_top1_error", row["train_top1_error"]))
+            schedule.end_epoch(epoch, row.get("val_top1_error"))  # None: no pass this epoch
             progress.epoch, progress.batch = epoch + 1, 0
             progress.loss_sum = progress.top1_sum = progress.top5_sum = 0.0
             progress.seen = 0

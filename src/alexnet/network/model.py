@@ -12,10 +12,11 @@ Variants
   small  the same layer types and order for 28-32 px images (CIFAR-10, Fashion-MNIST):
          conv1 is 5x5 stride 1, half the kernels, 1024-wide fc6/fc7.
 
-Input size (paper): the paper says 224x224, but 11x11 stride-4 convolution gives 55x55
-from 224 only with padding 2 (torchvision's choice), or from 227 without padding (Caffe's).
-We default to 224 with padding 2; ``input_size=227`` switches conv1 to padding 0. Both
-give the paper's 55x55.
+Input size (paper): 224x224. 11x11 stride-4 windows fit 54 times in 224 pixels; the
+authors' cuda-convnet rounds up to 55 without padding (its last window reads 3 pixels of
+zeros on the right and bottom only). We pad 2 on every side (torchvision's choice: the
+same 55x55, windows shifted by 2 pixels); ``input_size=227`` (Caffe's) switches conv1 to
+padding 0. All give the paper's 55x55.
 
 Layout: every layer is an attribute with its paper name (``conv1``, ``bn1``, ``act1``,
 ``norm1``, ``pool1``, ..., ``fc6``, ``act6``, ``drop6``, ..., ``fc8``), so state_dict keys
@@ -133,7 +134,8 @@ def geometry(cfg: ModelConfig) -> Geometry:
     channels = tuple(max(towers, round(c * cfg.width / towers) * towers) for c in variant.channels)
     k1, s1 = variant.conv1
     size = cfg.input_size or 224
-    # paper: 224 + pad 2 (torchvision) or 227 + pad 0 (Caffe), both -> 55.
+    # paper: 224 + pad 2 (torchvision) or 227 + pad 0 (Caffe), both -> 55 like cuda-convnet's
+    # 224 rounded up.
     pad1 = (0 if (size - k1) % s1 == 0 else 2) if cfg.variant == "paper" else 2
     pk, ps = (3, 2) if cfg.pooling == "overlapping" else (2, 2)
     sizes = _stage_sizes(cfg, size, pad1, pk, ps)
@@ -206,6 +208,31 @@ def conv_stages(cfg: ModelConfig, geo: Geometry) -> list[ConvStage]:
     return stages
 
 
+class PaperDropout(nn.Module):
+    """§4.2 as printed: in training each output is zeroed with probability p and the rest
+    pass unchanged; "at test time, we use all the neurons but multiply their outputs by
+    0.5" (1 - p). The same test-time function as nn.Dropout's inverted form, but the next
+    layer trains on inputs half as large, as the authors' did (see ModelConfig.dropout_form)."""
+
+    def __init__(self, p: float = 0.5) -> None:
+        super().__init__()
+        self.p = p
+
+    def forward(self, x: Tensor) -> Tensor:
+        if not self.training:
+            return x * (1.0 - self.p)
+        if self.p == 0:
+            return x
+        return x * torch.empty_like(x).bernoulli_(1.0 - self.p)
+
+    def extra_repr(self) -> str:
+        return f"p={self.p}, test-time scale {1.0 - self.p:g}"
+
+
+def _dropout(form: str, p: float) -> nn.Module:
+    return PaperDropout(p) if form == "paper" else nn.Dropout(p)
+
+
 def _activation(name: str) -> nn.Module:
     return nn.ReLU(inplace=True) if name == "relu" else nn.Tanh()
 
@@ -260,7 +287,7 @@ class AlexNet(nn.Module):
         ):
             layers = {}
             if name in drops:
-                layers[drops[name]] = nn.Dropout(cfg.dropout)
+                layers[drops[name]] = _dropout(cfg.dropout_form, cfg.dropout)  # type: ignore[arg-type]
             layers[name] = nn.Linear(fin, fout)
             if name != "fc8":  # fc8 feeds the softmax, which is in the loss
                 layers[f"act{name[2:]}"] = _activation(cfg.activation)

@@ -9,6 +9,8 @@ each tower), and the weights convert both ways, so checkpoints stay in the group
 
 from __future__ import annotations
 
+import copy
+
 import torch
 from torch import Tensor, nn
 
@@ -54,7 +56,7 @@ class Tower(nn.Module):
         self.pool = nn.MaxPool2d(
             model.pool1.kernel_size, model.pool1.stride, ceil_mode=model.pool1.ceil_mode
         )
-        self.drop = nn.Dropout(model.drop6.p)
+        self.drop = copy.deepcopy(model.drop6)  # the model's dropout form (paper or inverted)
 
 
 def _lrn_kwargs(norm: nn.Module) -> dict:
