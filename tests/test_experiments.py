@@ -49,6 +49,29 @@ def test_relu_tanh_summary_picks_each_sides_best_lr():
     assert s["best"]["relu"]["seconds"] == pytest.approx(5.0)
 
 
+def test_relu_tanh_ratio_spread_is_seed_by_seed():
+    runs = [
+        {"activation": a, "lr": 0.01, "seed": seed, "seconds_per_epoch": 1.0, "curve": [(hit, 0.2)]}
+        for a, hits in (("relu", (1.0, 2.0)), ("tanh", (6.0, 8.0)))
+        for seed, hit in enumerate(hits)
+    ]
+    s = E.summarise_relu_tanh(runs, 0.25, (0.01,), (0, 1))
+    assert s["speedup_epochs"] == pytest.approx(7.0 / 1.5)
+    assert s["speedup_per_seed"] == pytest.approx([6.0, 4.0])
+    assert s["speedup_std"] == pytest.approx(2**0.5)
+
+
+def test_relu_tanh_run_ends_once_it_reaches_the_threshold(tmp_path):
+    from alexnet.data.prepare import prepare
+    from helpers import make_cifar10
+
+    prepare(str(make_cifar10(tmp_path / "raw", per_batch=40)), tmp_path / "p", progress=False)
+    full = E._train_curve(str(tmp_path / "p"), "relu", 0.01, 2, 0, 4, 32, 0)
+    stop = full["curve"][1][1] + 1e-9  # reached at the second point
+    short = E._train_curve(str(tmp_path / "p"), "relu", 0.01, 2, 0, 4, 32, 0, stop_below=stop)
+    assert short["curve"] == full["curve"][: len(short["curve"])] and len(short["curve"]) <= 2
+
+
 def test_ablation_table_arithmetic():
     results = {
         "baseline": [{"top1": 0.30, "top5": 0.10}, {"top1": 0.32, "top5": 0.12}],
