@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import contextlib
 import gzip
 import io
 import pickle
 import struct
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -150,3 +152,22 @@ def cifar10_jpeg_subset(dst: Path, train_per_class: int, test_per_class: int) ->
             out.write_bytes(tar.extractfile(member).read())  # type: ignore[union-attr]
             counts[key] = counts.get(key, 0) + 1
     return dst
+
+
+@contextlib.contextmanager
+def tiny_filesystem(path: Path, size: str = "64k") -> Iterator[Path]:
+    """A tmpfs of ``size`` mounted at ``path`` (a real full disk), or pytest.skip where this
+    machine may not mount one (not Linux, not root)."""
+    import subprocess
+    import sys
+
+    import pytest
+
+    path.mkdir(parents=True, exist_ok=True)
+    cmd = ["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(path)]
+    if sys.platform != "linux" or subprocess.run(cmd, capture_output=True).returncode:
+        pytest.skip("cannot mount a tmpfs here")
+    try:
+        yield path
+    finally:
+        subprocess.run(["umount", str(path)], check=False)

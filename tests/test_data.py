@@ -24,6 +24,7 @@ from helpers import (
     make_messy_dataset,
     make_split_folders,
     photo,
+    tiny_filesystem,
 )
 
 SAMPLES = Path(__file__).resolve().parents[2] / "shared" / "data" / "imagenet-samples"
@@ -781,21 +782,10 @@ def test_limit_takes_a_fixed_random_subset_not_the_first_class():
 def test_prepare_on_a_full_disk_is_one_line(tmp_path, capsys):
     from alexnet.cli import main
 
-    mnt = tmp_path / "tiny"
-    mnt.mkdir()
-    if (
-        sys.platform != "linux"
-        or subprocess.run(
-            ["mount", "-t", "tmpfs", "-o", "size=64k", "tmpfs", str(mnt)], capture_output=True
-        ).returncode
-    ):
-        pytest.skip("cannot mount a tmpfs here")
-    try:
+    with tiny_filesystem(tmp_path / "tiny") as mnt:
         src = make_folder_dataset(tmp_path / "src", classes=2, per_class=20, size=(300, 260))
         assert main(["prepare", str(src), str(mnt / "p"), "--workers", "1", "--quiet"]) == 1
         err = capsys.readouterr().err.strip().splitlines()
         assert len(err) == 1 and "no space left on the device" in err[0], err
         assert "the same command continues" in err[0]
         assert not [p for p in (mnt / "p").iterdir() if ".tmp" in p.name]
-    finally:
-        subprocess.run(["umount", str(mnt)], check=False)

@@ -21,7 +21,7 @@ from alexnet.engine.checkpoint import load_checkpoint, load_weights
 from alexnet.engine.optim import LRSchedule, PaperSGD
 from alexnet.engine.train import EXIT_PREEMPTED, TrainingStopped, train
 from alexnet.network.model import build_model
-from helpers import make_cifar10, make_fashion_mnist, make_folder_dataset
+from helpers import make_cifar10, make_fashion_mnist, make_folder_dataset, tiny_filesystem
 
 # Everything `auto` would decide from the machine is pinned, so a test means the same on
 # every CPU: precision, conv implementation, loader workers, threads. bf16 has its own tests.
@@ -924,16 +924,7 @@ def test_full_disk_is_one_line_and_keeps_the_last_checkpoint(tmp_path, fmnist, c
 
 def test_full_disk_on_a_real_filesystem(tmp_path, fmnist, capsys):
     # Where the suite may mount a tiny tmpfs (root on Linux), the real thing.
-    mnt = tmp_path / "tiny"
-    mnt.mkdir()
-    if (
-        sys.platform != "linux"
-        or subprocess.run(
-            ["mount", "-t", "tmpfs", "-o", "size=64k", "tmpfs", str(mnt)], capture_output=True
-        ).returncode
-    ):
-        pytest.skip("cannot mount a tmpfs here")
-    try:
+    with tiny_filesystem(tmp_path / "tiny") as mnt:
         args = ["--preset", "fashion-mnist", "--data", str(fmnist), "--set", "run.epochs=1"]
         args += [a for s in SMALL for a in ("--set", s)]
         assert main(["train", *args, "--out", str(mnt / "run")]) == 1
@@ -941,8 +932,6 @@ def test_full_disk_on_a_real_filesystem(tmp_path, fmnist, capsys):
         assert len(err) == 1 and "no space left on the device" in err[0], err
         assert "no checkpoint was written yet" in err[0]
         assert not [p for p in (mnt / "run").iterdir() if ".tmp" in p.name]
-    finally:
-        subprocess.run(["umount", str(mnt)], check=False)
 
 
 def test_tensorboard_never_shows_an_epoch_twice_after_resume(tmp_path, fmnist, monkeypatch):
