@@ -789,3 +789,25 @@ def test_prepare_on_a_full_disk_is_one_line(tmp_path, capsys):
         assert len(err) == 1 and "no space left on the device" in err[0], err
         assert "the same command continues" in err[0]
         assert not [p for p in (mnt / "p").iterdir() if ".tmp" in p.name]
+
+
+def test_a_split_killed_after_its_final_file_is_rebuilt_whole(tmp_path):
+    # Killed (or out of space) after val's arrays but before its paths and report rows:
+    # the marker does not list val as done, so the rerun rebuilds it with both.
+    src = tmp_path / "src"
+    make_folder_dataset(src / "train", classes=2, per_class=4, size=(30, 30))
+    make_folder_dataset(src / "test", classes=2, per_class=2, size=(30, 30))
+    (src / "test" / "class_1" / "bad.jpg").write_bytes(b"not an image")
+    dst = tmp_path / "dst"
+    prepare(str(src), dst, workers=1, progress=False)
+    marker = dst / ".alexnet-prepare.json"
+    record = json.loads(marker.read_text())
+    assert set(record["done"]) == {"train", "val"}
+    del record["done"]["val"]
+    marker.write_text(json.dumps(record))
+    (dst / "val.paths.txt").unlink()
+    (dst / "meta.json").unlink()
+    out = prepare(str(src), dst, workers=1, progress=False)
+    assert out["splits"]["train"].get("resumed") and not out["splits"]["val"].get("resumed")
+    assert (dst / "val.paths.txt").is_file()
+    assert "bad.jpg" in (dst / "report.csv").read_text()

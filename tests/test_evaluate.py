@@ -417,7 +417,7 @@ def test_evaluating_on_data_of_another_size_names_both(run, tmp_path, capsys):
                  "--workers", "0", "--device", "cpu"])  # fmt: skip
     assert code == 2
     err = capsys.readouterr().err
-    assert "holds 32x32x3 images but the model was trained on 28x28x1" in err
+    assert "holds 3-channel images but the model takes 1" in err
 
 
 def test_predict_decodes_files_as_prepare_stores_them(run, tmp_path, monkeypatch):
@@ -485,6 +485,11 @@ def test_allow_mismatch_is_the_explicit_override_for_transfer(run, tmp_path, cap
         == 0
     )
     assert out.exists()
+    # fc7 does not depend on the labels: features take any class list with the override.
+    meta["classes"] = meta["names"] = meta["classes"][:7]
+    meta_path.write_text(json.dumps(meta))
+    feats = ["features", weights, *base, "--split", "val", "--out", str(out), "--allow-mismatch"]
+    assert main(feats) == 0
 
 
 def test_allow_mismatch_adapts_the_mean_to_another_size_and_never_the_channels(run):
@@ -506,8 +511,19 @@ def test_allow_mismatch_adapts_the_mean_to_another_size_and_never_the_channels(r
     assert torch.allclose(inputs, torch.full_like(inputs, expected), rtol=1e-5)
     # Same size and classes: nothing changes, no notes.
     assert prep.for_data(prep.image_size, list(prep.classes), "d", True) == (prep, [])
-    with pytest.raises(DataError, match="channels must match"):
-        prep.for_data((28, 28, 3), None, "d", allow_mismatch=True)
+    for allow in (False, True):  # channels first, and no advice that cannot work
+        with pytest.raises(DataError, match="3-channel images but the model takes 1") as info:
+            prep.for_data((36, 36, 3), None, "d", allow_mismatch=allow)
+        assert "--size" not in str(info.value) and "--allow-mismatch" not in str(info.value)
+    # The class count is the blocker named, not the size; names moved to other indices
+    # would be scored wrong, so even the override refuses them.
+    names = list(prep.classes)
+    with pytest.raises(DataError, match="has 9 classes and the model 10") as info:
+        prep.for_data((36, 36, 1), names[:9], "d", allow_mismatch=True)
+    assert "--allow-mismatch" not in str(info.value)
+    swapped = [names[1], names[0], *names[2:]]
+    with pytest.raises(DataError, match="at other indices"):
+        prep.for_data((36, 36, 1), swapped, "d", allow_mismatch=True)
 
 
 def test_ensemble_members_each_use_their_own_mean_image(run, tmp_path):
@@ -538,3 +554,17 @@ def test_ensemble_members_each_use_their_own_mean_image(run, tmp_path):
     expected = -torch.log(((probs[0] + probs[1]) / 2).gather(1, labels.view(-1, 1))).mean()
     r = run_evaluation([str(p) for p in paths], str(run / "data"), progress=False)
     assert r["loss"] == pytest.approx(expected.item(), rel=1e-5)
+
+
+def test_an_empty_split_is_an_error_not_100_percent(run, tmp_path, capsys):
+    from helpers import make_fashion_mnist
+
+    make_fashion_mnist(tmp_path / "raw", n_train=16, n_val=0)
+    prepare(str(tmp_path / "raw"), tmp_path / "p", progress=False)
+    weights = str(run / "run" / "model.safetensors")
+    code = main(
+        ["evaluate", weights, "--data", str(tmp_path / "p"), "--workers", "0", "--device", "cpu"]
+    )
+    assert code == 2
+    err = capsys.readouterr().err
+    assert "no images in its val split" in err, err

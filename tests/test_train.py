@@ -385,9 +385,7 @@ def test_resume_on_other_data_is_an_error_before_anything_changes(tmp_path, fmni
     ckpt = (tmp_path / "r" / "checkpoint.pt").read_bytes()
     make_cifar10(tmp_path / "c", per_batch=8)
     prepare(str(tmp_path / "c"), tmp_path / "cprep", progress=False)
-    with pytest.raises(
-        DataError, match=r"holds 32x32x3 images but the model was trained on 28x28x1"
-    ):
+    with pytest.raises(DataError, match=r"holds 3-channel images but the model takes 1"):
         train(cfg_for(tmp_path / "cprep", "run.epochs=2"), tmp_path / "r", resume=True, quiet=True)
     # Same image size, other class names: also refused, naming the first difference.
     make_fashion_mnist(tmp_path / "fm2", n_train=16, n_val=8)
@@ -1032,3 +1030,16 @@ def test_init_from_torchvision_weights_switches_to_their_normalisation(tmp_path,
     assert saved["data"]["normalize"] == "torchvision"
     _, meta = load_weights(tmp_path / "run" / "model.safetensors")
     assert meta["preprocessing"]["normalize"] == "torchvision"
+
+
+def test_resume_writes_a_best_weights_file_the_stopped_run_could_not(tmp_path, fmnist):
+    # The checkpoint of the best epoch was saved, its best.safetensors was not (a full
+    # disk): the resume writes it from the checkpoint, and the summary only names files
+    # that exist.
+    train(cfg_for(fmnist, "run.epochs=1"), tmp_path / "r", quiet=True)
+    (tmp_path / "r" / "best.safetensors").unlink()
+    summary = train(cfg_for(fmnist, "run.epochs=1"), tmp_path / "r", resume=True, quiet=True)
+    assert (tmp_path / "r" / "best.safetensors").is_file()
+    assert summary["best_weights"] == str(tmp_path / "r" / "best.safetensors")
+    best, _ = load_weights(tmp_path / "r" / "best.safetensors")
+    assert_same(best, weights(tmp_path / "r"))

@@ -70,8 +70,8 @@ def _disk_full(err: Exception, folder: Path) -> bool:
     """Whether a failed write ran out of space. Writers report it differently (an OSError,
     torch's "unexpected pos" RuntimeError, safetensors' error text), so the filesystem is
     asked too, while the partial temporary file still holds its space."""
-    if isinstance(err, OSError) and err.errno in (errno.ENOSPC, errno.EDQUOT):
-        return True
+    if isinstance(err, OSError):  # it says what it is (a permission error is not a full disk)
+        return err.errno in (errno.ENOSPC, errno.EDQUOT)
     if "No space left" in str(err):
         return True
     try:

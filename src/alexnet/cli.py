@@ -645,11 +645,18 @@ def _os_error_text(err: OSError, command: str, out: Path | None = None) -> str:
     }.get(err.errno or 0)
     if hint:
         text += f" ({hint})"
-    # Every file is written whole or not at all (alexnet/atomic.py): say how to go on.
+    # After a full disk: every file is written whole or not at all (alexnet/atomic.py),
+    # so say how to go on once there is space.
+    if err.errno not in (errno.ENOSPC, errno.EDQUOT):
+        return text
     if command == "prepare":
         text += "; the splits already written are whole: the same command continues"
     elif command == "train" and out is not None:
-        if (out / "checkpoint.pt").exists():
+        try:
+            resumable = (out / "checkpoint.pt").is_file()
+        except OSError:
+            return text
+        if resumable:
             text += f"; {out / 'checkpoint.pt'} is whole: continue with --resume"
         else:
             text += "; no checkpoint was written yet: start again with --force"

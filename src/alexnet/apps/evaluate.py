@@ -35,6 +35,7 @@ def run_evaluation(
     import time
 
     from ..data.dataset import Prepared, make_loader
+    from ..data.sources import DataError
     from ..engine import distributed as D
     from ..engine.execution import resolve_precision
     from ..engine.inference import load_model
@@ -79,6 +80,8 @@ def run_evaluation(
             data, split, first.loader_spec(views), max(1, batch_size // dist.world_size), dist.device,
             prep, rank=dist.rank, world_size=dist.world_size, workers=workers, ensemble=others,
         )  # fmt: skip
+        if loader.num_samples == 0:
+            raise DataError(f"{data_dir} has no images in its {split} split: nothing to evaluate")
         n_classes = first.model.cfg.num_classes
         if n_classes != data.num_classes:
             raise ValueError(

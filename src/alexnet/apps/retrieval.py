@@ -43,8 +43,10 @@ def extract_features(
     lm = load_model(weights, dev)
     data = Prepared(data_dir)
     # Features carry the data's labels, not the model's: class names only matter as a check.
+    # With --allow-mismatch any class list will do: fc7 does not depend on the labels.
+    classes = None if allow_mismatch else data.classes
     prep, notes = lm.prep.for_data(
-        data.image_size, data.classes, f"{data_dir} ({split})", allow_mismatch
+        data.image_size, classes, f"{data_dir} ({split})", allow_mismatch
     )
     loader = make_loader(
         data, split, lm.loader_spec("center"), batch_size, dev, prep, workers=workers

@@ -321,9 +321,31 @@ def _native_plan(source: FileSource, size: int | str | None) -> tuple[bool, int]
     return size == "native" or small, 1 if gray else 3
 
 
-def _split_done(dst: Path, name: str, kind: str) -> bool:
+def _split_done(dst: Path, name: str, kind: str) -> list[tuple[str, str, str]] | None:
+    """A split finished by an earlier run: its report rows, or None. A split counts as
+    finished once the marker lists it, which happens after every one of its files and its
+    report rows are written (markers of older versions list none: the final file counts)."""
     final = f"{name}.index.npy" if kind == "jpeg" else f"{name}.labels.npy"
-    return (dst / final).is_file()
+    if not (dst / final).is_file():
+        return None
+    record = _read_marker(dst)
+    if "done" not in record:
+        return [row for row in _read_report(dst / "report.csv") if row[0] == name]
+    rows = record["done"].get(name)
+    return None if rows is None else [(name, p, r) for p, r in rows]
+
+
+def _read_marker(dst: Path) -> dict[str, Any]:
+    try:
+        return json.loads((dst / MARKER).read_text())
+    except (OSError, ValueError):
+        return {}
+
+
+def _mark_done(dst: Path, name: str, rows: list[tuple[str, str, str]]) -> None:
+    record = _read_marker(dst)
+    record.setdefault("done", {})[name] = [[p, r] for _, p, r in rows]
+    write_json(dst / MARKER, record, indent=1)
 
 
 def _clean_partial(dst: Path) -> list[str]:
@@ -472,9 +494,7 @@ def prepare(
     if native and (dst / "train.images.npy").is_file():
         native_shape = np.load(dst / "train.images.npy", mmap_mode="r").shape[1:3]
     workers = workers or max(1, os.cpu_count() or 1)
-    # (split, path, reason); a resumed split's rows come from the report the earlier run
-    # wrote when it finished that split.
-    earlier = _read_report(dst / "report.csv")
+    # (split, path, reason); a resumed split's rows come from the marker (_split_done).
     problems: list[tuple[str, str, str]] = [
         ("scan", p, r) for p, r in getattr(source, "problems", [])
     ]
@@ -494,14 +514,15 @@ def prepare(
             labels = np.asarray(source.splits[name].labels)
             n_classes = len(source.classes)
         with_stats = name == "train"
-        if _split_done(dst, name, fmt) and (not with_stats or stats_path.is_file()):
+        finished = _split_done(dst, name, fmt)
+        if finished is not None and (not with_stats or stats_path.is_file()):
             if with_stats:
                 stats = PixelStats.load(stats_path)
             idx_count = len(
                 np.load(dst / (f"{name}.index.npy" if fmt == "jpeg" else f"{name}.labels.npy"))
             )
             splits[name] = {"count": idx_count, "resumed": True}
-            problems += [row for row in earlier if row[0] == name]
+            problems += finished
             continue
         if isinstance(source, ArraySource):
             res = _write_array_split(source.images[name], labels, name, dst, with_stats)
@@ -525,8 +546,10 @@ def prepare(
                 progress,
             )
             split_labels = np.load(dst / f"{name}.index.npy")["label"]
-        problems += [(name, p, r) for p, r in res.problems]
-        _write_report(dst / "report.csv", problems)  # kept for a resumed run
+        rows = [(name, p, r) for p, r in res.problems]
+        problems += rows
+        _write_report(dst / "report.csv", problems)
+        _mark_done(dst, name, rows)  # last: only now may a rerun keep this split
         if res.stats is not None:
             stats = res.stats
             stats.save(stats_path)

@@ -147,6 +147,7 @@ class Preprocessing:
         """Raise :class:`DataError` naming both sides where the data does not fit: stored
         image size and channels (the mean image is per pixel; the crop's field of view
         depends on the size), and (when labels are used) the class list."""
+        self._check_channels(image_size, where)
         if tuple(image_size) != tuple(self.image_size):
             why = (
                 "its mean image is per pixel"
@@ -174,6 +175,22 @@ class Preprocessing:
                 "--allow-mismatch to evaluate/features)"
             )
 
+    def _check_channels(self, image_size: tuple[int, int, int], where: str) -> None:
+        if int(image_size[2]) != self.channels:
+            raise DataError(
+                f"{where} holds {image_size[2]}-channel images but the model takes "
+                f"{self.channels}: prepare the data as {self.channels}-channel images (no "
+                "option adapts this)"
+            )
+
+    def _check_class_count(self, classes: list[str], where: str) -> None:
+        if self.classes and len(classes) != len(self.classes):
+            raise DataError(
+                f"{where} has {len(classes)} classes and the model {len(self.classes)}: "
+                "evaluate on data with the model's classes (for other classes, fine-tune "
+                "with `alexnet train --preset finetune --init-from ...`)"
+            )
+
     def for_data(
         self,
         image_size: tuple[int, int, int],
@@ -193,11 +210,18 @@ class Preprocessing:
             self.check_data(image_size, classes, where)
             return self, []
         size = tuple(int(v) for v in image_size)
-        if size[2] != self.channels:
-            raise DataError(
-                f"{where} holds {size[2]}-channel images but the model takes {self.channels}; "
-                "even with --allow-mismatch the channels must match: prepare the data again"
-            )
+        self._check_channels(image_size, where)
+        if classes is not None:
+            self._check_class_count(classes, where)
+            moved = [
+                c for i, c in enumerate(classes) if c in self.classes and self.classes.index(c) != i
+            ]
+            if moved:
+                raise DataError(
+                    f"{where} has {len(moved)} of the model's classes at other indices (e.g. "
+                    f"{moved[0]!r}): comparing labels by index would score them wrong; "
+                    "prepare the data with the model's class list"
+                )
         prep, notes = self, []
         if size != tuple(self.image_size):
             mean = None
@@ -210,8 +234,6 @@ class Preprocessing:
                 " instead of its mean image"
             )
         if classes is not None and self.classes and list(classes) != list(self.classes):
-            if len(classes) != len(self.classes):
-                self.check_data(size, classes, where)  # the error that names both sides
             notes.append(
                 f"{where} names its classes differently from the model: labels are compared by "
                 "index"

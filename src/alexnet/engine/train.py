@@ -586,6 +586,10 @@ def _train(
         last_val = dict(state.get("last_val") or {})
         if dist.is_main:  # epochs after the checkpoint are trained again: drop their rows
             write_metrics(out / "metrics.csv", rows)
+            if best["epoch"] == progress.epoch and progress.batch == 0 and not best_path.exists():
+                # The stopped run saved the best epoch's checkpoint but not its weights
+                # file (e.g. a full disk): these are those weights.
+                export_weights(best_path, model.state_dict(), dataclasses.asdict(cfg.model), prep)
         set_rng_state(state["rng"])
         log(
             f"resumed {out} at epoch {progress.epoch + 1}, step {progress.batch} (global step {progress.global_step})"
@@ -740,7 +744,7 @@ def _train(
         "best_val_top1_error": best["val_top1_error"],
         "best_val_top5_error": best["val_top5_error"],
         "best_epoch": best["epoch"],
-        "best_weights": str(best_path) if best["epoch"] is not None else None,
+        "best_weights": str(best_path) if best_path.exists() else None,
         "final_val_top1_error": last_val.get("top1_error"),
         "final_val_top5_error": last_val.get("top5_error"),
         "val_images": last_val.get("images"),
