@@ -31,7 +31,6 @@ def run_evaluation(
     ``precision``: fp32, or bf16/fp16 autocast where the device runs it.
     ``allow_mismatch``: evaluate on data the model was not prepared for (deliberate
     transfer; :meth:`Preprocessing.for_data` says what is adapted, and the report lists it)."""
-    import sys
     import time
 
     from ..data.dataset import Prepared, make_loader
@@ -63,19 +62,17 @@ def run_evaluation(
                 raise ValueError(
                     f"{first.path} and {lm.path} cannot be ensembled: {'; '.join(differ)}"
                 )
-        prep, notes = first.prep.for_data(
-            data.image_size, data.classes, f"{data_dir} ({split})", allow_mismatch
-        )
-        for note in notes if dist.is_main else []:
-            print(f"alexnet evaluate: note: {note}", file=sys.stderr)
         # Each model sees its own mean image, scale and normalisation (§6's "5 CNNs" were
-        # trained separately); the stored size and crop are shared, checked above.
-        others = [
-            lm.prep.for_data(
+        # trained separately); the stored size and crop are shared, checked above. What
+        # --allow-mismatch adapted goes into the report, once per distinct note.
+        preps, notes = [], []
+        for lm in loaded:
+            p, adapted = lm.prep.for_data(
                 data.image_size, data.classes, f"{data_dir} ({split})", allow_mismatch
-            )[0]
-            for lm in loaded[1:]
-        ]
+            )
+            preps.append(p)
+            notes += [n for n in adapted if n not in notes]
+        prep, others = preps[0], preps[1:]
         loader = make_loader(
             data, split, first.loader_spec(views), max(1, batch_size // dist.world_size), dist.device,
             prep, rank=dist.rank, world_size=dist.world_size, workers=workers, ensemble=others,

@@ -24,27 +24,28 @@ _TORCHVISION_KEYS = {
 }
 
 
-def to_torchvision_state_dict(state: dict[str, Tensor]) -> dict[str, Tensor]:
-    """An ``owt`` state_dict in torchvision's key names (loads with strict=True)."""
+def _rename(state: dict[str, Tensor], layers: dict[str, str], unknown: str) -> dict[str, Tensor]:
+    """Keys ``<layer>.<param>`` with each layer renamed by ``layers``; KeyError otherwise."""
     out = {}
     for key, value in state.items():
-        layer, _, param = key.partition(".")
-        if layer not in _TORCHVISION_KEYS:
-            raise KeyError(f"{key} has no torchvision counterpart (only owt models convert)")
-        out[f"{_TORCHVISION_KEYS[layer]}.{param}"] = value
+        layer, _, param = key.rpartition(".")
+        if layer not in layers:
+            raise KeyError(f"{key} {unknown}")
+        out[f"{layers[layer]}.{param}"] = value
     return out
+
+
+def to_torchvision_state_dict(state: dict[str, Tensor]) -> dict[str, Tensor]:
+    """An ``owt`` state_dict in torchvision's key names (loads with strict=True)."""
+    return _rename(
+        state, _TORCHVISION_KEYS, "has no torchvision counterpart (only owt models convert)"
+    )
 
 
 def from_torchvision_state_dict(state: dict[str, Tensor]) -> dict[str, Tensor]:
     """torchvision AlexNet weights (e.g. alexnet-owt-7be5be79.pth) in our ``owt`` names."""
     reverse = {v: k for k, v in _TORCHVISION_KEYS.items()}
-    out = {}
-    for key, value in state.items():
-        prefix, _, param = key.rpartition(".")
-        if prefix not in reverse:
-            raise KeyError(f"{key} is not a torchvision AlexNet parameter")
-        out[f"{reverse[prefix]}.{param}"] = value
-    return out
+    return _rename(state, reverse, "is not a torchvision AlexNet parameter")
 
 
 def is_torchvision_state_dict(state: dict[str, Any]) -> bool:
