@@ -76,3 +76,36 @@ def test_benchmark_rejects_zero_rounds(capsys):
     assert e.value.code == 2 and "--repeats: must be >= 1" in capsys.readouterr().err
     with pytest.raises(ValueError, match="repeats must be >= 1"):
         B.interleaved({"a": lambda: None}, 0)
+
+
+def test_several_batch_sizes_are_for_the_model_benchmark_only(capsys):
+    assert main(["benchmark", "lrn", "--batch-size", "128,512"]) == 2
+    assert "takes one --batch-size" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        main(["benchmark", "model", "--batch-size", "128,x"])
+
+
+def test_gpu_benchmarks_say_what_they_need(capsys):
+    import torch
+
+    if torch.cuda.is_available():
+        pytest.skip("this machine has a GPU")
+    assert main(["benchmark", "e2e", "--device", "cuda"]) == 2
+    assert "no CUDA device is available" in capsys.readouterr().err
+
+
+def test_replicated_prepared_directory_reads_back_every_copy(tmp_path):
+    import numpy as np
+
+    from alexnet.bench.cuda import replicate_prepared
+    from alexnet.data.dataset import Prepared
+    from alexnet.data.prepare import prepare
+
+    src = make_folder_dataset(tmp_path / "src", classes=2, per_class=3, size=(100, 80))
+    prepare(str(src), tmp_path / "prep", progress=False, val_fraction=0)
+    one = Prepared(tmp_path / "prep").split("train")
+    many = Prepared(replicate_prepared(tmp_path / "prep", 3, tmp_path / "rep")).split("train")
+    assert len(many) == 3 * len(one)
+    assert list(many.labels) == list(one.labels) * 3
+    for i in range(len(many)):
+        assert np.array_equal(many.image(i), one.image(i % len(one)))

@@ -811,3 +811,30 @@ def test_a_split_killed_after_its_final_file_is_rebuilt_whole(tmp_path):
     assert out["splits"]["train"].get("resumed") and not out["splits"]["val"].get("resumed")
     assert (dst / "val.paths.txt").is_file()
     assert "bad.jpg" in (dst / "report.csv").read_text()
+
+
+@pytest.mark.parametrize("train,views", [(True, "center"), (False, "center"), (False, "ten-crop")])
+def test_decoding_whole_batches_in_the_main_process_gives_the_workers_inputs(
+    tmp_path, train, views
+):
+    """data.decode=cuda: workers only read the files and torchvision decodes whole batches
+    on the training device (nvJPEG on a GPU; here its CPU decoder stands in). The crops,
+    mirrors, mean image and PCA noise are the CPU workers' exactly; the pixels may differ by
+    the decoders' rounding."""
+    from alexnet.data.dataset import LoaderSpec, Prepared, make_loader
+
+    src = make_folder_dataset(tmp_path / "src", classes=2, per_class=5, size=(300, 260))
+    prepare(str(src), tmp_path / "prep", progress=False, val_fraction=0)
+    data = Prepared(tmp_path / "prep")
+    prep = data.preprocessing(crop=224)
+    spec = LoaderSpec(train=train, views=views)
+    batches = {}
+    for decode in ("cpu", "cuda"):
+        loader = make_loader(data, "train", spec, 4, torch.device("cpu"), prep, workers=1,
+                             decode=decode)  # fmt: skip
+        loader.sampler.set_epoch(3)
+        batches[decode] = list(loader)
+    assert len(batches["cpu"]) == len(batches["cuda"]) > 0
+    for (xa, ya), (xb, yb) in zip(batches["cpu"], batches["cuda"], strict=True):
+        assert torch.equal(ya, yb) and xa.shape == xb.shape
+        assert (xa - xb).abs().max() <= 3  # decoder rounding, in 0..255 units

@@ -144,3 +144,32 @@ def test_low_precision_fallback_is_float32_under_autocast(dtype):
     yf = local_response_norm(xf, 5, 5.0, 0.75, 0.1, groups=2, impl="matmul")
     (gxf,) = torch.autograd.grad(yf, xf, g.float())
     assert torch.equal(y, yf.to(dtype)) and torch.equal(gx, gxf.to(dtype))
+
+
+@pytest.mark.parametrize("groups", [1, 2])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_pointwise_form_for_accelerators_matches_the_banded_matmul(groups, dtype):
+    """The form GPUs run under torch.compile (shifted sums of the padded squares): same
+    values and input gradients as the banded matmul, eager and, once, compiled."""
+    from alexnet.network.lrn import local_response_norm, lrn_pointwise
+
+    torch.manual_seed(0)
+    x = (torch.randn(3, 96, 7, 7) * 3).to(dtype).contiguous(memory_format=torch.channels_last)
+    g = torch.randn(3, 96, 7, 7).to(dtype)
+    forms = {
+        "matmul": lambda t: local_response_norm(t, groups=groups, impl="matmul"),
+        "pointwise": lambda t: lrn_pointwise(t, 5, 1e-4 / 5, 0.75, 2.0, groups),
+    }
+    if groups == 2 and dtype == torch.float32:
+        forms["compiled"] = torch.compile(forms["pointwise"], fullgraph=True)
+    out = {}
+    for name, fn in forms.items():
+        xi = x.clone().requires_grad_()
+        y = fn(xi)
+        y.backward(g)
+        assert y.dtype == dtype
+        out[name] = (y.float(), xi.grad.float())
+    tol = {"atol": 1e-5, "rtol": 1e-5} if dtype == torch.float32 else {"atol": 1e-2, "rtol": 1e-2}
+    for name in forms:
+        torch.testing.assert_close(out[name][0], out["matmul"][0], **tol)
+        torch.testing.assert_close(out[name][1], out["matmul"][1], **tol)

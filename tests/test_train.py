@@ -501,6 +501,66 @@ def test_ddp_two_processes_match_one(tmp_path, fmnist, cli_env, precision):
     assert s1["best_val_top1_error"] == pytest.approx(s2["best_val_top1_error"])
 
 
+def test_ddp_with_frozen_conv_layers(tmp_path, fmnist, cli_env):
+    """Layers are frozen before DDP wraps the model: DDP fixes at wrapping time which
+    gradients a step waits for, and frozen-after-wrapping layers fail the second step."""
+    args = ["--preset", "fashion-mnist", "--data", str(fmnist), "--quiet", "--set", "run.epochs=1",
+            "--set", "freeze_conv=true"] + [a for s in SMALL for a in ("--set", s)] + [
+            "--set", "run.threads=1"]  # fmt: skip
+    env = {**cli_env, "OMP_NUM_THREADS": "1"}
+    two = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+                          "-m", "alexnet", "train", *args, "--out", str(tmp_path / "two")],
+                         env=env, capture_output=True, text=True, timeout=600)  # fmt: skip
+    assert two.returncode == 0, two.stderr[-3000:]
+    summary = json.loads((tmp_path / "two" / "summary.json").read_text())
+    assert summary["execution"]["process_group"] == "gloo" and summary["world_size"] == 2
+    from alexnet.config import ModelConfig, from_dict
+
+    cfg = load_checkpoint(tmp_path / "two" / "checkpoint.pt")["config"]
+    torch.manual_seed(cfg["run"]["seed"])
+    start = build_model(from_dict(ModelConfig, cfg["model"])).state_dict()
+    end = weights(tmp_path / "two")
+    for k in end:  # the conv layers kept their initial weights, the rest learned
+        assert torch.equal(end[k], start[k]) == k.startswith("conv"), k
+
+
+def test_frozen_layers_after_ddp_wrapping_are_refused():
+    from alexnet.config import OptimConfig
+    from alexnet.engine.optim import build_optimizer
+
+    class FakeDDP(torch.nn.parallel.DistributedDataParallel):
+        def __init__(self, module):  # no process group needed to test the check
+            torch.nn.Module.__init__(self)
+            self.module = module
+
+    model = build_model(variant="small", num_classes=10)
+    with pytest.raises(ValueError, match="before wrapping"):
+        build_optimizer(FakeDDP(model), OptimConfig(), freeze_conv=True)
+
+
+def test_the_step_loops_collectives_run_on_the_training_device(monkeypatch):
+    """NCCL takes only GPU tensors: the sums and the stop flag of :func:`sync_sums` must be
+    one tensor on the device the sums live on (here the meta device stands in for a GPU)."""
+    from alexnet.engine import distributed as D
+    from alexnet.engine import train as T
+
+    seen = []
+
+    def fake_all_reduce(t):
+        seen.append(t.device)
+        return torch.tensor([1.0, 2.0, 3.0, 4.0, 1.0], dtype=torch.float64)
+
+    monkeypatch.setattr(D, "all_reduce_sum", fake_all_reduce)
+    totals, stop = T.sync_sums(T.new_sums(torch.device("meta")), True)
+    assert seen == [torch.device("meta")]
+    assert totals == [1.0, 2.0, 3.0, 4.0] and stop
+
+
+def test_decode_on_cuda_needs_a_cuda_device(fmnist, tmp_path):
+    with pytest.raises(ConfigError, match=r"data\.decode=cuda needs a CUDA"):
+        train(cfg_for(fmnist, "data.decode=cuda"), tmp_path / "r", quiet=True)
+
+
 # ---------------------------------------------------------------- precision
 # bf16 autocast runs on every CPU (natively with AMX/AVX512-BF16, emulated elsewhere), so
 # these run wherever the suite does. bf16 keeps 8 significant bits: unit roundoff

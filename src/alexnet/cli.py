@@ -253,8 +253,39 @@ def cmd_report(args: argparse.Namespace) -> int:
 
 def cmd_benchmark(args: argparse.Namespace) -> int:
     from .bench import benchmark
+    from .engine.distributed import resolve_device
 
-    if args.what == "lrn":
+    batches = args.batch_size or []
+    if len(batches) > 1 and args.what != "model":
+        raise ValueError(f"benchmark {args.what} takes one --batch-size, got {batches}")
+    batch = batches[0] if batches else None
+    dev = resolve_device(args.device)
+    if dev.type == "cuda" and args.what in ("lrn", "data", "e2e"):
+        from .bench import cuda
+
+        if args.what == "lrn":
+            result = cuda.bench_lrn_cuda(dev, repeats=args.repeats)
+            text = cuda.format_lrn_cuda(result)
+        else:
+            if not args.prepared:
+                raise ValueError(
+                    f"benchmark {args.what} --device cuda reads a prepared directory: pass "
+                    "--prepared DIR (`alexnet prepare` output; its train split is replicated "
+                    "--copies times)"
+                )
+            if args.what == "data":
+                result = cuda.bench_data_cuda(
+                    args.prepared, dev, copies=args.copies or 20, batch=batch or 256,
+                    steps=args.steps or 200,
+                )  # fmt: skip
+                text = cuda.format_data_cuda(result)
+            else:
+                result = cuda.bench_e2e_cuda(
+                    args.prepared, dev, batch=batch or 256, steps=args.steps or 600,
+                    copies=args.copies or 100,
+                )  # fmt: skip
+                text = cuda.format_e2e_cuda(result)
+    elif args.what == "lrn":
         result = benchmark.bench_lrn(repeats=args.repeats)
         text = benchmark.format_lrn(result)
     elif args.what == "data":
@@ -263,25 +294,23 @@ def cmd_benchmark(args: argparse.Namespace) -> int:
     elif args.what == "model":
         precisions = args.precisions.split(",") if args.precisions else None
         result = benchmark.bench_model(
-            args.batch_size, precisions, repeats=args.repeats, device=args.device,
+            batches or None, precisions, repeats=args.repeats, device=args.device,
             layouts=tuple(args.layouts.split(",")),
         )  # fmt: skip
         text = benchmark.format_model(result)
     elif args.what == "e2e":
-        result = benchmark.bench_e2e(
-            args.source, batch=args.batch_size or 64, steps=2 * args.repeats
-        )
+        result = benchmark.bench_e2e(args.source, batch=batch or 64, steps=2 * args.repeats)
         text = benchmark.format_e2e(result)
     elif args.what == "conv":
         result = benchmark.bench_conv(
-            batch=args.batch_size or 128,
+            batch=batch or 128,
             repeats=args.repeats,
             variant=args.model,
             input_size=args.input_size,
         )
         text = benchmark.format_conv(result)
     elif args.what == "scale":
-        result = benchmark.bench_scale(batch=args.batch_size or 64)
+        result = benchmark.bench_scale(batch=batch or 64)
         text = benchmark.format_scale(result)
     else:  # pragma: no cover - argparse restricts choices
         raise ValueError(f"unknown benchmark {args.what!r}")
@@ -301,6 +330,18 @@ def cmd_benchmark(args: argparse.Namespace) -> int:
 
 def _add_set(p: argparse.ArgumentParser, help: str) -> None:
     p.add_argument("--set", action="append", metavar="KEY=VALUE", help=help)
+
+
+def _batch_sizes(text: str) -> list[int]:
+    try:
+        sizes = [int(t) for t in text.split(",")]
+    except ValueError:
+        sizes = []
+    if not sizes or min(sizes) < 1:
+        raise argparse.ArgumentTypeError(
+            f"must be positive integers, e.g. 128 or 128,512; got {text!r}"
+        )
+    return sizes
 
 
 def _workers(text: str) -> int | str:
@@ -568,9 +609,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument(
         "--batch-size",
-        type=int,
+        type=_batch_sizes,
         default=None,
-        help="model/e2e batch (default 128 on CPU, 256 on GPU; e2e 64)",
+        help="batch (model: several, e.g. 128,512; default 128 on CPU, 256 on GPU; e2e 64 on CPU)",
     )
     p.add_argument(
         "--precisions", default=None, help="model: e.g. fp32,bf16 (default: bf16 only where native)"
@@ -593,6 +634,23 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--output", "-o", default=None, help="also write the JSON result to this file")
     p.add_argument("--repeats", type=_positive_int, default=5, help="timed rounds (default 5)")
+    p.add_argument(
+        "--prepared",
+        default=None,
+        help="data/e2e on a GPU: a prepared directory whose train split is replicated",
+    )
+    p.add_argument(
+        "--copies",
+        type=_positive_int,
+        default=None,
+        help="data/e2e on a GPU: copies of --prepared's train split (default 20 / 100)",
+    )
+    p.add_argument(
+        "--steps",
+        type=_positive_int,
+        default=None,
+        help="data/e2e on a GPU: timed batches (default 200 / 600)",
+    )
     p.set_defaults(func=cmd_benchmark)
     return parser
 

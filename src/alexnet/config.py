@@ -269,9 +269,14 @@ class DataConfig:
     normalize: Literal["mean_image", "torchvision"] = "mean_image"
     # Multiplies (pixels - mean image), 0..255 units. The paper feeds raw differences (1.0).
     input_scale: float = 1.0
-    # Decoding processes per rank (JPEG data). auto: one per spare core of this rank, at
-    # most 8 (none on a single core); the number used is recorded with the run.
+    # Decoding processes per rank (JPEG data). auto: one per spare core of this rank (at
+    # most 8 on CPU, where they share the cores with training; none on a single core);
+    # the number used is recorded with the run.
     workers: int | Literal["auto"] = "auto"
+    # Where JPEG data is decoded: cpu (loader workers, libjpeg-turbo), cuda (nvJPEG on the
+    # training GPU, whole batches; the workers only read bytes), or auto (decided by the
+    # device; recorded with the run).
+    decode: Literal["auto", "cpu", "cuda"] = "auto"
     val_views: Literal["center", "ten-crop"] = "center"
     # Use at most this many training images (0 = all), a fixed random subset of the split:
     # smoke runs and quick experiments.

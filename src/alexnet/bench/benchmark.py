@@ -94,11 +94,13 @@ def _small_train_step(norm_impl: str | None, batch: int) -> Callable[[], None]:
 LRN_IMPLS = ("torch", "matmul", "fast")
 
 
-def _torch_lrn_for_bf16() -> tuple[Callable[[torch.Tensor], torch.Tensor], str]:
+def _torch_lrn_for_bf16(
+    device: torch.device | None = None,
+) -> tuple[Callable[[torch.Tensor], torch.Tensor], str]:
     """PyTorch's LRN on bf16 data: as is where this torch has bf16 kernels for it, else (CPU
     avg_pool3d has none in torch 2.x) through float32 and back, as a bf16 model must."""
     lrn = LocalResponseNorm(impl="torch")
-    probe = torch.randn(1, 8, 2, 2, dtype=torch.bfloat16, requires_grad=True)
+    probe = torch.randn(1, 8, 2, 2, dtype=torch.bfloat16, device=device, requires_grad=True)
     try:
         lrn(probe).sum().backward()
         return lrn, "bfloat16"
@@ -420,7 +422,7 @@ MODELS = ("paper", "paper-direct", "owt", "torchvision")
 
 
 def bench_model(
-    batch: int | None = None,
+    batch: int | list[int] | None = None,
     precisions: list[str] | None = None,
     repeats: int = 3,
     device: str = "auto",
@@ -441,7 +443,9 @@ def bench_model(
     cuda = dev.type == "cuda"
     if cuda:
         torch.backends.cudnn.benchmark = True
-    batch = batch or (256 if cuda else 128)
+    batches = [batch] if isinstance(batch, int) else list(batch or [256 if cuda else 128])
+    # On GPUs the paper's net has no Fourier path: paper-direct would time it twice.
+    models = tuple(m for m in MODELS if not (cuda and m == "paper-direct"))
     bad = [x for x in layouts if x not in ("NCHW", "channels_last")]
     if bad or not layouts:
         raise ValueError(f"layouts must be NCHW and/or channels_last, got {list(layouts)}")
@@ -460,52 +464,59 @@ def bench_model(
     peak_dtypes = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
     peaks = {} if cuda else {p: matmul_peak_gflops(dtype=peak_dtypes[p]) for p in precisions}
     rows = []
-    for precision in precisions:
-        for cl in (layout == "channels_last" for layout in layouts):
-            steps = {
-                (name, mode): _model_step(name, precision, cl, batch, dev, mode == "train")
-                for name in MODELS
-                for mode in ("train", "inference")
+    for precision, batch, cl in (
+        (p, b, layout == "channels_last") for p in precisions for b in batches for layout in layouts
+    ):
+        steps = {
+            (name, mode): _model_step(name, precision, cl, batch, dev, mode == "train")
+            for name in models
+            for mode in ("train", "inference")
+        }
+        for (name, _), fn in steps.items():
+            if precision == "fp32" and name in ("paper", "owt"):
+                fn()  # conv_impl auto decides (and may probe) here, not in the memory pass
+        memory = {key: _step_peak_mb(fn, cuda) for key, fn in steps.items()}  # + warm-up
+        times = interleaved(steps, repeats, warmup=0, sync=cuda)
+        for name in models:
+            row: dict[str, Any] = {
+                "model": name,
+                "precision": precision,
+                "channels_last": cl,
+                "batch": batch,
             }
-            for (name, _), fn in steps.items():
-                if precision == "fp32" and name in ("paper", "owt"):
-                    fn()  # conv_impl auto decides (and may probe) here, not in the memory pass
-            memory = {key: _step_peak_mb(fn, cuda) for key, fn in steps.items()}  # + warm-up
-            times = interleaved(steps, repeats, warmup=0, sync=cuda)
-            for name in MODELS:
-                row: dict[str, Any] = {
-                    "model": name,
-                    "precision": precision,
-                    "channels_last": cl,
-                    "batch": batch,
-                }
-                for mode in ("train", "inference"):
-                    row[f"{mode}_images_per_s"] = batch / statistics.median(times[name, mode])
-                    row[f"{mode}_rounds_s"] = times[name, mode]
-                # forward = 2 * MACs FLOP; a training step ~ 3x the forward (forward + 2
-                # backward GEMMs). Direct-convolution FLOPs: for layers that run in the
-                # Fourier domain this is the work done per second had they run directly.
-                row["train_gflops"] = row["train_images_per_s"] * 3 * 2 * macs[name] / 1e9
-                if peaks.get(precision):
-                    row["train_fraction_of_matmul_peak"] = row["train_gflops"] / peaks[precision]
-                row["train_step_peak_mb"] = memory[name, "train"]
-                row["inference_step_peak_mb"] = memory[name, "inference"]
-                rows.append(row)
-            del steps
+            for mode in ("train", "inference"):
+                row[f"{mode}_images_per_s"] = batch / statistics.median(times[name, mode])
+                row[f"{mode}_rounds_s"] = times[name, mode]
+            # forward = 2 * MACs FLOP; a training step ~ 3x the forward (forward + 2
+            # backward GEMMs). Direct-convolution FLOPs: for layers that run in the
+            # Fourier domain this is the work done per second had they run directly.
+            row["train_gflops"] = row["train_images_per_s"] * 3 * 2 * macs[name] / 1e9
+            if peaks.get(precision):
+                row["train_fraction_of_matmul_peak"] = row["train_gflops"] / peaks[precision]
+            row["train_step_peak_mb"] = memory[name, "train"]
+            row["inference_step_peak_mb"] = memory[name, "inference"]
+            rows.append(row)
+        del steps
 
-    def find(model: str, precision: str) -> dict[str, Any]:
+    def find(model: str, precision: str, batch: int) -> dict[str, Any]:
         cl = "channels_last" in layouts
         return next(
             r
             for r in rows
-            if r["model"] == model and r["precision"] == precision and r["channels_last"] == cl
+            if r["model"] == model
+            and r["precision"] == precision
+            and r["channels_last"] == cl
+            and r["batch"] == batch
         )
 
     ratios = {
-        p: find("paper", p)["train_images_per_s"] / find("torchvision", p)["train_images_per_s"]
+        (p if len(batches) == 1 else f"{p}, batch {b}"): find("paper", p, b)["train_images_per_s"]
+        / find("torchvision", p, b)["train_images_per_s"]
         for p in precisions
+        for b in batches
     }
     layout = "channels_last" if "channels_last" in layouts else "NCHW"
+    batch_text = f"batch {batches[0]}" if len(batches) == 1 else f"batches {batches}"
     return {
         "benchmark": "model",
         "machine": machine_info(),
@@ -516,7 +527,7 @@ def bench_model(
         "rows": rows,
         "ratios": ratios,
         "ratio": min(ratios.values()),
-        "ratio_settings": f"paper / torchvision training images/s, {layout}, batch {batch}; "
+        "ratio_settings": f"paper / torchvision training images/s, {layout}, {batch_text}; "
         "the lowest over " + ", ".join(precisions),
         "note": skipped,
     }
@@ -532,12 +543,12 @@ def format_model(r: dict[str, Any]) -> str:
     for precision, peak in (r.get("matmul_peak_gflops") or {}).items():
         lines.append(f"  measured {precision} matmul peak: {peak:.0f} GFLOP/s")
     lines.append(
-        f"  {'model':<13} {'prec':<5} {'layout':<13} {'train img/s':>11} {'infer img/s':>11} {'GFLOP/s':>8} {'of peak':>7} {'step MB':>8}"
+        f"  {'model':<13} {'prec':<5} {'batch':>5} {'layout':<13} {'train img/s':>11} {'infer img/s':>11} {'GFLOP/s':>8} {'of peak':>7} {'step MB':>8}"
     )
     for row in r["rows"]:
         frac = row.get("train_fraction_of_matmul_peak")
         lines.append(
-            f"  {row['model']:<13} {row['precision']:<5} {'channels_last' if row['channels_last'] else 'NCHW':<13} "
+            f"  {row['model']:<13} {row['precision']:<5} {row['batch']:>5} {'channels_last' if row['channels_last'] else 'NCHW':<13} "
             f"{row['train_images_per_s']:>11.1f} {row['inference_images_per_s']:>11.1f} {row['train_gflops']:>8.0f} "
             f"{(f'{100 * frac:.0f}%' if frac else '-'):>7} {row['train_step_peak_mb']:>8.0f}"
         )

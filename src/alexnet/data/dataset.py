@@ -33,6 +33,7 @@ import torch
 from torch import Tensor
 
 from ..hardware import resolve_workers
+from . import transforms as T
 from .preprocess import InputTransform, Preprocessing
 from .sources import DataError
 
@@ -264,13 +265,34 @@ class JpegBatches(torch.utils.data.Dataset):
     mode "center": the central crop. mode "full": the whole stored image (for 10-crop).
     """
 
-    def __init__(self, split: JpegSplit, crop: int, mode: str = "train") -> None:
-        self.split, self.crop, self.mode = split, crop, mode
+    def __init__(self, split: JpegSplit, crop: int, mode: str = "train", raw: bool = False) -> None:
+        self.split, self.crop, self.mode, self.raw = split, crop, mode, raw
 
     def __len__(self) -> int:
         return len(self.split)
 
-    def __getitem__(self, plan: BatchPlan) -> dict[str, Tensor]:  # type: ignore[override]
+    def _plan_tensors(self, plan: BatchPlan) -> dict[str, Tensor]:
+        return {
+            "labels": torch.from_numpy(self.split.labels[plan.indices]),
+            "indices": torch.from_numpy(plan.indices),
+            "ys": torch.from_numpy(plan.ys),
+            "xs": torch.from_numpy(plan.xs),
+            "flips": torch.from_numpy(plan.flips),
+            "alphas": torch.from_numpy(plan.alphas),
+        }
+
+    def __getitem__(self, plan: BatchPlan) -> dict[str, Any]:  # type: ignore[override]
+        if self.raw:  # the JPEG files alone: the device decodes, crops and mirrors them
+            files = [self.split.jpeg_bytes(int(i)) for i in plan.indices]
+            # One tensor for the batch (one shared-memory handle, not one per file).
+            joined = bytearray(b"".join(files))
+            jpegs = (
+                torch.frombuffer(joined, dtype=torch.uint8)
+                if joined
+                else torch.empty(0, dtype=torch.uint8)
+            )
+            lengths = torch.tensor([len(f) for f in files], dtype=torch.int64)
+            return {"jpegs": jpegs, "jpeg_lengths": lengths, **self._plan_tensors(plan)}
         c = self.crop
         first = (
             self.split.image(int(plan.indices[0]))
@@ -292,15 +314,7 @@ class JpegBatches(torch.utils.data.Dataset):
                 top, left = (img.shape[0] - c) // 2, (img.shape[1] - c) // 2
                 img = img[top : top + c, left : left + c]
             out[k].copy_(img)
-        return {
-            "images": out,  # (B, H, W, C) uint8
-            "labels": torch.from_numpy(self.split.labels[plan.indices]),
-            "indices": torch.from_numpy(plan.indices),
-            "ys": torch.from_numpy(plan.ys),
-            "xs": torch.from_numpy(plan.xs),
-            "flips": torch.from_numpy(plan.flips),
-            "alphas": torch.from_numpy(plan.alphas),
-        }
+        return {"images": out, **self._plan_tensors(plan)}  # images: (B, H, W, C) uint8
 
 
 def _worker_init(_: int) -> None:
@@ -341,8 +355,11 @@ class DeviceLoader:
         workers: int = 2,
         dtype: torch.dtype = torch.float32,
         ensemble: list[Preprocessing] | None = None,
+        decode: str = "cpu",
     ) -> None:
         self.data, self.spec, self.sampler, self.device = data, spec, sampler, device
+        if decode not in ("cpu", "cuda"):
+            raise ValueError(f"decode must be cpu or cuda, got {decode!r}")
         self.split = data.split(split)
         h, w, _ = data.image_size
         for p in [prep, *(ensemble or [])]:
@@ -369,8 +386,9 @@ class DeviceLoader:
             mode = "train" if spec.train else ("full" if spec.views == "ten-crop" else "center")
             if spec.train and spec.pad:  # padded crops are cut on the device, as for arrays
                 mode = "full"
+            self.mode, self.on_device = mode, decode == "cuda"
             self.loader = torch.utils.data.DataLoader(
-                JpegBatches(self.split, crop, mode),
+                JpegBatches(self.split, crop, mode, raw=self.on_device),
                 sampler=sampler,
                 batch_size=None,
                 num_workers=workers,
@@ -404,6 +422,29 @@ class DeviceLoader:
                 "alphas": torch.from_numpy(plan.alphas),
             }
 
+    def _decode_on_device(self, b: dict[str, Any]) -> dict[str, Any]:
+        """nvJPEG: a batch of JPEG files -> (N, H, W, 3) uint8 on the device, cut as the
+        CPU workers cut it (the training crop and mirror, the centre, or the whole image)."""
+        import warnings
+
+        with warnings.catch_warnings():  # torchvision >= 0.29 points to TorchCodec
+            warnings.simplefilter("ignore", DeprecationWarning)
+            from torchvision.io import ImageReadMode, decode_jpeg
+
+        files = list(torch.split(b.pop("jpegs"), b.pop("jpeg_lengths").tolist()))
+        if not files:  # a rank's empty share of an evaluation split
+            h, w, c = self.data.image_size
+            h, w = (h, w) if self.mode == "full" else (self.prep.crop, self.prep.crop)
+            empty = torch.zeros((0, h, w, c), dtype=torch.uint8, device=self.device)
+            return {**b, "images": empty}
+        images = decode_jpeg(files, mode=ImageReadMode.RGB, device=self.device)
+        x = torch.stack(images).permute(0, 2, 3, 1)  # (N, 3, H, W) -> NHWC view
+        if self.mode == "train":
+            x = T.crop_batch(x, b["ys"], b["xs"], b["flips"], self.prep.crop)
+        elif self.mode == "center":
+            x = T.center_crop(x, self.prep.crop)
+        return {**b, "images": x.contiguous()}
+
     def _normalize(self, b: dict[str, Tensor]) -> Tensor:
         """uint8 NHWC batch -> float inputs: (N, C, S, S) channels_last, or (10, N, C, S, S)."""
         spec = self.spec
@@ -418,6 +459,8 @@ class DeviceLoader:
         """Normalised batches with their metadata: inputs, labels, indices."""
         source = self._raw_batches() if self.array_images is not None else iter(self.loader)  # type: ignore[arg-type]
         for b in source:
+            if "jpegs" in b:
+                b = self._decode_on_device(b)
             out = {
                 "inputs": self._normalize(b),
                 "labels": b["labels"].to(self.device, non_blocking=True),
@@ -448,12 +491,15 @@ def make_loader(
     workers: int | str = "auto",
     dtype: torch.dtype = torch.float32,
     ensemble: list[Preprocessing] | None = None,
+    decode: str = "cpu",
 ) -> DeviceLoader:
     """A loader for ``split`` that turns its images into inputs as ``prep`` says (the
     training run's, or the loaded model's): random training draws or exact evaluation
     views. ``workers``: decoding processes for JPEG data, ``"auto"`` for one per spare core.
     ``ensemble``: the preprocessing of further models (evaluation), whose inputs each batch
-    carries too (``model_inputs``)."""
+    carries too (``model_inputs``). ``decode``: ``cpu`` (the workers decode) or ``cuda``
+    (the workers read the files; torchvision decodes whole batches on ``device``: nvJPEG on
+    a GPU)."""
     h, w, _ = data.image_size
     n = len(data.split(split))
     if spec.train:
@@ -472,5 +518,7 @@ def make_loader(
             rank=rank,
             world_size=world_size,
         )
-    n_workers = resolve_workers(workers)
-    return DeviceLoader(data, split, spec, sampler, device, prep, n_workers, dtype, ensemble)
+    n_workers = resolve_workers(workers, accelerator=device.type != "cpu")
+    return DeviceLoader(
+        data, split, spec, sampler, device, prep, n_workers, dtype, ensemble, decode
+    )

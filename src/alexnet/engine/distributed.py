@@ -1,7 +1,11 @@
 """Process-group setup for torchrun (DDP): gloo on CPU, NCCL on GPUs, one node or many.
 
 torchrun sets RANK, WORLD_SIZE, LOCAL_RANK and the rendezvous; a plain ``python`` run is
-a world of one and needs no process group.
+a world of one and needs no process group. A torchrun of one process joins a group all the
+same, so that it runs the code a larger world runs (DDP, the all-reduces).
+
+Every collective here runs on tensors on the rank's training device: NCCL has no CPU
+tensors, so a flag or sum built on the host would fail on the first step on GPUs.
 """
 
 from __future__ import annotations
@@ -19,6 +23,7 @@ class DistInfo:
     world_size: int = 1
     local_rank: int = 0
     device: torch.device = field(default_factory=lambda: torch.device("cpu"))
+    group: bool = False  # joined a process group (torchrun), even a world of one
 
     @property
     def is_main(self) -> bool:
@@ -26,7 +31,7 @@ class DistInfo:
 
     @property
     def distributed(self) -> bool:
-        return self.world_size > 1
+        return self.world_size > 1 or self.group
 
 
 def resolve_device(preference: str, local_rank: int = 0) -> torch.device:
@@ -52,10 +57,15 @@ def setup(device_preference: str = "auto") -> DistInfo:
     device = resolve_device(device_preference, local_rank)
     if device.type == "cuda":
         torch.cuda.set_device(device)
-    if world > 1 and not dist.is_initialized():
-        backend = "nccl" if device.type == "cuda" else "gloo"
-        dist.init_process_group(backend=backend, rank=rank, world_size=world)
-    return DistInfo(rank, world, local_rank, device)
+    launched = world > 1 or "TORCHELASTIC_RUN_ID" in os.environ  # torchrun sets it
+    if launched and not dist.is_initialized():
+        if device.type == "cuda":
+            # device_id binds the communicator to this rank's GPU at once (no guessing
+            # from the current device at the first collective).
+            dist.init_process_group("nccl", rank=rank, world_size=world, device_id=device)
+        else:
+            dist.init_process_group("gloo", rank=rank, world_size=world)
+    return DistInfo(rank, world, local_rank, device, group=dist.is_initialized())
 
 
 def cleanup() -> None:
@@ -77,4 +87,7 @@ def all_reduce_max(t: torch.Tensor) -> torch.Tensor:
 
 def barrier() -> None:
     if dist.is_initialized():
-        dist.barrier()
+        if dist.get_backend() == "nccl":
+            dist.barrier(device_ids=[torch.cuda.current_device()])
+        else:
+            dist.barrier()

@@ -139,6 +139,18 @@ def _device_facts(device: torch.device) -> dict[str, Any]:
     }
 
 
+def resolve_decode(requested: str, device: torch.device) -> tuple[str, str]:
+    """Where JPEG data is decoded (``data.decode``) and why: ``cpu`` (loader workers) or
+    ``cuda`` (nvJPEG on the training GPU)."""
+    if requested == "cuda" and device.type != "cuda":
+        raise ConfigError(f"data.decode=cuda needs a CUDA training device, not {device}")
+    if requested != "auto":
+        return requested, "as configured"
+    # On GPUs the CPU workers measured faster than nvJPEG at 256 px (benchmarks/README.md,
+    # `alexnet benchmark data --device cuda`), as they are on every CPU-only machine.
+    return "cpu", "auto: loader workers"
+
+
 def execution_record(
     device: torch.device,
     precision: Precision,
@@ -149,6 +161,7 @@ def execution_record(
     eval_conv_impl: dict[str, Any] | None = None,
     channels_last: bool = True,
     compile: bool = False,
+    decode: str = "cpu",
 ) -> dict[str, Any]:
     """What ran, for summary.json, checkpoints and the report. ``conv_impl``: each conv
     layer's implementation in the training step and why (:func:`alexnet.network.fourier.conv_decisions`);
@@ -164,6 +177,7 @@ def execution_record(
         "threads": torch.get_num_threads(),
         "host_memory": allocator.describe(),
         "loader_workers": workers,
+        "decode": decode,
         "world_size": world_size,
         "channels_last": channels_last,
         "compile": compile,

@@ -50,18 +50,34 @@ class PaperSGD(torch.optim.Optimizer):
             torch._foreach_add_(params, bufs)
 
 
-def param_groups(
-    model: nn.Module, cfg: OptimConfig, freeze_conv: bool = False
-) -> list[dict[str, Any]]:
-    """Conv vs fully connected (for transfer learning's lr multiplier), decayed vs not
-    (biases and batch-norm parameters are not decayed unless optim.decay_biases)."""
+def _is_conv(name: str) -> bool:
+    layer = name.removeprefix("module.").split(".")[-2]  # DDP / tower prefixes
+    return layer.startswith(("conv", "bn"))
+
+
+def freeze_layers(model: nn.Module, cfg: OptimConfig, freeze_conv: bool = False) -> int:
+    """Transfer learning: the conv layers stop learning (``freeze_conv`` or
+    ``optim.conv_lr_mult: 0``). Returns how many tensors were frozen. Call it before the
+    model is wrapped in DDP, which fixes at wrapping time which gradients it waits for."""
+    if not (freeze_conv or cfg.conv_lr_mult == 0):
+        return 0
+    frozen = 0
+    for name, p in model.named_parameters():
+        if _is_conv(name) and p.requires_grad:
+            p.requires_grad_(False)
+            frozen += 1
+    return frozen
+
+
+def param_groups(model: nn.Module, cfg: OptimConfig) -> list[dict[str, Any]]:
+    """The trainable parameters, conv vs fully connected (for transfer learning's lr
+    multiplier), decayed vs not (biases and batch-norm parameters are not decayed unless
+    optim.decay_biases)."""
     groups: dict[tuple[bool, bool], list[nn.Parameter]] = {}
     for name, p in model.named_parameters():
-        layer = name.removeprefix("module.").split(".")[-2]  # DDP / tower prefixes
-        conv = layer.startswith(("conv", "bn"))
-        if conv and (freeze_conv or cfg.conv_lr_mult == 0):
-            p.requires_grad_(False)
+        if not p.requires_grad:
             continue
+        conv = _is_conv(name)
         decay = p.ndim > 1 or cfg.decay_biases
         groups.setdefault((conv, decay), []).append(p)
     out = []
@@ -80,7 +96,11 @@ def param_groups(
 def build_optimizer(
     model: nn.Module, cfg: OptimConfig, freeze_conv: bool = False
 ) -> torch.optim.Optimizer:
-    groups = param_groups(model, cfg, freeze_conv)
+    if freeze_layers(model, cfg, freeze_conv) and isinstance(
+        model, nn.parallel.DistributedDataParallel
+    ):
+        raise ValueError("freeze the layers (freeze_layers) before wrapping the model in DDP")
+    groups = param_groups(model, cfg)
     if not groups:
         raise ValueError("no trainable parameters (every layer is frozen)")
     if cfg.form == "paper":

@@ -36,12 +36,13 @@ from .checkpoint import atomic_save, export_weights, load_checkpoint, load_match
 from .execution import (
     available_precisions,
     execution_record,
+    resolve_decode,
     resolve_precision,
     resolve_threads,
     resolve_workers,
 )
 from .metrics import autocast_context, evaluate_model, topk_correct
-from .optim import LRSchedule, build_optimizer, set_lr
+from .optim import LRSchedule, build_optimizer, freeze_layers, set_lr
 from .rundir import RunDirLock, StopFlag, check_run_dir
 
 EXIT_PREEMPTED = 75  # EX_TEMPFAIL: stopped on request, resume to continue
@@ -126,9 +127,10 @@ def rng_state() -> dict[str, Any]:
 
 
 def set_rng_state(state: dict[str, Any]) -> None:
-    torch.set_rng_state(state["torch"])
+    # The checkpoint is loaded onto the training device; generator states live on the host.
+    torch.set_rng_state(state["torch"].cpu())
     if "cuda" in state and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])
+        torch.cuda.set_rng_state_all([s.cpu() for s in state["cuda"]])
 
 
 def checkpoint_state(
@@ -493,7 +495,8 @@ def _train(
     precision = resolve_precision(cfg.run.precision, dev)
     eval_precision = resolve_precision(cfg.run.eval_precision, dev, key="run.eval_precision")
     autocast, needs_scaler = precision.autocast_dtype, precision.needs_scaler
-    workers = resolve_workers(cfg.data.workers)
+    workers = resolve_workers(cfg.data.workers, accelerator=dev.type != "cpu")
+    decode, decode_reason = resolve_decode(cfg.data.decode, dev)
     best_path = out / "best.safetensors"  # the best validation epoch's weights
     if dist.is_main:
         out.mkdir(parents=True, exist_ok=True)
@@ -526,7 +529,7 @@ def _train(
     spec = LoaderSpec(train=True, flip=cfg.data.flip, pca_std=cfg.data.pca_std, pad=cfg.data.pad)
     train_loader = make_loader(
         data, "train", spec, per_rank, dev, prep, seed=cfg.run.seed, rank=dist.rank,
-        world_size=dist.world_size, workers=workers,
+        world_size=dist.world_size, workers=workers, decode=decode,
     )  # fmt: skip
     if cfg.data.limit_train:
         train_loader.sampler.limit(cfg.data.limit_train)
@@ -540,7 +543,7 @@ def _train(
         val_spec = dataclasses.replace(spec, train=False, views=cfg.data.val_views)
         val_loader = make_loader(
             data, "val", val_spec, per_rank, dev, prep, seed=cfg.run.seed, rank=dist.rank,
-            world_size=dist.world_size, workers=workers,
+            world_size=dist.world_size, workers=workers, decode=decode,
         )  # fmt: skip
     schedule = LRSchedule(cfg.schedule, cfg.optim.lr, cfg.run.epochs, len(train_loader))
     scaler = torch.amp.GradScaler("cuda") if needs_scaler else None
@@ -568,6 +571,8 @@ def _train(
         def sync() -> None:
             model.load_state_dict(towers.grouped_state_dict())
 
+    # Before DDP wraps the model: it fixes then which gradients each step waits for.
+    freeze_layers(train_model, cfg.optim, cfg.freeze_conv)
     if dist.distributed:
         train_model = nn.parallel.DistributedDataParallel(
             model, device_ids=[dev.index] if dev.type == "cuda" else None
@@ -619,20 +624,24 @@ def _train(
         f"{train_loader.sampler.n:,}{limited} images, {dist.world_size} rank(s), device {dev}, "
         f"batch {cfg.run.batch_size} -> {out}"
     )
+    decoding = f", JPEG decoding on {decode} ({decode_reason})"
     if train_loader.loader is None:  # array data: batches are gathered in this process
-        workers = 0
+        workers, decoding = 0, ""
     log(
         f"precision {precision.name} ({precision.reason}), evaluation {eval_precision.name}; "
-        f"{torch.get_num_threads()} threads, {workers} loader worker(s)"
+        f"{torch.get_num_threads()} threads, {workers} loader worker(s){decoding}"
     )
 
     def execution() -> dict[str, Any]:
         record = execution_record(
             dev, precision, eval_precision, workers, dist.world_size, ctx.conv_impl,
             conv_decisions(model), cfg.run.channels_last, cfg.run.compile,
+            decode if train_loader.loader is not None else "none (array data)",
         )  # fmt: skip
         if len(precision_history) > 1:
             record["precision_history"] = precision_history
+        if dist.group:
+            record["process_group"] = torch.distributed.get_backend()
         return record
 
     ctx = TrainContext(

@@ -26,7 +26,9 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
-from typing import Literal
+import os
+import warnings
+from typing import Any, Literal
 
 import torch
 from torch import Tensor, nn
@@ -172,6 +174,85 @@ def _use_native(x: Tensor, size: int, groups: int) -> bool:
     )
 
 
+def _window_sum_shifted(t: Tensor, size: int, groups: int) -> Tensor:
+    """The window sum as ``size`` shifted slices of the channel-padded tensor: pointwise
+    work a compiler fuses into one pass (the banded matmul is a GEMM it cannot fuse)."""
+    n, c, h, w = t.shape
+    lo, hi = size // 2, (size - 1) // 2
+    g = t.view(n, groups, c // groups, h, w)  # windows never cross a group boundary
+    p = nn.functional.pad(g, (0, 0, 0, 0, lo, hi))
+    out = p[:, :, 0 : c // groups]
+    for i in range(1, size):
+        out = out + p[:, :, i : i + c // groups]
+    return out.view(n, c, h, w)
+
+
+def lrn_pointwise(
+    x: Tensor, size: int, alpha: float, beta: float, k: float, groups: int = 1
+) -> Tensor:
+    """LRN written as pointwise work on float32 (``alpha`` already per the "sum"
+    convention), for accelerators under torch.compile: one fused kernel forward and one
+    backward (autograd through Inductor), reading bf16 in and writing bf16 out."""
+    xf = x.float()
+    d = _window_sum_shifted(xf * xf, size, groups) * alpha + k
+    return (xf * d.pow(-beta)).to(x.dtype)
+
+
+_compiled: Any = None  # torch.compile(lrn_pointwise), built on first use
+_compile_failed: str | None = None
+
+
+def _compile_opted_in() -> bool:
+    return os.environ.get("ALEXNET_LRN_COMPILE", "0") == "1"
+
+
+def _use_compiled(x: Tensor) -> bool:
+    """Inference on accelerator tensors with ``ALEXNET_LRN_COMPILE=1``, where torch.compile
+    has Triton. Measured on an H100 (benchmarks/README.md): the compiled form made the
+    paper's net 1.3-1.4x faster in inference but 1.5x slower in training (Inductor's fused
+    backward recomputes the window sums), so it never runs under autograd; and it is opt-in,
+    since compiling costs seconds per new input shape (a few images to predict would wait)."""
+    if x.device.type == "cpu" or not _compile_opted_in() or _compile_failed is not None:
+        return False
+    if torch.is_grad_enabled() and x.requires_grad:
+        return False
+    try:
+        from torch.utils._triton import has_triton
+    except ImportError:
+        return False
+    return bool(has_triton())
+
+
+def _compiled_lrn(x: Tensor, size: int, alpha: float, beta: float, k: float, groups: int) -> Tensor:
+    global _compiled, _compile_failed
+    if _compiled is None:
+        _compiled = torch.compile(lrn_pointwise, fullgraph=True)
+    try:
+        return _compiled(x, size, alpha, beta, k, groups)
+    except Exception as err:  # a compiler failure must not stop training: fall back, once
+        _compile_failed = f"{type(err).__name__}: {err}"[:300]
+        warnings.warn(
+            f"compiled LRN failed ({_compile_failed}); using the banded matmul", stacklevel=2
+        )
+        return local_response_norm(x, size, alpha, beta, k, "sum", groups, impl="matmul")
+
+
+def compiled_lrn_status(device: torch.device | str) -> str | None:
+    """Why the compiled inference path is off on ``device``, or None when it runs there."""
+    dev = torch.device(device)
+    if dev.type == "cpu":
+        return "cpu tensors"
+    if not _compile_opted_in():
+        return "ALEXNET_LRN_COMPILE=1 compiles it for inference"
+    if _compile_failed is not None:
+        return f"compile failed: {_compile_failed}"
+    try:
+        from torch.utils._triton import has_triton
+    except ImportError:
+        return "no Triton for torch.compile"
+    return None if has_triton() else "no Triton for torch.compile"
+
+
 def _memory_format(x: Tensor) -> torch.memory_format:
     if x.is_contiguous(memory_format=torch.channels_last) and not x.is_contiguous():
         return torch.channels_last
@@ -191,8 +272,10 @@ def local_response_norm(
     """LRN across channels of an (N, C, H, W) tensor; see the module docstring.
 
     ``impl="fast"`` runs the fused C kernel for channels_last float32 and bfloat16 CPU
-    tensors when it is available (:mod:`alexnet.network.native`) and the banded-matmul PyTorch path
-    otherwise; ``"matmul"`` always takes the PyTorch path.
+    tensors when it is available (:mod:`alexnet.network.native`), the banded-matmul PyTorch
+    path otherwise (GPUs: 2x PyTorch's LRN on an H100), or, for inference on GPUs with
+    ``ALEXNET_LRN_COMPILE=1``, the pointwise form compiled by torch.compile
+    (:func:`lrn_pointwise`); ``"matmul"`` always takes the banded-matmul path.
 
     Low-precision inputs (bf16/fp16 under autocast) are normalised in float32 and cast
     back: x^2 sums of fp16 overflow and bf16 loses the k + alpha * s term's precision. The
@@ -208,6 +291,8 @@ def local_response_norm(
     x = x.contiguous(memory_format=_memory_format(x))
     if impl == "fast" and _use_native(x, size, groups):
         return _native_lrn(x, size, a, beta, k, groups)
+    if impl == "fast" and _use_compiled(x):
+        return _compiled_lrn(x, size, a, beta, k, groups)
     if x.dtype in (torch.float16, torch.bfloat16):
         # .float() keeps the layout; the cast back is outside _LRNFunction, so autograd
         # hands the upcast gradient back to x in x's dtype.

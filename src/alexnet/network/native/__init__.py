@@ -142,7 +142,15 @@ def lrn_path(
     if dev == "cpu" and channels_last and kernels(dtype) is not None:
         return f"fused C kernel, {name}" + (", float32 math" if dtype != torch.float32 else "")
     if dev != "cpu":
-        why = f"{dev} tensors"
+        from ..lrn import compiled_lrn_status
+
+        off = compiled_lrn_status(device)
+        if off is None:
+            return (
+                f"PyTorch banded matmul in float32 for training; inference: compiled pointwise "
+                f"kernel (torch.compile), {name} in and out"
+            )
+        why = f"{dev} tensors; {off}"
     elif not channels_last:
         why = "NCHW layout"
     elif dtype not in KERNELS:
