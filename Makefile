@@ -27,12 +27,12 @@ demo: install fashion-mnist
 	$(VENV)/bin/alexnet demo --out runs/demo
 
 lint: install
-	$(VENV)/bin/ruff check src tests scripts
-	$(VENV)/bin/ruff format --check src tests scripts
+	$(VENV)/bin/ruff check src tests scripts hubconf.py
+	$(VENV)/bin/ruff format --check src tests scripts hubconf.py
 
 format: install
-	$(VENV)/bin/ruff format src tests
-	$(VENV)/bin/ruff check --fix src tests
+	$(VENV)/bin/ruff format src tests scripts hubconf.py
+	$(VENV)/bin/ruff check --fix src tests scripts hubconf.py
 
 test: lint
 	$(VENV)/bin/pytest -q

@@ -180,12 +180,30 @@ def cmd_neighbors(args: argparse.Namespace) -> int:
 def cmd_export(args: argparse.Namespace) -> int:
     import dataclasses
 
+    from .engine.card import card_path_for, write_card
     from .engine.checkpoint import export_weights
     from .engine.inference import load_model
 
+    fmt = args.format or ("onnx" if Path(args.out).suffix == ".onnx" else "safetensors")
     lm = load_model(args.weights)
-    export_weights(args.out, lm.model.state_dict(), dataclasses.asdict(lm.model.cfg), lm.prep)
-    print(f"wrote {args.out}")
+    card = lm.extra["card"]
+    if fmt == "onnx":
+        from .engine.onnx_export import export_onnx
+
+        r = export_onnx(lm, args.out, opset=args.opset, card=card)
+        diff = r["max_abs_diff"]
+        check = (
+            "not checked (no onnxruntime)"
+            if diff is None
+            else f"onnxruntime vs PyTorch: max |diff| {diff:.1e}"
+        )
+        print(f"wrote {r['path']} (ONNX opset {r['opset']}; input {r['input']}; {check})")
+    else:
+        export_weights(
+            args.out, lm.model.state_dict(), dataclasses.asdict(lm.model.cfg), lm.prep, card
+        )
+        print(f"wrote {args.out}")
+    print(f"wrote {write_card(card, card_path_for(args.out), Path(args.out).name)}")
     return 0
 
 
@@ -533,10 +551,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_neighbors)
 
     p = sub.add_parser(
-        "export", help="weights + class names + preprocessing as one .safetensors file"
+        "export",
+        help="weights + class names + preprocessing as one .safetensors file, or an ONNX graph",
     )
     p.add_argument("weights", help="checkpoint, .safetensors or torchvision .pth")
-    p.add_argument("out", help="output .safetensors")
+    p.add_argument("out", help="output .safetensors or .onnx")
+    p.add_argument(
+        "--format",
+        choices=["safetensors", "onnx"],
+        default=None,
+        help="default: from OUT's suffix",
+    )
+    p.add_argument("--opset", type=_positive_int, default=20, help="ONNX opset (default 20)")
     p.set_defaults(func=cmd_export)
 
     p = sub.add_parser(

@@ -42,13 +42,18 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
     try:
         return torch.load(path, map_location=map_location, weights_only=True)
     except Exception as err:  # unpickling errors come in several types
+        first = (str(err).strip().splitlines() or [""])[0][:200]
         raise ValueError(
-            f"{path}: not a loadable checkpoint ({type(err).__name__}: {err})"
+            f"{path}: not a loadable checkpoint ({type(err).__name__}: {first})"
         ) from None
 
 
 def export_weights(
-    path: str | Path, state: dict[str, Tensor], model_config: dict[str, Any], prep: Preprocessing
+    path: str | Path,
+    state: dict[str, Tensor],
+    model_config: dict[str, Any],
+    prep: Preprocessing,
+    card: dict[str, Any] | None = None,
 ) -> Path:
     """The one weights export (training's ``model.safetensors`` and ``best.safetensors``,
     and ``alexnet export``): the model's tensors plus its whole preprocessing (mean image
@@ -69,6 +74,8 @@ def export_weights(
         "names": json.dumps(list(prep.names)),
         "preprocessing": json.dumps(prep.meta()),
     }
+    if card is not None:  # the model card's facts (engine/card.py)
+        metadata["card"] = json.dumps(card, default=str)
     with atomic_path(path) as tmp:
         save_file(tensors, str(tmp), metadata=metadata)
     return Path(path)
@@ -84,6 +91,11 @@ def load_weights(path: str | Path) -> tuple[dict[str, Tensor], dict[str, Any]]:
     if not path.is_file():
         raise FileNotFoundError(f"weights file not found: {path}")
     meta: dict[str, Any] = {}
+    if path.suffix == ".onnx":
+        raise ValueError(
+            f"{path}: an ONNX export is for inference runtimes and is not read back; use the "
+            "checkpoint or .safetensors file it was exported from"
+        )
     if path.suffix == ".safetensors":
         from safetensors import safe_open
 
@@ -96,7 +108,7 @@ def load_weights(path: str | Path) -> tuple[dict[str, Tensor], dict[str, Any]]:
                 f"{path}: not a readable safetensors file ({type(err).__name__}: {err}); "
                 "export weights with `alexnet export`"
             ) from None
-        for key in ("model_config", "classes", "names", "preprocessing"):
+        for key in ("model_config", "classes", "names", "preprocessing", "card"):
             if key in raw_meta:
                 try:
                     meta[key] = json.loads(raw_meta[key])
@@ -121,6 +133,10 @@ def load_weights(path: str | Path) -> tuple[dict[str, Tensor], dict[str, Any]]:
                     meta[key] = obj[key]
             if "config" in obj:
                 meta["model_config"] = obj["config"].get("model", {})
+                # What a model card says of a training run (engine/card.py).
+                meta["run"] = {k: obj.get(k) for k in ("config", "best", "progress", "execution")}
+            if isinstance(obj.get("card"), dict):
+                meta["card"] = obj["card"]
         elif isinstance(obj, dict) and all(isinstance(v, Tensor) for v in obj.values()):
             state = obj
         else:

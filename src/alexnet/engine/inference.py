@@ -20,6 +20,7 @@ from ..config import ModelConfig, from_dict
 from ..data.dataset import LoaderSpec
 from ..data.preprocess import InputTransform, Preprocessing
 from ..network.model import AlexNet, build_model
+from .card import card_facts, card_from_checkpoint
 from .checkpoint import load_weights
 
 
@@ -83,7 +84,19 @@ def load_model(path: str | Path, device: torch.device | str = "cpu") -> LoadedMo
         raise ValueError(
             f"{path}: weights do not fit a {cfg.variant} model: missing {missing[:4]}, unexpected {unexpected[:4]}"
         )
-    return LoadedModel(model=model.to(device).eval(), path=str(path), prep=prep)
+    params = sum(int(v.numel()) for v in model.parameters())
+    if isinstance(meta.get("card"), dict):
+        card = meta["card"]
+    elif meta.get("run"):
+        card = card_from_checkpoint(meta["run"], prep, params, str(path))
+    else:
+        card = card_facts(
+            dataclasses.asdict(cfg.resolved()), prep, params,
+            source=f"{path} (torchvision's weights)" if torchvision else str(path),
+        )  # fmt: skip
+    return LoadedModel(
+        model=model.to(device).eval(), path=str(path), prep=prep, extra={"card": card}
+    )
 
 
 def images_to_inputs(

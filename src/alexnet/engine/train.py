@@ -32,6 +32,7 @@ from ..data.preprocess import Preprocessing
 from ..network.fourier import conv_decisions
 from ..network.model import AlexNet, build_model
 from . import distributed as D
+from .card import card_facts, write_card
 from .checkpoint import atomic_save, export_weights, load_checkpoint, load_matching, load_weights
 from .execution import (
     available_precisions,
@@ -658,10 +659,35 @@ def _train(
             ckpt = checkpoint_state(model, optimizer, schedule, scaler, progress, cfg, prep, best)
             ckpt = {
                 **ckpt, "execution": execution(), "precision_history": precision_history,
-                "metrics": rows, "last_val": last_val,
+                "metrics": rows, "last_val": last_val, "card": card(final=False),
             }  # fmt: skip
             atomic_save(ckpt, ckpt_path)
         D.barrier()
+
+    n_params = sum(p.numel() for p in model.parameters())
+    n_val = len(data.split("val")) if has_val else 0
+
+    def card(final: bool) -> dict[str, Any]:
+        """The model card's facts (engine/card.py) as of now."""
+        results = {
+            "best_val_top1_error": best["val_top1_error"],
+            "best_val_top5_error": best["val_top5_error"],
+            "best_epoch": best["epoch"],
+            "epochs": progress.epoch,
+            "wall_seconds": time.perf_counter() - t_start,
+            "val_views": cfg.data.val_views,
+            "val_split_images": n_val,
+        }
+        if final:
+            results["final_val_top1_error"] = last_val.get("top1_error")
+            results["final_val_top5_error"] = last_val.get("top5_error")
+        data_facts = {"path": str(data.root), "train_images": train_loader.sampler.n,
+                      "val_images": n_val}  # fmt: skip
+        return card_facts(
+            dataclasses.asdict(cfg.model.resolved()), prep, n_params, config=to_dict(cfg),
+            results=results, execution=execution(), data=data_facts, source=str(out),
+            reproduce=f"alexnet train --config {out / 'config.yaml'} --data {data.root} --out RUN_DIR",
+        )  # fmt: skip
 
     new_best = False
     try:
@@ -731,8 +757,9 @@ def _train(
                 sync()
                 if dist.is_main:
                     export_weights(
-                        best_path, model.state_dict(), dataclasses.asdict(cfg.model), prep
-                    )
+                        best_path, model.state_dict(), dataclasses.asdict(cfg.model), prep,
+                        card(final=False),
+                    )  # fmt: skip
             if dist.is_main:  # after the checkpoint, which holds the same rows
                 write_metrics(out / "metrics.csv", rows)
                 if writer is not None:
@@ -771,10 +798,17 @@ def _train(
         "execution": execution(),
     }
     if dist.is_main:
+        final_card = card(final=True)
         export_weights(
-            out / "model.safetensors", model.state_dict(), dataclasses.asdict(cfg.model), prep
-        )
+            out / "model.safetensors", model.state_dict(), dataclasses.asdict(cfg.model), prep,
+            final_card,
+        )  # fmt: skip
         write_json(out / "summary.json", summary)
+        write_card(
+            final_card,
+            out / "MODEL_CARD.md",
+            "model.safetensors (last epoch), best.safetensors (best epoch)",
+        )
     return summary
 
 

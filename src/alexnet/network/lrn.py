@@ -28,6 +28,7 @@ import contextlib
 import ctypes
 import os
 import warnings
+from collections.abc import Iterator
 from typing import Any, Literal
 
 import torch
@@ -198,6 +199,22 @@ def lrn_pointwise(
     return (xf * d.pow(-beta)).to(x.dtype)
 
 
+_POINTWISE_ONLY = 0  # > 0 inside pointwise_only()
+
+
+@contextlib.contextmanager
+def pointwise_only() -> Iterator[None]:
+    """Every LRN in this block runs :func:`lrn_pointwise`: plain tensor operators that
+    exporters (ONNX, torch.export) can trace, where the C kernel and the hand-written
+    backward cannot be."""
+    global _POINTWISE_ONLY
+    _POINTWISE_ONLY += 1
+    try:
+        yield
+    finally:
+        _POINTWISE_ONLY -= 1
+
+
 _compiled: Any = None  # torch.compile(lrn_pointwise), built on first use
 _compile_failed: str | None = None
 
@@ -288,6 +305,8 @@ def local_response_norm(
     if x.shape[1] % groups:
         raise ValueError(f"{x.shape[1]} channels do not split into {groups} LRN groups")
     a = alpha / size if alpha_convention == "mean" else alpha
+    if _POINTWISE_ONLY:
+        return lrn_pointwise(x, size, a, beta, k, groups)
     x = x.contiguous(memory_format=_memory_format(x))
     if impl == "fast" and _use_native(x, size, groups):
         return _native_lrn(x, size, a, beta, k, groups)
