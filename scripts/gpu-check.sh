@@ -7,11 +7,12 @@
 #
 # Needs: a CUDA GPU, PyTorch + torchvision, this checkout (run from its root; the package
 # is used from src/, nothing is installed), and prepared ImageNet-format data for the data
-# and end-to-end benchmarks: $PREPARED (default data/imagenet-samples, made from
-# ../shared/data/imagenet-samples with `alexnet prepare` when missing). Wheels in .whl/
-# (simplejpeg, where the machine lacks it) are installed into /tmp/site first.
+# and end-to-end benchmarks: $PREPARED (default data/imagenet-samples; when it is missing
+# it is made with `alexnet prepare` from $SAMPLES, default ../shared/data/imagenet-samples).
+# Wheels in .whl/ (simplejpeg, where the machine lacks it) are installed into /tmp/site.
 # Each step has its own time limit, so one that hangs cannot take the rest with it;
-# OUTDIR/status.txt lists every step's exit status; SKIP="data e2e" leaves steps out.
+# OUTDIR/status.txt lists every step's exit status; SKIP="data e2e" leaves steps out. The
+# script exits 1 when a step failed, 2 without a CUDA device.
 set -u
 OUTDIR=${1:-gpu-check}
 PREPARED=${PREPARED:-data/imagenet-samples}
@@ -37,16 +38,24 @@ step() {  # step NAME SECONDS COMMAND...: output to the log and this script's ou
     timeout -k 10 "$limit" "$@" 2>&1 | tee -a "$LOG"
     rc=${PIPESTATUS[0]}
     echo "$name rc=$rc $((SECONDS - t0))s" | tee -a "$OUTDIR/status.txt"
+    [ "$rc" = 0 ] || FAILED="$FAILED $name"
 }
+FAILED=
 
+if ! "$PY" -c "import torch, sys; sys.exit(0 if torch.cuda.is_available() else 1)"; then
+    echo "gpu-check: no CUDA device visible to $PY; nothing to check" >&2
+    exit 2
+fi
 {
+    echo "commit $(git rev-parse HEAD 2>/dev/null || echo unknown)"
+    git status --short 2>/dev/null | sed 's/^/  changed: /'
     nvidia-smi --query-gpu=name,driver_version,memory.total,clocks.max.sm --format=csv
     "$PY" -c "import torch, torchvision; print('torch', torch.__version__, 'torchvision', torchvision.__version__, 'cuda', torch.version.cuda)"
     nproc
 } 2>&1 | tee "$LOG"
 
 if [ ! -f "$PREPARED/meta.json" ]; then
-    step prepare 120 "$PY" -m alexnet prepare ../shared/data/imagenet-samples "$PREPARED"
+    step prepare 120 "$PY" -m alexnet prepare "${SAMPLES:-../shared/data/imagenet-samples}" "$PREPARED"
 fi
 step tests 170 "$PY" -m pytest -q -m gpu -p no:cacheprovider tests/test_gpu.py
 BENCH=("$PY" -m alexnet benchmark --device cuda)
@@ -59,3 +68,7 @@ step data 70 "${BENCH[@]}" data --prepared "$PREPARED" --copies 20 --steps 200 \
 step e2e 120 "${BENCH[@]}" e2e --prepared "$PREPARED" --copies 100 --steps 600 \
     --batch-size 256 -o "$OUTDIR/e2e.json"
 cat "$OUTDIR/status.txt"
+if [ -n "$FAILED" ]; then
+    echo "gpu-check: failed:$FAILED" >&2
+    exit 1
+fi

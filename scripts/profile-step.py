@@ -47,6 +47,8 @@ def main() -> None:
     ap.add_argument("--rows", type=int, default=20)
     ap.add_argument("--steps", type=int, default=5)
     args = ap.parse_args()
+    if not torch.cuda.is_available():
+        raise SystemExit("profile-step: needs a CUDA device (it profiles GPU kernels)")
     torch.backends.cudnn.benchmark = True
     dev = torch.device("cuda")
     dtype = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": None}[args.precision]

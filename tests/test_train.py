@@ -557,8 +557,14 @@ def test_the_step_loops_collectives_run_on_the_training_device(monkeypatch):
 
 
 def test_decode_on_cuda_needs_a_cuda_device(fmnist, tmp_path):
-    with pytest.raises(ConfigError, match=r"data\.decode=cuda needs a CUDA"):
-        train(cfg_for(fmnist, "data.decode=cuda"), tmp_path / "r", quiet=True)
+    src = make_folder_dataset(tmp_path / "src", classes=2, per_class=4, size=(100, 80))
+    prepare(str(src), tmp_path / "jpeg", progress=False, val_fraction=0)
+    with pytest.raises(ConfigError, match=r"data\.decode=cuda decodes on the training GPU"):
+        train(cfg_for(tmp_path / "jpeg", "data.decode=cuda"), tmp_path / "r", quiet=True)
+    assert not (tmp_path / "r").exists()  # refused before the run directory was made
+    # Array data has no JPEG decoding to place: the setting does not apply.
+    summary = train(cfg_for(fmnist, "data.decode=cuda", "run.epochs=1"), tmp_path / "a", quiet=True)
+    assert summary["execution"]["decode"] == "none (array data)"
 
 
 # ---------------------------------------------------------------- precision

@@ -277,19 +277,35 @@ def cmd_benchmark(args: argparse.Namespace) -> int:
     if len(batches) > 1 and args.what != "model":
         raise ValueError(f"benchmark {args.what} takes one --batch-size, got {batches}")
     batch = batches[0] if batches else None
-    dev = resolve_device(args.device)
-    if dev.type == "cuda" and args.what in ("lrn", "data", "e2e"):
+    try:
+        dev = resolve_device(args.device)
+    except RuntimeError as err:  # torch's own message for an unknown device string
+        raise ValueError(f"--device {args.device!r}: {str(err).splitlines()[0]}") from None
+    except ValueError:
+        raise ValueError(
+            f"--device {args.device!r}: no CUDA device is available here; use cpu or auto"
+        ) from None
+    # lrn, data and e2e have their GPU forms only when asked for: `make bench` and a bare
+    # command on a GPU machine time the CPU pipeline they always did.
+    gpu_form = args.device.startswith("cuda") and args.what in ("lrn", "data", "e2e")
+    given = [f for f in ("prepared", "copies", "steps") if getattr(args, f) is not None]
+    if given and not (gpu_form and args.what in ("data", "e2e")):
+        raise ValueError(
+            f"--{given[0]} is for `benchmark data|e2e --device cuda`; not used by {args.what} "
+            f"on {dev}"
+        )
+    if gpu_form:
         from .bench import cuda
 
         if args.what == "lrn":
             result = cuda.bench_lrn_cuda(dev, repeats=args.repeats)
             text = cuda.format_lrn_cuda(result)
         else:
-            if not args.prepared:
+            if not args.prepared or not (Path(args.prepared) / "meta.json").is_file():
                 raise ValueError(
                     f"benchmark {args.what} --device cuda reads a prepared directory: pass "
-                    "--prepared DIR (`alexnet prepare` output; its train split is replicated "
-                    "--copies times)"
+                    "--prepared DIR, made by `alexnet prepare` (its train split is replicated "
+                    "--copies times)" + (f"; {args.prepared} is not one" if args.prepared else "")
                 )
             if args.what == "data":
                 result = cuda.bench_data_cuda(
@@ -642,7 +658,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--precisions", default=None, help="model: e.g. fp32,bf16 (default: bf16 only where native)"
     )
-    p.add_argument("--device", default="auto")
+    p.add_argument(
+        "--device",
+        default="auto",
+        help="model: auto (a GPU where there is one) | cpu | cuda; lrn, data, e2e: cuda for "
+        "their GPU forms",
+    )
     p.add_argument(
         "--layouts",
         default="NCHW,channels_last",

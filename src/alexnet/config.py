@@ -40,6 +40,10 @@ class ModelConfig:
     norm: Literal["lrn", "batchnorm", "none"] | None = None
     # LRN alpha: "mean" = alpha/n as in the authors' code, Caffe, PyTorch; "sum" = as printed.
     lrn_alpha: Literal["mean", "sum"] = "mean"
+    lrn_k: float = 2.0  # §3.3's k (Caffe's bvlc_alexnet: 1)
+    # Each tower normalises its own maps (False, the paper's two GPUs) or the window spans
+    # all maps (True: Caffe's single-GPU bvlc_alexnet).
+    lrn_across_towers: bool = False
     pooling: Literal["overlapping", "non-overlapping"] = "overlapping"
     dropout: float = 0.5
     # §4.2 as printed ("paper"): training zeroes outputs with probability `dropout` and
@@ -270,12 +274,12 @@ class DataConfig:
     # Multiplies (pixels - mean image), 0..255 units. The paper feeds raw differences (1.0).
     input_scale: float = 1.0
     # Decoding processes per rank (JPEG data). auto: one per spare core of this rank (at
-    # most 8 on CPU, where they share the cores with training; none on a single core);
-    # the number used is recorded with the run.
+    # most 8 on CPU, where they share the cores with training, 32 with a GPU, 4 when the GPU
+    # decodes; none on a single core); the number used is recorded with the run.
     workers: int | Literal["auto"] = "auto"
     # Where JPEG data is decoded: cpu (loader workers, libjpeg-turbo), cuda (nvJPEG on the
-    # training GPU, whole batches; the workers only read bytes), or auto (decided by the
-    # device; recorded with the run).
+    # training GPU, whole batches; the workers only read the files), or auto (cpu: it
+    # trained faster end to end on an H100); recorded with the run.
     decode: Literal["auto", "cpu", "cuda"] = "auto"
     val_views: Literal["center", "ten-crop"] = "center"
     # Use at most this many training images (0 = all), a fixed random subset of the split:

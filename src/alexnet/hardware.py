@@ -90,12 +90,12 @@ def cores_per_rank() -> int:
 
 def resolve_workers(requested: int | str, accelerator: bool = False) -> int:
     """Loader workers: ``auto`` = one decoding process per spare core of this rank (none on
-    a single core); at most 8 on CPU, where training needs the other cores, and every spare
-    core when an accelerator trains (decoding is then the CPU's only work). A number is used
-    as given."""
+    a single core); at most 8 on CPU, where training needs the other cores, and up to 32
+    when an accelerator trains (decoding is then the CPU's only work; each worker holds a
+    few batches in shared memory). A number is used as given."""
     if requested == "auto":
         spare = cores_per_rank() - 1
-        return spare if accelerator else min(8, spare)
+        return min(32, spare) if accelerator else min(8, spare)
     if isinstance(requested, bool) or not isinstance(requested, int) or requested < 0:
         raise ValueError(f"loader workers must be 'auto' or an integer >= 0, got {requested!r}")
     return requested

@@ -528,7 +528,7 @@ def bench_model(
         "ratios": ratios,
         "ratio": min(ratios.values()),
         "ratio_settings": f"paper / torchvision training images/s, {layout}, {batch_text}; "
-        "the lowest over " + ", ".join(precisions),
+        "the lowest over " + ", ".join(precisions) + (" and batches" if len(batches) > 1 else ""),
         "note": skipped,
     }
 

@@ -387,6 +387,7 @@ class DeviceLoader:
             if spec.train and spec.pad:  # padded crops are cut on the device, as for arrays
                 mode = "full"
             self.mode, self.on_device = mode, decode == "cuda"
+            self._stream: Any = None  # the decoder's side stream (CUDA)
             self.loader = torch.utils.data.DataLoader(
                 JpegBatches(self.split, crop, mode, raw=self.on_device),
                 sampler=sampler,
@@ -427,23 +428,37 @@ class DeviceLoader:
         CPU workers cut it (the training crop and mirror, the centre, or the whole image)."""
         import warnings
 
-        with warnings.catch_warnings():  # torchvision >= 0.29 points to TorchCodec
-            warnings.simplefilter("ignore", DeprecationWarning)
-            from torchvision.io import ImageReadMode, decode_jpeg
+        from torchvision.io import ImageReadMode, decode_jpeg
 
         files = list(torch.split(b.pop("jpegs"), b.pop("jpeg_lengths").tolist()))
-        if not files:  # a rank's empty share of an evaluation split
-            h, w, c = self.data.image_size
-            h, w = (h, w) if self.mode == "full" else (self.prep.crop, self.prep.crop)
-            empty = torch.zeros((0, h, w, c), dtype=torch.uint8, device=self.device)
-            return {**b, "images": empty}
-        images = decode_jpeg(files, mode=ImageReadMode.RGB, device=self.device)
+        with warnings.catch_warnings():  # torchvision >= 0.29 warns on every call
+            warnings.simplefilter("ignore", DeprecationWarning)
+            images = self._decode_jpegs(decode_jpeg, files, ImageReadMode.RGB)
         x = torch.stack(images).permute(0, 2, 3, 1)  # (N, 3, H, W) -> NHWC view
         if self.mode == "train":
             x = T.crop_batch(x, b["ys"], b["xs"], b["flips"], self.prep.crop)
         elif self.mode == "center":
             x = T.center_crop(x, self.prep.crop)
         return {**b, "images": x.contiguous()}
+
+    def _decode_jpegs(self, decode: Any, files: list[Tensor], mode: Any) -> list[Tensor]:
+        """torchvision's GPU decoder allocates its outputs on the current stream but writes
+        them from its own stream without waiting for the current one: memory freed by a
+        training step whose kernels are still queued could be overwritten (reported against
+        torchvision on H100s). Here the outputs are allocated on a side stream that first
+        waits for the training stream, and the training stream waits for the decode."""
+        if self.device.type != "cuda":
+            return decode(files, mode=mode, device=self.device)
+        if self._stream is None:
+            self._stream = torch.cuda.Stream(self.device)
+        current = torch.cuda.current_stream(self.device)
+        self._stream.wait_stream(current)
+        with torch.cuda.stream(self._stream):
+            images = decode(files, mode=mode, device=self.device)
+        current.wait_stream(self._stream)
+        for t in images:  # their memory returns to the pool only after the step used it
+            t.record_stream(current)
+        return images
 
     def _normalize(self, b: dict[str, Tensor]) -> Tensor:
         """uint8 NHWC batch -> float inputs: (N, C, S, S) channels_last, or (10, N, C, S, S)."""

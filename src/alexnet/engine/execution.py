@@ -143,11 +143,14 @@ def resolve_decode(requested: str, device: torch.device) -> tuple[str, str]:
     """Where JPEG data is decoded (``data.decode``) and why: ``cpu`` (loader workers) or
     ``cuda`` (nvJPEG on the training GPU)."""
     if requested == "cuda" and device.type != "cuda":
-        raise ConfigError(f"data.decode=cuda needs a CUDA training device, not {device}")
+        raise ConfigError(
+            f"data.decode=cuda decodes on the training GPU, but this run trains on {device}: "
+            "set data.decode=cpu (or auto), or run.device=cuda on a machine with a GPU"
+        )
     if requested != "auto":
         return requested, "as configured"
-    # On GPUs the CPU workers measured faster than nvJPEG at 256 px (benchmarks/README.md,
-    # `alexnet benchmark data --device cuda`), as they are on every CPU-only machine.
+    # On an H100 the CPU workers trained faster end to end than nvJPEG at 256 px
+    # (benchmarks/README.md, `alexnet benchmark e2e --device cuda`).
     return "cpu", "auto: loader workers"
 
 
@@ -203,7 +206,8 @@ def execution_plan(device: torch.device) -> dict[str, Any]:
         "precisions_available": available_precisions(device),
         "eval_precision_default": "fp32",
         "threads_auto": resolve_threads(0),
-        "loader_workers_auto": resolve_workers("auto"),
+        "loader_workers_auto": resolve_workers("auto", accelerator=device.type != "cpu"),
+        "decode_auto": resolve_decode("auto", device)[0],
         "host_memory": allocator.describe(),
         "lrn": {
             name: native.lrn_path(device, _DTYPES[name]) for name in available_precisions(device)
@@ -221,7 +225,8 @@ def format_plan(plan: dict[str, Any]) -> str:
             f"  run.precision auto -> {plan['precision_auto']} ({plan['precision_reason']}); "
             f"available: {available}; evaluation: {plan['eval_precision_default']}",
             f"  run.threads 0 -> {plan['threads_auto']} of {plan['cores_available']} cores; "
-            f"data.workers auto -> {plan['loader_workers_auto']}",
+            f"data.workers auto -> {plan['loader_workers_auto']}; data.decode auto -> "
+            f"{plan['decode_auto']}",
             f"  CPU bf16: {plan['cpu_bf16']}, PyTorch CPU capability {plan['cpu_capability']}",
             f"  LRN: {lrn}",
             f"  host memory: {plan['host_memory']}",

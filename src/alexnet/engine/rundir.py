@@ -72,16 +72,18 @@ class RunDirLock:
     def acquire(self, dist: D.DistInfo) -> None:
         """Lock, or raise a ConfigError naming the directory and the holder's PID; every
         rank raises when rank 0 could not lock."""
-        refused: ConfigError | None = None
+        refused: Exception | None = None
         if dist.is_main:
             try:
                 self._lock()
-            except ConfigError as err:
-                refused = err
+            except (ConfigError, OSError) as err:  # OSError: e.g. no such directory
+                refused = err  # raised on every rank below, after they all hear of it
         if dist.distributed:
             flag = torch.tensor([float(refused is not None)], device=dist.device)
             if D.all_reduce_sum(flag).item() > 0 and refused is None:
-                refused = ConfigError(f"{self.path.parent} is in use by another run")
+                refused = ConfigError(
+                    f"rank 0 could not lock {self.path.parent} (its message says why)"
+                )
         if refused is not None:
             raise refused
 

@@ -479,6 +479,10 @@ def _train(
             "... --val-fraction 0.1`) or choose another schedule (--set schedule.kind=step)"
         )
     ckpt_path = out / "checkpoint.pt"
+    # Array data (Fashion-MNIST, CIFAR-10 batches) has no JPEG decoding to place.
+    decode, decode_reason = (
+        resolve_decode(cfg.data.decode, dist.device) if data.kind == "jpeg" else ("none", "")
+    )
     lock.acquire(dist)  # before anything in `out` is read or changed
     replaced = check_run_dir(out, resume, force)
     state = load_checkpoint(ckpt_path, map_location=dist.device) if resume else None
@@ -497,7 +501,8 @@ def _train(
     eval_precision = resolve_precision(cfg.run.eval_precision, dev, key="run.eval_precision")
     autocast, needs_scaler = precision.autocast_dtype, precision.needs_scaler
     workers = resolve_workers(cfg.data.workers, accelerator=dev.type != "cpu")
-    decode, decode_reason = resolve_decode(cfg.data.decode, dev)
+    if decode == "cuda" and cfg.data.workers == "auto":
+        workers = min(workers, 4)  # they only read the files: a few keep up
     best_path = out / "best.safetensors"  # the best validation epoch's weights
     if dist.is_main:
         out.mkdir(parents=True, exist_ok=True)
@@ -530,7 +535,7 @@ def _train(
     spec = LoaderSpec(train=True, flip=cfg.data.flip, pca_std=cfg.data.pca_std, pad=cfg.data.pad)
     train_loader = make_loader(
         data, "train", spec, per_rank, dev, prep, seed=cfg.run.seed, rank=dist.rank,
-        world_size=dist.world_size, workers=workers, decode=decode,
+        world_size=dist.world_size, workers=workers, decode=decode if decode != "none" else "cpu",
     )  # fmt: skip
     if cfg.data.limit_train:
         train_loader.sampler.limit(cfg.data.limit_train)
@@ -544,7 +549,8 @@ def _train(
         val_spec = dataclasses.replace(spec, train=False, views=cfg.data.val_views)
         val_loader = make_loader(
             data, "val", val_spec, per_rank, dev, prep, seed=cfg.run.seed, rank=dist.rank,
-            world_size=dist.world_size, workers=workers, decode=decode,
+            world_size=dist.world_size, workers=workers,
+            decode=decode if decode != "none" else "cpu",
         )  # fmt: skip
     schedule = LRSchedule(cfg.schedule, cfg.optim.lr, cfg.run.epochs, len(train_loader))
     scaler = torch.amp.GradScaler("cuda") if needs_scaler else None
