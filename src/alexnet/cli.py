@@ -207,6 +207,18 @@ def cmd_export(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_convert(args: argparse.Namespace) -> int:
+    from .apps.convert import convert_caffe
+
+    out = args.out or str(Path(args.model).with_suffix(".safetensors").name)
+    r = convert_caffe(args.model, out, args.mean)
+    layers = ", ".join(f"{theirs}->{ours}" for ours, theirs in r["layers"].items())
+    print(f"converted {args.model} ({layers})")
+    print(f"wrote {r['weights']}")
+    print(f"wrote {r['card']}")
+    return 0
+
+
 def cmd_visualize(args: argparse.Namespace) -> int:
     from .apps import visualize as V
 
@@ -580,6 +592,16 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--opset", type=_positive_int, default=20, help="ONNX opset (default 20)")
     p.set_defaults(func=cmd_export)
+
+    p = sub.add_parser("convert", help="other frameworks' AlexNet weights into ours")
+    conv = p.add_subparsers(dest="source", required=True)
+    c = conv.add_parser(
+        "caffe", help="Caffe's bvlc_alexnet (.caffemodel, V1 or current format) -> .safetensors"
+    )
+    c.add_argument("model", help="the .caffemodel")
+    c.add_argument("--mean", default=None, help="Caffe's mean image (.binaryproto)")
+    c.add_argument("--out", default=None, help="output .safetensors (default: MODEL's name)")
+    c.set_defaults(func=cmd_convert)
 
     p = sub.add_parser(
         "visualize",

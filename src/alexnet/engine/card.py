@@ -169,8 +169,9 @@ def render_card(card: dict[str, Any], weights: str) -> str:
             "- `alexnet evaluate WEIGHTS --data DATA --split test --views ten-crop` measures "
             "it on any prepared split.",
         ]
-    else:
+    elif not r.get("notes"):
         lines.append("- No validation result recorded.")
+    lines += [f"- {note}" for note in r.get("notes") or []]
     lines += ["", "## Hardware and time", ""]
     if ex:
         where = ex.get("gpu") or ex.get("device_name") or ex.get("cpu") or ex.get("device")

@@ -265,8 +265,9 @@ class AlexNet(nn.Module):
                 layers["act_conv6" if n == 6 else f"act{n}"] = _activation(cfg.activation)
                 if s.lrn and cfg.norm == "lrn":
                     # Each tower normalises its own kernel maps (one tower per GPU in 2012).
+                    groups = 1 if cfg.lrn_across_towers else cfg.towers
                     layers[f"norm{n}"] = LocalResponseNorm(
-                        5, 1e-4, 0.75, 2.0, alpha_convention=cfg.lrn_alpha, groups=cfg.towers
+                        5, 1e-4, 0.75, cfg.lrn_k, alpha_convention=cfg.lrn_alpha, groups=groups
                     )
                 cin = cout
             if s.pool:  # 3/2 overlapping, or 2/2 as the ablation
