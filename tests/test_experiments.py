@@ -131,8 +131,15 @@ def test_report_has_every_section_and_its_images_load(run):
     for data in images:
         with Image.open(io.BytesIO(base64.b64decode(data))) as im:
             im.load()
+    # The result leads, with its protocol and what ran; the config is folded away last.
+    assert page.index(">Result</h2>") < page.index(">Training curves</h2>")
+    assert page.index("<details>") > page.index(">All metrics</h2>")
+    summary = json.loads((run / "run" / "summary.json").read_text())
+    accuracy = f"{100 * (1 - summary['best_val_top1_error']):.2f}% top-1 accuracy on the validation split (centre crop)"
+    assert accuracy in page and "fp32" in page.split(">Training curves<")[0]
     md = Path(r["markdown"]).read_text()
-    assert "## Final metrics" in md and "best_val_top1_error" in md
+    assert md.index("## Result") < md.index("## Training curves") < md.index("## Configuration")
+    assert "## All metrics" in md and "best_val_top1_error" in md
     # What ran, resolved: the fixture pins fp32 and PyTorch's conv kernels.
     assert "| precision | fp32 |" in md and "| eval_precision | fp32 |" in md
     assert "| conv impl: conv2 | direct (" in md and "| loader_workers | 0 |" in md
@@ -191,3 +198,11 @@ def test_report_renders_in_headless_chromium(run, tmp_path):
     assert pixels.shape[1] >= 1000
     # Text and figures, not a blank page: many distinct grey levels and dark pixels.
     assert pixels.std() > 10 and (pixels < 100).mean() > 0.005
+
+
+def test_curves_mark_only_the_schedules_lr_drops():
+    rows = [{"epoch": e, "lr": lr} for e, lr in enumerate([0.1, 0.05, 0.02, 0.02, 0.002], 1)]
+    assert V.lr_drops(rows, "onecycle") == [] and V.lr_drops(rows, "cosine") == []
+    assert [(e, round(f, 3)) for e, f in V.lr_drops(rows, "plateau")] == [
+        (2, 2.0), (3, 2.5), (5, 10.0)
+    ]  # fmt: skip

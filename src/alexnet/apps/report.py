@@ -1,8 +1,10 @@
 """``alexnet report RUN_DIR``: one self-contained HTML page (and a Markdown twin) for a run.
 
-Sections: configuration, environment, final metrics, training curves, conv1 filters,
-sample predictions, nearest neighbours. Figures are written to ``RUN_DIR/report/`` and
-embedded in the HTML as data URIs, so the page stands alone.
+It leads with the result (test or validation accuracy with its protocol, training time,
+hardware, the precision that ran), then the figures (training curves, conv1 filters, sample
+predictions, nearest neighbours), then the environment, execution record and every metric,
+with the full configuration folded away at the end. Figures are written to
+``RUN_DIR/report/`` and embedded in the HTML as data URIs, so the page stands alone.
 """
 
 from __future__ import annotations
@@ -17,16 +19,76 @@ import yaml
 
 from ..atomic import write_text
 
-SECTIONS = [
-    "Configuration",
-    "Environment",
-    "Execution",
-    "Final metrics",
-    "Training curves",
-    "conv1 filters",
-    "Sample predictions",
-    "Nearest neighbours",
-]
+FIGURES = ["Training curves", "conv1 filters", "Sample predictions", "Nearest neighbours"]
+SECTIONS = ["Result", *FIGURES, "Environment", "Execution", "All metrics", "Configuration"]
+
+
+def _duration(seconds: float) -> str:
+    seconds = round(seconds)
+    h, rem = divmod(seconds, 3600)
+    if h:
+        return f"{h} h {rem // 60:02d} min"
+    return f"{rem // 60} min {rem % 60:02d} s" if rem >= 60 else f"{rem} s"
+
+
+def _epochs(n: Any) -> str:
+    return f"{n} epoch" + ("" if n == 1 else "s")
+
+
+def headline(cfg: dict[str, Any], summary: dict[str, Any], test: dict[str, Any]) -> dict[str, Any]:
+    """The result in one line and its facts: the test set where the run was evaluated on
+    one (``test.json``), else the best validation epoch, with the protocol that measured it."""
+    ex = summary.get("execution") or {}
+    data = (cfg.get("data") or {}).get("path", "?")
+    if test.get("test_top1_error") is not None:
+        views = test.get("test_views", "center")
+        what = (
+            f"test set ({test.get('test_images', '?'):,} images)"
+            if isinstance(test.get("test_images"), int)
+            else "test set"
+        )
+        top1, top5 = test["test_top1_error"], test.get("test_top5_error")
+    elif summary.get("best_val_top1_error") is not None:
+        views = (cfg.get("data") or {}).get("val_views", "center")
+        n = summary.get("val_images")
+        what = (
+            f"validation split ({n:,} images), best epoch {summary.get('best_epoch')}"
+            if n
+            else "validation split"
+        )
+        top1, top5 = summary["best_val_top1_error"], summary.get("best_val_top5_error")
+    else:
+        return {"line": "no test or validation result recorded", "facts": []}
+    protocol = (
+        "10 views averaged (4 corners, centre, mirrors)" if views == "ten-crop" else "centre crop"
+    )
+    hardware = ex.get("device_name") or ex.get("device") or summary.get("device", "?")
+    facts = [
+        ("accuracy", f"{100 * (1 - top1):.2f}%"),
+        (
+            "top-1 / top-5 error",
+            f"{100 * top1:.2f}% / " + (f"{100 * top5:.2f}%" if top5 is not None else "n/a"),
+        ),
+        ("measured on", f"{what} of {data}; {protocol}"),
+        (
+            "training",
+            f"{_epochs(summary.get('epochs', '?'))} in {_duration(summary.get('wall_seconds', 0))}",
+        ),
+        (
+            "hardware",
+            f"{hardware} ({ex.get('device', '?')}), {ex.get('world_size', 1)} process(es)",
+        ),
+        (
+            "precision",
+            f"{ex.get('precision', '?')} training ({ex.get('precision_reason', '')}), {ex.get('eval_precision', 'fp32')} evaluation",
+        ),
+    ]
+    line = (
+        f"{100 * (1 - top1):.2f}% top-1 accuracy on the {what.split(' (')[0]} ({protocol}), "
+        f"{cfg.get('model', {}).get('variant', '?')} net trained {_epochs(summary.get('epochs', '?'))} in "
+        f"{_duration(summary.get('wall_seconds', 0))} on {hardware}, {ex.get('precision', '?')}"
+    )
+    return {"line": line, "facts": facts}
 
 
 def _environment() -> dict[str, Any]:
@@ -110,30 +172,30 @@ def build_report(
         return str(value)
 
     rows = [(k, fmt(k, v)) for k, v in metrics.items()]
+    head = headline(cfg, summary, test)
+
+    def table(pairs: list[tuple[str, str]]) -> str:
+        cells = "".join(
+            f"<tr><th>{html.escape(str(k))}</th><td>{html.escape(str(v))}</td></tr>"
+            for k, v in pairs
+        )
+        return f"<table>{cells}</table>"
+
     parts = [
         f"<!doctype html><html><head><meta charset='utf-8'><title>{html.escape(title)}</title>",
         "<style>body{font-family:sans-serif;max-width:1100px;margin:2em auto;color:#222}"
         "table{border-collapse:collapse}td,th{border:1px solid #ccc;padding:3px 8px;text-align:left}"
-        "img{max-width:100%;border:1px solid #eee}pre{background:#f6f6f6;padding:1em;overflow:auto}</style></head><body>",
+        "img{max-width:100%;border:1px solid #eee}pre{background:#f6f6f6;padding:1em;overflow:auto}"
+        ".headline{font-size:1.35em;background:#eef4fb;border-left:5px solid #2a6fb0;padding:.6em 1em}"
+        "</style></head><body>",
         f"<h1>{html.escape(title)}</h1>",
-        "<h2 id='configuration'>Configuration</h2>",
-        f"<pre>{html.escape(yaml.safe_dump(cfg, sort_keys=False))}</pre>",
-        "<h2 id='environment'>Environment</h2><table>",
-        *[
-            f"<tr><th>{html.escape(str(k))}</th><td>{html.escape(str(v))}</td></tr>"
-            for k, v in env.items()
-        ],
-        "</table><h2 id='execution'>Execution</h2><table>",
-        *[f"<tr><th>{html.escape(k)}</th><td>{html.escape(v)}</td></tr>" for k, v in execution],
-        "</table><h2 id='final-metrics'>Final metrics</h2><table>",
-        *[f"<tr><th>{html.escape(k)}</th><td>{html.escape(v)}</td></tr>" for k, v in rows],
-        "</table>",
+        "<h2 id='result'>Result</h2>",
+        f"<p class='headline'>{html.escape(head['line'])}</p>",
+        table(head["facts"]),
     ]
-    md = [f"# {title}", "", "## Configuration", "", "```yaml", yaml.safe_dump(cfg, sort_keys=False).rstrip(), "```", "",
-          "## Environment", "", "| key | value |", "|---|---|", *[f"| {k} | {v} |" for k, v in env.items()], "",
-          "## Execution", "", "| key | value |", "|---|---|", *[f"| {k} | {v} |" for k, v in execution], "",
-          "## Final metrics", "", "| metric | value |", "|---|---|", *[f"| {k} | {v} |" for k, v in rows], ""]  # fmt: skip
-    for name in SECTIONS[4:]:
+    md = [f"# {title}", "", "## Result", "", f"**{head['line']}**", "",
+          *([ "| | |", "|---|---|", *[f"| {k} | {v} |" for k, v in head["facts"]], ""] if head["facts"] else [])]  # fmt: skip
+    for name in FIGURES:
         anchor = name.lower().replace(" ", "-")
         parts.append(f"<h2 id='{anchor}'>{html.escape(name)}</h2>")
         md += [f"## {name}", ""]
@@ -150,6 +212,19 @@ def build_report(
                 f"<p><em>not drawn: {html.escape(notes.get(name, 'unavailable'))}</em></p>"
             )
             md += [f"*not drawn: {notes.get(name, 'unavailable')}*", ""]
+    config_text = yaml.safe_dump(cfg, sort_keys=False)
+    parts += [
+        "<h2 id='environment'>Environment</h2>", table([(str(k), str(v)) for k, v in env.items()]),
+        "<h2 id='execution'>Execution</h2>", table(execution),
+        "<h2 id='all-metrics'>All metrics</h2>", table(rows),
+        "<h2 id='configuration'>Configuration</h2>",
+        f"<details><summary>the resolved config (config.yaml)</summary><pre>{html.escape(config_text)}</pre></details>",
+    ]  # fmt: skip
+    md += ["## Environment", "", "| key | value |", "|---|---|", *[f"| {k} | {v} |" for k, v in env.items()], "",
+           "## Execution", "", "| key | value |", "|---|---|", *[f"| {k} | {v} |" for k, v in execution], "",
+           "## All metrics", "", "| metric | value |", "|---|---|", *[f"| {k} | {v} |" for k, v in rows], "",
+           "## Configuration", "", "<details><summary>the resolved config (config.yaml)</summary>", "",
+           "```yaml", config_text.rstrip(), "```", "", "</details>", ""]  # fmt: skip
     parts.append("</body></html>")
     write_text(out_html, "\n".join(parts))
     write_text(out_md, "\n".join(md) + "\n")

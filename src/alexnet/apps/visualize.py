@@ -112,8 +112,29 @@ def read_metrics(run_dir: str | Path) -> list[dict[str, float]]:
     return rows
 
 
+def _schedule_kind(run_dir: str) -> str | None:
+    path = Path(run_dir) / "config.yaml"
+    if not path.is_file():
+        return None
+    import yaml
+
+    return ((yaml.safe_load(path.read_text()) or {}).get("schedule") or {}).get("kind")
+
+
+def lr_drops(rows: list[dict[str, float]], kind: str | None) -> list[tuple[float, float]]:
+    """(epoch, factor) where a step or plateau schedule divided the lr before that epoch."""
+    if kind not in ("step", "plateau"):
+        return []
+    return [
+        (rows[i]["epoch"], rows[i - 1]["lr"] / rows[i]["lr"])
+        for i in range(1, len(rows))
+        if rows[i]["lr"] < rows[i - 1]["lr"] * 0.99
+    ]
+
+
 def curves(run_dir: str, out: str) -> list[str]:
-    """Loss and top-1/top-5 error vs epoch, train and val, with the lr drops marked."""
+    """Loss and top-1/top-5 error vs epoch, train and val, with the schedule's lr drops
+    marked."""
     rows = read_metrics(run_dir)
     ep = [r["epoch"] for r in rows]
     plt = _plt()
@@ -136,15 +157,17 @@ def curves(run_dir: str, out: str) -> list[str]:
         )
     a2.set_xlabel("epoch")
     a2.set_ylabel("error (%)")
-    lrs = [r["lr"] for r in rows]
-    drops = [ep[i] for i in range(1, len(lrs)) if lrs[i] < lrs[i - 1] * 0.5]
+    # The schedule's own lr changes, marked where it made them: the step and plateau
+    # schedules divide the lr between epochs; warm-up, one-cycle and cosine move it every
+    # step, and nothing is marked for them.
+    drops = lr_drops(rows, _schedule_kind(run_dir))
     for ax in (a1, a2):
-        for d in drops:
+        for d, _ in drops:
             ax.axvline(d - 0.5, color="grey", linestyle=":", linewidth=1)
         ax.grid(alpha=0.3)
         ax.legend()
-    if drops:
-        a2.text(drops[0] - 0.5, a2.get_ylim()[1], " lr /10", va="top", fontsize=8, color="grey")
+    for d, factor in drops:
+        a2.text(d - 0.5, a2.get_ylim()[1], f" lr /{factor:.3g}", va="top", fontsize=8, color="grey")
     fig.suptitle(f"training curves — {Path(run_dir).name}")
     return _save(fig, out)
 
