@@ -169,3 +169,16 @@ def test_model_card_with_the_run_and_every_export(trained_run, tmp_path, capsys)
     assert main(["export", str(again), str(onnx_out)]) == 0
     props = {p.key: p.value for p in onnx.load(str(onnx_out)).metadata_props}
     assert json.loads(props["model_card"])["results"]["best_epoch"] == summary["best_epoch"]
+
+
+def test_an_export_the_exporter_refuses_is_one_line(tmp_path, monkeypatch, capsys):
+    def refuse(*args, **kwargs):
+        raise RuntimeError("Failed to export the model\\n" + "internal frame\\n" * 50)
+
+    monkeypatch.setattr(torch.onnx, "export", refuse)
+    weights = _weights(tmp_path, "small")
+    assert main(["export", str(weights), str(tmp_path / "m.onnx")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1
+    assert "could not be exported to ONNX" in err and "Failed to export the model" in err
+    assert not (tmp_path / "m.onnx").exists() and not (tmp_path / "m.MODEL_CARD.md").exists()
