@@ -155,6 +155,24 @@ def test_compiled_lrn_is_for_inference_only(monkeypatch):
     torch.testing.assert_close(y, LocalResponseNorm(impl="matmul")(x), atol=1e-5, rtol=1e-5)
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_triton_lrn_on_cuda(dtype):
+    pytest.importorskip("triton")
+    torch.manual_seed(0)
+    x = (torch.randn(8, 96, 27, 27, device="cuda") * 3).to(dtype)
+    x = x.contiguous(memory_format=torch.channels_last)
+    g = torch.randn_like(x)
+    out = {}
+    for impl in ("matmul", "triton"):
+        xi = x.clone().requires_grad_()
+        y = LocalResponseNorm(impl=impl, groups=2)(xi)
+        y.backward(g)
+        out[impl] = (y.float(), xi.grad.float())
+    tol = {"atol": 1e-5, "rtol": 1e-4} if dtype == torch.float32 else {"atol": 5e-2, "rtol": 2e-2}
+    torch.testing.assert_close(out["triton"][0], out["matmul"][0], **tol)
+    torch.testing.assert_close(out["triton"][1], out["matmul"][1], **tol)
+
+
 @pytest.mark.skipif(torch.cuda.device_count() < 2, reason="needs two GPUs")
 def test_towers_on_two_gpus(tmp_path, jpegs):
     out = tmp_path / "run"

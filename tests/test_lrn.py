@@ -173,3 +173,37 @@ def test_pointwise_form_for_accelerators_matches_the_banded_matmul(groups, dtype
     for name in forms:
         torch.testing.assert_close(out[name][0], out["matmul"][0], **tol)
         torch.testing.assert_close(out[name][1], out["matmul"][1], **tol)
+
+
+def test_triton_kernels_match_the_banded_matmul_in_the_interpreter(tmp_path, cli_env):
+    """The experimental fused GPU kernels (network/lrn_triton.py), run by Triton's CPU
+    interpreter: values and input gradients as the banded matmul, for odd and even window
+    sizes, one and two towers, float32 and bf16. Skipped where Triton is not installed."""
+    import subprocess
+    import sys
+
+    pytest.importorskip("triton")
+    script = """
+import torch
+from alexnet.network.lrn import local_response_norm
+from alexnet.network.lrn_triton import triton_lrn
+torch.manual_seed(0)
+for size in (5, 4):
+    for groups in (1, 2):
+        for dt, tol in ((torch.float32, 1e-5), (torch.bfloat16, 5e-2)):
+            x = (torch.randn(2, 12, 3, 5) * 3).to(dt).contiguous(memory_format=torch.channels_last)
+            g = torch.randn(2, 12, 3, 5).to(dt)
+            xa, xb = x.clone().requires_grad_(), x.clone().requires_grad_()
+            ya = local_response_norm(xa, size=size, groups=groups, impl="matmul")
+            yb = triton_lrn(xb, size, 1e-4 / size, 0.75, 2.0, groups)
+            ya.backward(g)
+            yb.backward(g)
+            assert yb.dtype == dt and xb.grad.dtype == dt
+            torch.testing.assert_close(yb.float(), ya.float(), atol=tol, rtol=tol)
+            torch.testing.assert_close(xb.grad.float(), xa.grad.float(), atol=tol, rtol=tol)
+print("ok")
+"""
+    env = {**cli_env, "TRITON_INTERPRET": "1"}
+    done = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True,
+                          timeout=300)  # fmt: skip
+    assert done.returncode == 0 and "ok" in done.stdout, done.stderr[-2000:]

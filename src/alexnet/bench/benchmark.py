@@ -387,6 +387,11 @@ def _model_step(
         model = torchvision.models.alexnet()
     elif name == "paper-direct":  # the paper's network with PyTorch's conv kernels only
         model = build_model(variant="paper", conv_impl="direct")
+    elif name == "paper-triton":  # the paper's network with the fused Triton LRN (GPUs)
+        model = build_model(variant="paper")
+        for m in model.modules():
+            if isinstance(m, LocalResponseNorm):
+                m.impl = "triton"
     else:
         model = build_model(variant=name)
     model = model.to(device)
@@ -444,8 +449,13 @@ def bench_model(
     if cuda:
         torch.backends.cudnn.benchmark = True
     batches = [batch] if isinstance(batch, int) else list(batch or [256 if cuda else 128])
-    # On GPUs the paper's net has no Fourier path: paper-direct would time it twice.
+    # On GPUs the paper's net has no Fourier path: paper-direct would time it twice; the
+    # experimental Triton LRN is timed beside the default where Triton is installed.
+    from ..network.lrn import triton_available
+
     models = tuple(m for m in MODELS if not (cuda and m == "paper-direct"))
+    if cuda and triton_available():
+        models = (*models[:1], "paper-triton", *models[1:])
     bad = [x for x in layouts if x not in ("NCHW", "channels_last")]
     if bad or not layouts:
         raise ValueError(f"layouts must be NCHW and/or channels_last, got {list(layouts)}")
@@ -460,7 +470,7 @@ def bench_model(
         resolve_precision(p, dev, key="--precisions")
     macs = {v: summary_dict(build_model(variant=v))["macs"] for v in ("paper", "owt")}
     macs["torchvision"] = macs["owt"]
-    macs["paper-direct"] = macs["paper"]
+    macs["paper-direct"] = macs["paper-triton"] = macs["paper"]
     peak_dtypes = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
     peaks = {} if cuda else {p: matmul_peak_gflops(dtype=peak_dtypes[p]) for p in precisions}
     rows = []

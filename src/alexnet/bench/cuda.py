@@ -22,7 +22,7 @@ import torch
 from torch import nn
 
 from ..engine.execution import machine_info
-from ..network.lrn import LocalResponseNorm, lrn_pointwise
+from ..network.lrn import LocalResponseNorm, lrn_pointwise, triton_available
 
 
 def _repeat(fn: Callable[[], Any], n: int) -> Callable[[], None]:
@@ -77,6 +77,8 @@ def bench_lrn_cuda(
         fns[f"torch_nchw{tag}"] = _lrn_step(theirs, xn, gc.contiguous())
         fns[f"ours{tag}"] = _lrn_step(LocalResponseNorm(), xc, gc)
         fns[f"pointwise{tag}"] = _lrn_step(compiled, xc, gc)
+        if triton_available():  # the experimental fused kernels, beside the default
+            fns[f"triton{tag}"] = _lrn_step(LocalResponseNorm(impl="triton"), xc, gc)
     fns = {k: _repeat(f, iters) for k, f in fns.items()}
     ms = {k: v * 1e3 / iters for k, v in medians(interleaved(fns, repeats, 2, sync=True)).items()}
     best_torch = min(ms["torch"], ms["torch_nchw"])
@@ -92,6 +94,8 @@ def bench_lrn_cuda(
         "ratio_settings": "PyTorch's LRN in its faster layout / ours on channels_last, fp32, "
         "forward + backward",
         "ratio_bf16": best_torch_bf16 / ms["ours_bf16"],
+        "ratio_triton": best_torch / ms["triton"] if "triton" in ms else None,
+        "ratio_triton_bf16": best_torch_bf16 / ms["triton_bf16"] if "triton" in ms else None,
         "torch_bf16_mode": torch_bf16_mode,
         "ours_path": {
             "float32": native.lrn_path(dev, None),
@@ -112,12 +116,19 @@ def format_lrn_cuda(r: dict[str, Any]) -> str:
         ("torch_nchw", "PyTorch's LRN, NCHW"),
         ("ours", "alexnet LocalResponseNorm (default)"),
         ("pointwise", "alexnet pointwise form, compiled"),
+        ("triton", "alexnet fused Triton kernels"),
     ):
-        lines.append(f"  {label:36} {ms[key]:8.3f} {ms[key + '_bf16']:8.3f}")
+        if key in ms:
+            lines.append(f"  {label:36} {ms[key]:8.3f} {ms[key + '_bf16']:8.3f}")
     lines.append(f"  default path: {r['ours_path']['float32']}; {r['ours_path']['bfloat16']}")
     lines.append(
         f"  ratio (PyTorch's faster layout / ours): fp32 {r['ratio']:.2f}x, bf16 {r['ratio_bf16']:.2f}x"
     )
+    if r.get("ratio_triton"):
+        lines.append(
+            f"  ratio (PyTorch's faster layout / Triton kernels): fp32 {r['ratio_triton']:.2f}x, "
+            f"bf16 {r['ratio_triton_bf16']:.2f}x"
+        )
     return "\n".join(lines)
 
 

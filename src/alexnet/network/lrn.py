@@ -219,6 +219,24 @@ _compiled: Any = None  # torch.compile(lrn_pointwise), built on first use
 _compile_failed: str | None = None
 
 
+def triton_available() -> bool:
+    try:
+        import triton  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+def _use_triton(x: Tensor) -> bool:
+    """GPU tensors with ``ALEXNET_LRN_TRITON=1``: the fused Triton kernels
+    (:mod:`alexnet.network.lrn_triton`; experimental, their speed not yet measured)."""
+    return (
+        x.device.type == "cuda"
+        and os.environ.get("ALEXNET_LRN_TRITON", "0") == "1"
+        and triton_available()
+    )
+
+
 def _compile_opted_in() -> bool:
     return os.environ.get("ALEXNET_LRN_COMPILE", "0") == "1"
 
@@ -284,7 +302,7 @@ def local_response_norm(
     k: float = 2.0,
     alpha_convention: AlphaConvention = "mean",
     groups: int = 1,
-    impl: Literal["fast", "matmul"] = "fast",
+    impl: Literal["fast", "matmul", "triton"] = "fast",
 ) -> Tensor:
     """LRN across channels of an (N, C, H, W) tensor; see the module docstring.
 
@@ -310,6 +328,10 @@ def local_response_norm(
     x = x.contiguous(memory_format=_memory_format(x))
     if impl == "fast" and _use_native(x, size, groups):
         return _native_lrn(x, size, a, beta, k, groups)
+    if impl == "triton" or (impl == "fast" and _use_triton(x)):
+        from .lrn_triton import triton_lrn
+
+        return triton_lrn(x, size, a, beta, k, groups)
     if impl == "fast" and _use_compiled(x):
         return _compiled_lrn(x, size, a, beta, k, groups)
     if x.dtype in (torch.float16, torch.bfloat16):
@@ -329,12 +351,14 @@ class LocalResponseNorm(nn.Module):
         beta: float = 0.75,
         k: float = 2.0,
         alpha_convention: AlphaConvention = "mean",
-        impl: Literal["fast", "matmul", "torch"] = "fast",
+        impl: Literal["fast", "matmul", "torch", "triton"] = "fast",
         groups: int = 1,
     ) -> None:
         super().__init__()
-        if impl not in ("fast", "matmul", "torch"):
-            raise ValueError(f"LRN impl must be 'fast', 'matmul' or 'torch', got {impl!r}")
+        if impl not in ("fast", "matmul", "torch", "triton"):
+            raise ValueError(
+                f"LRN impl must be 'fast', 'matmul', 'torch' or 'triton', got {impl!r}"
+            )
         if size < 1:
             raise ValueError(f"LRN size must be >= 1, got {size}")
         if alpha_convention not in ("mean", "sum"):
@@ -343,7 +367,8 @@ class LocalResponseNorm(nn.Module):
         self.alpha_convention: AlphaConvention = alpha_convention
         # "fast": the fused C kernel where it applies, else the banded matmul; "matmul": the
         # banded matmul always; "torch": torch.nn.functional.local_response_norm, kept as the
-        # reference side of tests and `alexnet benchmark lrn`.
+        # reference side of tests and `alexnet benchmark lrn`; "triton": the fused GPU
+        # kernels (experimental; "fast" takes them on GPUs with ALEXNET_LRN_TRITON=1).
         self.impl = impl
         self.groups = groups
 
@@ -368,7 +393,7 @@ class LocalResponseNorm(nn.Module):
             self.k,
             self.alpha_convention,
             self.groups,
-            impl="matmul" if self.impl == "matmul" else "fast",
+            impl=self.impl,  # type: ignore[arg-type]
         )
 
     def extra_repr(self) -> str:

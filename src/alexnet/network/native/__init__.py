@@ -142,7 +142,11 @@ def lrn_path(
     if dev == "cpu" and channels_last and kernels(dtype) is not None:
         return f"fused C kernel, {name}" + (", float32 math" if dtype != torch.float32 else "")
     if dev != "cpu":
-        from ..lrn import compiled_lrn_status
+        from ..lrn import compiled_lrn_status, triton_available
+
+        opted_in = os.environ.get("ALEXNET_LRN_TRITON", "0") == "1"
+        if dev == "cuda" and opted_in and triton_available():
+            return f"fused Triton kernels (experimental, ALEXNET_LRN_TRITON=1), {name}"
 
         off = compiled_lrn_status(device)
         if off is None:
