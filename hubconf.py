@@ -24,7 +24,9 @@ def _load(variant, weights=None, **kwargs):
     from alexnet.network.model import build_model
 
     if weights is None:
-        return build_model(variant=variant, **kwargs)
+        model = build_model(variant=variant, **kwargs)
+        model.preprocessing, model.class_names = None, None  # untrained: none yet
+        return model
     if kwargs:
         raise ValueError(f"the model's settings come from {weights}; got {sorted(kwargs)} as well")
     lm = load_model(weights)

@@ -56,7 +56,8 @@ V1 = {"Convolution": 4, "InnerProduct": 14, "LRN": 15, "Pooling": 17, "ReLU": 18
       "Softmax": 20, "Data": 5}  # fmt: skip
 
 
-def _layer(name: str, kind: str, blobs: list[np.ndarray], v1: bool, conv=None, lrn=None) -> bytes:
+def _layer(name: str, kind: str, blobs: list[np.ndarray], v1: bool, conv=None, lrn=None,
+           pool=None) -> bytes:  # fmt: skip
     out = _bytes(4 if v1 else 1, name.encode())
     out += _int(5, V1[kind]) if v1 else _bytes(2, kind.encode())
     for b in blobs:
@@ -68,6 +69,9 @@ def _layer(name: str, kind: str, blobs: list[np.ndarray], v1: bool, conv=None, l
     if lrn:
         p = _int(1, 5) + _float(2, 1e-4) + _float(3, 0.75) + _float(5, lrn["k"])
         out += _bytes(18 if v1 else 118, p)
+    if pool:  # MAX = 0, kernel_size, stride
+        p = _int(1, pool.get("pool", 0)) + _int(2, pool["k"]) + _int(3, pool["stride"])
+        out += _bytes(19 if v1 else 121, p)
     return _bytes(2 if v1 else 100, out)
 
 
@@ -88,19 +92,24 @@ def _caffe_weights(width: float = 0.25, fc: int = 32, classes: int = 5, seed: in
     return w
 
 
-def write_caffemodel(path, w: dict, v1: bool, k: float = 1.0) -> None:
+def write_caffemodel(path, w: dict, v1: bool, k: float = 1.0, caffenet: bool = False,
+                     convs: dict | None = None) -> None:  # fmt: skip
+    """bvlc_alexnet's layers; ``caffenet``: CaffeNet's order (pooling before LRN)."""
     parts = [_bytes(1, b"AlexNet")]
     parts.append(_layer("data", "Data", [], v1))
-    for name, (stride, pad, group) in CONVS.items():
+    pool = {"k": 3, "stride": 2}
+    for name, (stride, pad, group) in (convs or CONVS).items():
         weight = w[f"{name}.weight"]
         conv = {"out": weight.shape[0], "k": weight.shape[2], "stride": stride, "pad": pad,
                 "group": group}  # fmt: skip
         parts.append(_layer(name, "Convolution", [weight, w[f"{name}.bias"]], v1, conv=conv))
         parts.append(_layer(f"relu{name[-1]}", "ReLU", [], v1))
+        norm = _layer(f"norm{name[-1]}", "LRN", [], v1, lrn={"k": k})
+        pooling = _layer(f"pool{name[-1]}", "Pooling", [], v1, pool=pool)
         if name in ("conv1", "conv2"):
-            parts.append(_layer(f"norm{name[-1]}", "LRN", [], v1, lrn={"k": k}))
-        if name in ("conv1", "conv2", "conv5"):
-            parts.append(_layer(f"pool{name[-1]}", "Pooling", [], v1))
+            parts += [pooling, norm] if caffenet else [norm, pooling]
+        elif name == "conv5":
+            parts.append(pooling)
     for name in ("fc6", "fc7", "fc8"):
         parts.append(_layer(name, "InnerProduct", [w[f"{name}.weight"], w[f"{name}.bias"]], v1))
         if name != "fc8":
@@ -186,7 +195,7 @@ def test_converted_caffemodel_computes_caffes_network(tmp_path, v1, capsys):
     with torch.no_grad():  # our model takes RGB: the same pixels, channels reversed
         got = lm.model(torch.from_numpy(x_bgr[:, ::-1].copy())).double().numpy()
     assert np.abs(got - want).max() <= 1e-4 * max(1.0, np.abs(want).max())
-    card = (tmp_path / "net.MODEL_CARD.md").read_text()
+    card = (tmp_path / "net.safetensors.MODEL_CARD.md").read_text()
     assert "Converted from Caffe" in card and "BGR to RGB" in card
 
 
@@ -213,7 +222,8 @@ def test_thousand_classes_get_imagenets_names(tmp_path):
     assert main(["convert", "caffe", str(tmp_path / "net.caffemodel"), "--out", str(out)]) == 0
     lm = load_model(out)
     assert lm.classes[0] == "n01440764" and lm.names[0] == "tench"
-    assert "42.9% top-1" in (tmp_path / "m.MODEL_CARD.md").read_text()
+    card = (tmp_path / "m.safetensors.MODEL_CARD.md").read_text()
+    assert "tench" not in card and "42.9%" not in card  # not bvlc_alexnet: no BVLC figures
 
 
 def test_not_a_caffemodel_is_one_line(tmp_path, capsys):
@@ -235,6 +245,33 @@ def test_a_layer_that_does_not_fit_names_it_and_both_shapes(tmp_path, capsys):
     err = capsys.readouterr().err
     assert "layer 'fc6' (fc6.weight) has shape (32, 100)" in err and "(32, 2304)" in err
     assert not (tmp_path / "b.safetensors").exists()
+
+
+def test_a_net_of_another_layout_is_refused(tmp_path, capsys):
+    """Same tensor shapes, another function: CaffeNet's pooling before LRN, or conv1 with
+    padding (a 224 px net). Converting either would compute something else silently."""
+    w = _caffe_weights()
+    write_caffemodel(tmp_path / "caffenet.caffemodel", w, v1=False, caffenet=True)
+    assert main(["convert", "caffe", str(tmp_path / "caffenet.caffemodel")]) == 2
+    assert "layer 'pool1' is Pooling where AlexNet has LRN" in capsys.readouterr().err
+    padded = {**CONVS, "conv1": (4, 2, 1)}
+    write_caffemodel(tmp_path / "pad.caffemodel", w, v1=True, convs=padded)
+    assert main(["convert", "caffe", str(tmp_path / "pad.caffemodel")]) == 2
+    assert "convolution 'conv1' has kernel/stride/pad (11, 4, 2)" in capsys.readouterr().err
+    assert not list(tmp_path.glob("*.safetensors"))
+
+
+def test_convert_never_replaces_a_file_silently(tmp_path, capsys):
+    write_caffemodel(tmp_path / "net.caffemodel", _caffe_weights(), v1=False)
+    out = tmp_path / "net.safetensors"  # the default: beside the model, same name
+    assert main(["convert", "caffe", str(tmp_path / "net.caffemodel")]) == 0
+    assert out.is_file() and (tmp_path / "net.safetensors.MODEL_CARD.md").is_file()
+    stamp = out.stat().st_mtime_ns
+    assert main(["convert", "caffe", str(tmp_path / "net.caffemodel")]) == 2
+    assert "exists; pass --force" in capsys.readouterr().err
+    assert out.stat().st_mtime_ns == stamp  # untouched
+    assert main(["convert", "caffe", str(tmp_path / "net.caffemodel"), "--force"]) == 0
+    assert out.stat().st_mtime_ns != stamp
 
 
 def test_converted_weights_load_everywhere(tmp_path):

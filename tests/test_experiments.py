@@ -206,3 +206,15 @@ def test_curves_mark_only_the_schedules_lr_drops():
     assert [(e, round(f, 3)) for e, f in V.lr_drops(rows, "plateau")] == [
         (2, 2.0), (3, 2.5), (5, 10.0)
     ]  # fmt: skip
+
+
+def test_report_of_an_unfinished_run_still_leads_with_its_result(run, tmp_path):
+    import shutil
+
+    copy = tmp_path / "stopped"
+    shutil.copytree(run / "run", copy)
+    (copy / "summary.json").unlink()  # stopped, or still running
+    page = Path(build_report(str(copy))["html"]).read_text()
+    head = page.split(">Training curves<")[0]
+    assert "top-1 accuracy on the validation split" in head and "unfinished" in head
+    assert "fp32 training" in head

@@ -163,7 +163,7 @@ def test_model_card_with_the_run_and_every_export(trained_run, tmp_path, capsys)
     again = tmp_path / "exp" / "again.safetensors"
     assert main(["export", str(out), str(again)]) == 0
     for name in ("small", "again"):
-        exported = (tmp_path / "exp" / f"{name}.MODEL_CARD.md").read_text()
+        exported = (tmp_path / "exp" / f"{name}.safetensors.MODEL_CARD.md").read_text()
         assert best in exported and "64 training images" in exported
     onnx_out = tmp_path / "exp" / "small.onnx"
     assert main(["export", str(again), str(onnx_out)]) == 0
@@ -173,7 +173,7 @@ def test_model_card_with_the_run_and_every_export(trained_run, tmp_path, capsys)
 
 def test_an_export_the_exporter_refuses_is_one_line(tmp_path, monkeypatch, capsys):
     def refuse(*args, **kwargs):
-        raise RuntimeError("Failed to export the model\\n" + "internal frame\\n" * 50)
+        raise RuntimeError("Failed to export the model\n" + "internal frame\n" * 50)
 
     monkeypatch.setattr(torch.onnx, "export", refuse)
     weights = _weights(tmp_path, "small")
@@ -182,3 +182,18 @@ def test_an_export_the_exporter_refuses_is_one_line(tmp_path, monkeypatch, capsy
     assert len(err.splitlines()) == 1
     assert "could not be exported to ONNX" in err and "Failed to export the model" in err
     assert not (tmp_path / "m.onnx").exists() and not (tmp_path / "m.MODEL_CARD.md").exists()
+
+
+def test_export_never_replaces_a_file_silently_and_checks_the_opset(tmp_path, capsys):
+    weights = _weights(tmp_path, "small")
+    out = tmp_path / "m.onnx"
+    assert main(["export", str(weights), str(out), "--opset", "7"]) == 2
+    assert "--opset 7: this export needs opset 18.." in capsys.readouterr().err
+    assert main(["export", str(weights), str(out)]) == 0
+    assert (tmp_path / "m.onnx.MODEL_CARD.md").is_file()
+    assert main(["export", str(weights), str(out)]) == 2
+    assert "exists; pass --force" in capsys.readouterr().err
+    assert main(["export", str(weights), str(out), "--force"]) == 0
+    (tmp_path / "d.safetensors").mkdir()
+    assert main(["export", str(weights), str(tmp_path / "d.safetensors")]) == 2
+    assert "is a directory" in capsys.readouterr().err

@@ -180,11 +180,12 @@ def cmd_neighbors(args: argparse.Namespace) -> int:
 def cmd_export(args: argparse.Namespace) -> int:
     import dataclasses
 
-    from .engine.card import card_path_for, write_card
+    from .engine.card import card_path_for, check_outputs, write_card
     from .engine.checkpoint import export_weights
     from .engine.inference import load_model
 
-    fmt = args.format or ("onnx" if Path(args.out).suffix == ".onnx" else "safetensors")
+    fmt = args.format or ("onnx" if Path(args.out).suffix.lower() == ".onnx" else "safetensors")
+    check_outputs([Path(args.out), card_path_for(args.out)], args.force)
     lm = load_model(args.weights)
     card = lm.extra["card"]
     if fmt == "onnx":
@@ -210,8 +211,8 @@ def cmd_export(args: argparse.Namespace) -> int:
 def cmd_convert(args: argparse.Namespace) -> int:
     from .apps.convert import convert_caffe
 
-    out = args.out or str(Path(args.model).with_suffix(".safetensors").name)
-    r = convert_caffe(args.model, out, args.mean)
+    out = args.out or str(Path(args.model).with_suffix(".safetensors"))
+    r = convert_caffe(args.model, out, args.mean, force=args.force)
     layers = ", ".join(f"{theirs}->{ours}" for ours, theirs in r["layers"].items())
     print(f"converted {args.model} ({layers})")
     print(f"wrote {r['weights']}")
@@ -591,16 +592,20 @@ def build_parser() -> argparse.ArgumentParser:
         help="default: from OUT's suffix",
     )
     p.add_argument("--opset", type=_positive_int, default=20, help="ONNX opset (default 20)")
+    p.add_argument("--force", action="store_true", help="replace OUT and its card if they exist")
     p.set_defaults(func=cmd_export)
 
     p = sub.add_parser("convert", help="other frameworks' AlexNet weights into ours")
-    conv = p.add_subparsers(dest="source", required=True)
+    conv = p.add_subparsers(dest="source", required=True, metavar="caffe")
     c = conv.add_parser(
         "caffe", help="Caffe's bvlc_alexnet (.caffemodel, V1 or current format) -> .safetensors"
     )
     c.add_argument("model", help="the .caffemodel")
     c.add_argument("--mean", default=None, help="Caffe's mean image (.binaryproto)")
-    c.add_argument("--out", default=None, help="output .safetensors (default: MODEL's name)")
+    c.add_argument(
+        "--out", default=None, help="output .safetensors (default: beside MODEL, same name)"
+    )
+    c.add_argument("--force", action="store_true", help="replace OUT and its card if they exist")
     c.set_defaults(func=cmd_convert)
 
     p = sub.add_parser(

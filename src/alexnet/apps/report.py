@@ -10,6 +10,7 @@ with the full configuration folded away at the end. Figures are written to
 from __future__ import annotations
 
 import base64
+import contextlib
 import html
 import json
 from pathlib import Path
@@ -35,58 +36,82 @@ def _epochs(n: Any) -> str:
     return f"{n} epoch" + ("" if n == 1 else "s")
 
 
+def _unfinished_summary(run: Path) -> dict[str, Any]:
+    """What a stopped or running run knows without summary.json: its metrics.csv rows and
+    its checkpoint's execution record."""
+    import csv
+
+    out: dict[str, Any] = {"unfinished": True}
+    path = run / "metrics.csv"
+    rows = []
+    if path.is_file():
+        with open(path, newline="") as f:
+            rows = [r for r in csv.DictReader(f) if r.get("epoch")]
+    if rows:
+        out["epochs"] = int(float(rows[-1]["epoch"]))
+        out["wall_seconds"] = float(rows[-1].get("wall_seconds") or 0)
+        scored = [r for r in rows if r.get("val_top1_error")]
+        if scored:
+            best = min(scored, key=lambda r: float(r["val_top1_error"]))
+            out["best_val_top1_error"] = float(best["val_top1_error"])
+            out["best_val_top5_error"] = float(best["val_top5_error"] or "nan")
+            out["best_epoch"] = int(float(best["epoch"]))
+    if (run / "checkpoint.pt").is_file():
+        from ..engine.checkpoint import load_checkpoint
+
+        with contextlib.suppress(ValueError):  # an unreadable checkpoint: no record
+            out["execution"] = load_checkpoint(run / "checkpoint.pt").get("execution") or {}
+    return out
+
+
 def headline(cfg: dict[str, Any], summary: dict[str, Any], test: dict[str, Any]) -> dict[str, Any]:
     """The result in one line and its facts: the test set where the run was evaluated on
-    one (``test.json``), else the best validation epoch, with the protocol that measured it."""
+    one (``test.json``), else the best validation epoch, with the protocol that measured it;
+    the training facts always."""
     ex = summary.get("execution") or {}
     data = (cfg.get("data") or {}).get("path", "?")
-    if test.get("test_top1_error") is not None:
-        views = test.get("test_views", "center")
-        what = (
-            f"test set ({test.get('test_images', '?'):,} images)"
-            if isinstance(test.get("test_images"), int)
-            else "test set"
-        )
-        top1, top5 = test["test_top1_error"], test.get("test_top5_error")
-    elif summary.get("best_val_top1_error") is not None:
-        views = (cfg.get("data") or {}).get("val_views", "center")
-        n = summary.get("val_images")
-        what = (
-            f"validation split ({n:,} images), best epoch {summary.get('best_epoch')}"
-            if n
-            else "validation split"
-        )
-        top1, top5 = summary["best_val_top1_error"], summary.get("best_val_top5_error")
-    else:
-        return {"line": "no test or validation result recorded", "facts": []}
-    protocol = (
-        "10 views averaged (4 corners, centre, mirrors)" if views == "ten-crop" else "centre crop"
-    )
     hardware = ex.get("device_name") or ex.get("device") or summary.get("device", "?")
-    facts = [
-        ("accuracy", f"{100 * (1 - top1):.2f}%"),
-        (
-            "top-1 / top-5 error",
-            f"{100 * top1:.2f}% / " + (f"{100 * top5:.2f}%" if top5 is not None else "n/a"),
-        ),
-        ("measured on", f"{what} of {data}; {protocol}"),
-        (
-            "training",
-            f"{_epochs(summary.get('epochs', '?'))} in {_duration(summary.get('wall_seconds', 0))}",
-        ),
+    took = f"{_epochs(summary.get('epochs', '?'))} in {_duration(summary.get('wall_seconds', 0))}"
+    if summary.get("unfinished"):
+        took += " (unfinished: no summary.json yet)"
+    precision = (
+        f"{ex.get('precision', '?')} training ({ex.get('precision_reason', '')}), "
+        f"{ex.get('eval_precision', 'fp32')} evaluation"
+    )
+    training = [
+        ("training", took),
         (
             "hardware",
             f"{hardware} ({ex.get('device', '?')}), {ex.get('world_size', 1)} process(es)",
         ),
-        (
-            "precision",
-            f"{ex.get('precision', '?')} training ({ex.get('precision_reason', '')}), {ex.get('eval_precision', 'fp32')} evaluation",
-        ),
+        ("precision", precision),
     ]
+    top1 = top5 = None
+    if test.get("test_top1_error") is not None:
+        views = test.get("test_views", "center")
+        n = test.get("test_images")
+        what = f"test set ({n:,} images)" if isinstance(n, int) else "test set"
+        top1, top5 = test["test_top1_error"], test.get("test_top5_error")
+    elif summary.get("best_val_top1_error") is not None:
+        views = (cfg.get("data") or {}).get("val_views", "center")
+        n = summary.get("val_images")
+        split = f"validation split ({n:,} images)" if n else "validation split"
+        what = f"{split}, best epoch {summary.get('best_epoch')}"
+        top1, top5 = summary["best_val_top1_error"], summary.get("best_val_top5_error")
+    if top1 is None:
+        return {"line": "no test or validation result recorded", "facts": training}
+    protocol = "10 views averaged" if views == "ten-crop" else "centre crop"
+    errors = f"{100 * top1:.2f}% / " + (f"{100 * top5:.2f}%" if top5 is not None else "n/a")
+    facts = [
+        ("accuracy", f"{100 * (1 - top1):.2f}%"),
+        ("top-1 / top-5 error", errors),
+        ("measured on", f"{what} of {data}; {protocol}"),
+        *training,
+    ]
+    variant = (cfg.get("model") or {}).get("variant", "?")
     line = (
-        f"{100 * (1 - top1):.2f}% top-1 accuracy on the {what.split(' (')[0]} ({protocol}), "
-        f"{cfg.get('model', {}).get('variant', '?')} net trained {_epochs(summary.get('epochs', '?'))} in "
-        f"{_duration(summary.get('wall_seconds', 0))} on {hardware}, {ex.get('precision', '?')}"
+        f"{100 * (1 - top1):.2f}% top-1 accuracy on the {what.split(' (')[0].split(',')[0]} "
+        f"({protocol}), {variant} net trained {took} on {hardware}, {ex.get('precision', '?')}"
     )
     return {"line": line, "facts": facts}
 
@@ -120,7 +145,9 @@ def build_report(
         raise FileNotFoundError(f"{run} is not a training run directory (no config.yaml)")
     cfg = yaml.safe_load((run / "config.yaml").read_text())
     summary = (
-        json.loads((run / "summary.json").read_text()) if (run / "summary.json").is_file() else {}
+        json.loads((run / "summary.json").read_text())
+        if (run / "summary.json").is_file()
+        else _unfinished_summary(run)
     )
     test = json.loads((run / "test.json").read_text()) if (run / "test.json").is_file() else {}
     weights = (

@@ -153,7 +153,7 @@ def render_card(card: dict[str, Any], weights: str) -> str:
             + ".",
         ]
     else:
-        lines.append("- Not recorded in this file (it was not made by `alexnet train`).")
+        lines.append("- Not recorded in this file.")
     lines += ["", "## Results", ""]
     if r.get("best_val_top1_error") is not None:
         lines += [
@@ -226,9 +226,22 @@ def write_card(card: dict[str, Any], path: str | Path, weights: str) -> Path:
 
 
 def card_path_for(export: str | Path) -> Path:
-    """Where ``alexnet export`` writes the card of ``export``: beside it, named after it."""
+    """Where ``alexnet export`` writes the card of ``export``: beside it, named after the
+    whole file name (``m.onnx`` and ``m.safetensors`` each get their own)."""
     export = Path(export)
-    return export.with_name(f"{export.stem}.MODEL_CARD.md")
+    return export.with_name(f"{export.name}.MODEL_CARD.md")
+
+
+def check_outputs(paths: list[Path], force: bool) -> None:
+    """An export never replaces a file silently: existing outputs need ``--force``; a
+    directory in their place, or a missing parent directory, is an error up front."""
+    for path in paths:
+        if path.is_dir():
+            raise ValueError(f"{path} is a directory; name a file to write")
+        if not path.parent.is_dir():
+            raise FileNotFoundError(f"{path.parent} does not exist; create it or write elsewhere")
+        if path.exists() and not force:
+            raise ValueError(f"{path} exists; pass --force to replace it")
 
 
 def card_json(card: dict[str, Any]) -> str:

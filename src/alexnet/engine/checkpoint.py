@@ -76,8 +76,14 @@ def export_weights(
     }
     if card is not None:  # the model card's facts (engine/card.py)
         metadata["card"] = json.dumps(card, default=str)
-    with atomic_path(path) as tmp:
-        save_file(tensors, str(tmp), metadata=metadata)
+    try:
+        with atomic_path(path) as tmp:  # a full disk comes out of it as an OSError
+            save_file(tensors, str(tmp), metadata=metadata)
+    except OSError:
+        raise
+    except Exception as err:  # safetensors' own error type for other I/O failures
+        first = (str(err).splitlines() or [""])[0][:200]
+        raise OSError(f"could not write {path}: {type(err).__name__}: {first}") from None
     return Path(path)
 
 

@@ -34,6 +34,7 @@ from ..network.fourier import Conv2d
 from .inference import LoadedModel
 
 OPSET = 20  # ONNX 1.15 (2023): onnxruntime >= 1.17, TensorRT 10
+MIN_OPSET = 18  # the exporter's own minimum (older ones are converted, not all ops can be)
 
 
 class ExportError(ValueError):
@@ -84,16 +85,24 @@ def export_onnx(
     onnxruntime is installed, the largest difference between its outputs and PyTorch's on a
     random batch."""
     path = Path(path)
-    if path.suffix != ".onnx":
+    if path.suffix.lower() != ".onnx":
         raise ExportError(f"{path}: an ONNX export needs the .onnx suffix")
     onnx = _require("onnx")
     _require("onnxscript")
+    newest = onnx.defs.onnx_opset_version()
+    if not MIN_OPSET <= opset <= newest:
+        raise ExportError(
+            f"--opset {opset}: this export needs opset {MIN_OPSET}..{newest} (this onnx's newest)"
+        )
     wrapper = _WithPreprocessing(lm).eval()
     h, w, c = lm.prep.image_size
     example = torch.randint(0, 256, (2, h, w, c), dtype=torch.uint8)
     batch = torch.export.Dim("batch", min=1)
-    try:  # the exporter prints its progress: keep the command's output to its own lines
-        with _exportable(lm.model), torch.no_grad(), contextlib.redirect_stdout(io.StringIO()):
+    quiet = contextlib.ExitStack()  # the exporter prints its progress and warnings
+    quiet.enter_context(contextlib.redirect_stdout(io.StringIO()))
+    quiet.enter_context(contextlib.redirect_stderr(io.StringIO()))
+    try:
+        with _exportable(lm.model), torch.no_grad(), quiet:
             program = torch.onnx.export(
                 wrapper, (example,), None, dynamo=True, opset_version=opset,
                 input_names=["images"], output_names=["logits", "probabilities"],
@@ -108,8 +117,10 @@ def export_onnx(
     model = program.model_proto
     props = {
         "format": "alexnet-onnx",
-        "input": f"images: uint8 RGB (N, {h}, {w}, {c}), images resized and centre-cropped "
-        f"to {h}x{w} as `alexnet prepare` stores them",
+        "input": f"images: uint8 {'RGB' if c == 3 else 'grayscale'} (N, {h}, {w}, {c}), "
+        f"images resized (shorter side {h}, bilinear) and centre-cropped to {h}x{w} as "
+        "`alexnet prepare` stores them; not normalised (the graph subtracts the mean and "
+        "scales)",
         "outputs": "logits (N, classes), probabilities (N, classes): centre view",
         "model_config": json.dumps(_model_config(lm)),
         "classes": json.dumps(lm.classes),
@@ -125,8 +136,16 @@ def export_onnx(
         entry.key, entry.value = key, value
     with atomic_path(path) as tmp:
         onnx.save(model, str(tmp))
-    result: dict[str, Any] = {"path": str(path), "opset": opset, "input": props["input"]}
-    result["max_abs_diff"] = verify(path, lm)
+    written = next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), opset)
+    result: dict[str, Any] = {"path": str(path), "opset": written, "input": props["input"]}
+    diff = verify(path, lm)
+    if diff is not None and diff > 1e-3:
+        path.unlink(missing_ok=True)
+        raise ExportError(
+            f"{path}: onnxruntime's outputs differ from PyTorch's by {diff:.2g} (more than "
+            "1e-3); not keeping the export"
+        )
+    result["max_abs_diff"] = diff
     return result
 
 

@@ -166,10 +166,19 @@ def _lrn_params(buf: memoryview) -> dict[str, Any]:
     return p
 
 
+def _pool_params(buf: memoryview) -> dict[str, Any]:
+    p: dict[str, Any] = {"pool": 0, "pool_kernel": 0, "pool_stride": 1, "pool_pad": 0}
+    names = {1: "pool", 2: "pool_kernel", 3: "pool_stride", 4: "pool_pad"}
+    for number, wire, value in _fields(buf):
+        if number in names and wire == 0:
+            p[names[number]] = value
+    return p
+
+
 def _layer(buf: memoryview, v1: bool) -> Layer:
     layer = Layer(name="", type="")
     name_f, type_f, blobs_f = (4, 5, 6) if v1 else (1, 2, 7)
-    conv_f, lrn_f = (10, 18) if v1 else (106, 118)
+    conv_f, lrn_f, pool_f = (10, 18, 19) if v1 else (106, 118, 121)
     for number, wire, value in _fields(buf):
         if number == name_f and wire == 2:
             layer.name = bytes(value).decode("utf-8", "replace")
@@ -185,6 +194,8 @@ def _layer(buf: memoryview, v1: bool) -> Layer:
             layer.params.update(_conv_params(value))
         elif number == lrn_f and wire == 2:
             layer.params.update(_lrn_params(value))
+        elif number == pool_f and wire == 2:
+            layer.params.update(_pool_params(value))
     return layer
 
 
@@ -221,6 +232,58 @@ def read_mean(path: str | Path) -> np.ndarray:
     return np.ascontiguousarray(blob.data.reshape(dims)[::-1].transpose(1, 2, 0))
 
 
+# The layer sequence of bvlc_alexnet (deploy.prototxt), ignoring data, dropout, softmax and
+# accuracy layers: LRN after conv1's and conv2's ReLUs and before their pooling (CaffeNet,
+# the other "AlexNet" of Caffe's zoo, pools first and is not this network).
+_SEQUENCE = ["Convolution", "ReLU", "LRN", "Pooling", "Convolution", "ReLU", "LRN", "Pooling",
+             "Convolution", "ReLU", "Convolution", "ReLU", "Convolution", "ReLU", "Pooling",
+             "InnerProduct", "ReLU", "InnerProduct", "ReLU", "InnerProduct"]  # fmt: skip
+_PASSIVE = {"Data", "Input", "Dropout", "Softmax", "SoftmaxWithLoss", "Accuracy", "Split",
+            "Flatten", "Silence"}  # fmt: skip
+# (kernel, stride, pad) of conv1..conv5 at 227 px
+_CONV_GEOMETRY = [(11, 4, 0), (5, 1, 2), (3, 1, 1), (3, 1, 1), (3, 1, 1)]
+
+
+def _check_structure(layers: list[Layer], has_lrn: bool, where: str) -> None:
+    """The layer order, convolution geometry and pooling of bvlc_alexnet, or one line
+    naming the first layer that differs."""
+    expected = [t for t in _SEQUENCE if has_lrn or t != "LRN"]
+    got = [layer for layer in layers if layer.type not in _PASSIVE]
+    for i, want in enumerate(expected):
+        if i >= len(got):
+            raise CaffeError(f"{where}: the net ends where AlexNet has a {want} layer")
+        if got[i].type != want:
+            raise CaffeError(
+                f"{where}: layer {got[i].name!r} is {got[i].type} where AlexNet has {want} "
+                "(conv1/conv2: convolution, ReLU, LRN, pooling; CaffeNet pools before LRN and "
+                "is another network)"
+            )
+    if len(got) > len(expected):
+        extra = got[len(expected)]
+        raise CaffeError(f"{where}: layer {extra.name!r} ({extra.type}) after AlexNet's fc8")
+    convs = [layer for layer in got if layer.type == "Convolution"]
+    for layer, (kernel, stride, pad) in zip(convs, _CONV_GEOMETRY, strict=True):
+        p = layer.params
+        have = ((p.get("kernel") or [0])[0], (p.get("stride") or [1])[0], (p.get("pad") or [0])[0])
+        if have != (kernel, stride, pad):
+            raise CaffeError(
+                f"{where}: convolution {layer.name!r} has kernel/stride/pad {have}; AlexNet's "
+                f"(227 px input) is {(kernel, stride, pad)}"
+            )
+    for layer in (x for x in got if x.type == "Pooling"):
+        p = layer.params
+        if (p.get("pool", 0), p.get("pool_kernel"), p.get("pool_stride"), p.get("pool_pad", 0)) != (
+            0,
+            3,
+            2,
+            0,
+        ):
+            raise CaffeError(
+                f"{where}: pooling {layer.name!r} is not AlexNet's overlapping max pooling "
+                "(MAX, kernel 3, stride 2)"
+            )
+
+
 # ILSVRC-2012's per-channel means in Caffe's BGR order (Caffe's own "mean_value").
 CAFFE_MEAN_BGR = (104.00698793, 116.66876762, 122.67891434)
 
@@ -244,6 +307,7 @@ def to_paper(
             f"{where}: {len(convs)} convolution and {len(fcs)} inner-product layers; AlexNet "
             "has 5 and 3"
         )
+    _check_structure(layers, bool(lrns), where)
     state: dict[str, np.ndarray] = {}
     names: dict[str, str] = {}
     for ours, layer in zip(
@@ -263,6 +327,11 @@ def to_paper(
         state[f"{ours}.weight"] = weight
         state[f"{ours}.bias"] = b.data.reshape(-1)
         names[ours] = layer.name
+    if state["conv1.weight"].ndim != 4 or state["conv1.weight"].shape[1] != 3:
+        raise CaffeError(
+            f"{where}: layer {names['conv1']!r} takes {state['conv1.weight'].shape[1:2]} input "
+            "channels; the converter reads 3-channel (BGR) networks"
+        )
     # BGR -> RGB: the same function on reordered input channels.
     state["conv1.weight"] = np.ascontiguousarray(state["conv1.weight"][:, ::-1])
     conv1_out = state["conv1.weight"].shape[0]
@@ -274,6 +343,11 @@ def to_paper(
     if lrns:
         p = lrns[0].params
         for layer in lrns:
+            if not np.isclose(layer.params["k"], p["k"]):
+                raise CaffeError(
+                    f"{where}: LRN layers {lrns[0].name!r} and {layer.name!r} have k "
+                    f"{p['k']:g} and {layer.params['k']:g}; the network takes one k"
+                )
             q = layer.params
             if (
                 (q["local_size"], q["region"]) != (5, 0)
