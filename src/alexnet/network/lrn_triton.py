@@ -34,13 +34,19 @@ def _window_sum(X, base, cols, rmask, C, CG, alpha, k, SIZE: tl.constexpr, SHIFT
 
 
 @triton.jit
-def _lrn_forward(X, Y, R, C, CG, alpha, beta, k, SIZE: tl.constexpr, BLOCK_R: tl.constexpr,
-                 BLOCK_C: tl.constexpr):  # fmt: skip
+def _tile(R, C, BLOCK_R: tl.constexpr, BLOCK_C: tl.constexpr):
+    """This program's tile: BLOCK_R channels_last rows of all C channels; (channel
+    indices, row mask, tile mask, row offsets)."""
     rows = tl.program_id(0) * BLOCK_R + tl.arange(0, BLOCK_R)[:, None]
     cols = tl.arange(0, BLOCK_C)[None, :]
     rmask = rows < R
-    mask = rmask & (cols < C)
-    base = rows.to(tl.int64) * C
+    return cols, rmask, rmask & (cols < C), rows.to(tl.int64) * C
+
+
+@triton.jit
+def _lrn_forward(X, Y, R, C, CG, alpha, beta, k, SIZE: tl.constexpr, BLOCK_R: tl.constexpr,
+                 BLOCK_C: tl.constexpr):  # fmt: skip
+    cols, rmask, mask, base = _tile(R, C, BLOCK_R, BLOCK_C)
     x = tl.load(X + base + cols, mask=mask, other=0.0).to(tl.float32)
     d = _window_sum(X, base, cols, rmask, C, CG, alpha, k, SIZE, 0)
     y = x * tl.exp2(-beta * tl.log2(d))
@@ -51,11 +57,7 @@ def _lrn_forward(X, Y, R, C, CG, alpha, beta, k, SIZE: tl.constexpr, BLOCK_R: tl
 def _lrn_backward(X, G, GX, R, C, CG, alpha, beta, k, SIZE: tl.constexpr,
                   BLOCK_R: tl.constexpr, BLOCK_C: tl.constexpr):  # fmt: skip
     """gx_c = g_c d_c^-b - 2 a b x_c sum_{j: c in W(j)} g_j x_j d_j^(-b-1)."""
-    rows = tl.program_id(0) * BLOCK_R + tl.arange(0, BLOCK_R)[:, None]
-    cols = tl.arange(0, BLOCK_C)[None, :]
-    rmask = rows < R
-    mask = rmask & (cols < C)
-    base = rows.to(tl.int64) * C
+    cols, rmask, mask, base = _tile(R, C, BLOCK_R, BLOCK_C)
     x = tl.load(X + base + cols, mask=mask, other=0.0).to(tl.float32)
     g = tl.load(G + base + cols, mask=mask, other=0.0).to(tl.float32)
     d = _window_sum(X, base, cols, rmask, C, CG, alpha, k, SIZE, 0)
