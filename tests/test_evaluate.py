@@ -343,6 +343,25 @@ def test_ten_crop_of_the_whole_image_keeps_the_average():
     )
 
 
+def test_the_views_are_named_for_what_they_were():
+    from alexnet.data.transforms import views_label
+    from alexnet.engine.card import render_card
+
+    assert views_label("center", (32, 32), 32) == "centre crop"
+    assert (
+        views_label("ten-crop", (32, 32), 32)
+        == "10 views = the whole image and its mirror, averaged"
+    )
+    assert views_label("ten-crop", (256, 256), 224).startswith("10 views (4 corners, centre")
+    assert views_label("ten-crop", None, 224) == "10 views averaged"  # size unknown
+    card = {"model": {"variant": "small", "parameters": 1, "classes": 10, "input": "32x32x3 crops",
+                      "image_size": [32, 32, 3], "crop": 32},
+            "results": {"val_views": "ten-crop", "best_val_top1_error": 0.1, "best_epoch": 3}}  # fmt: skip
+    assert "(10 views = the whole image and its mirror, averaged" in render_card(
+        card, "m.safetensors"
+    )
+
+
 def test_demo_flow_on_tiny_data(run, tmp_path, capsys):
     from alexnet.apps import demo
 
@@ -361,7 +380,7 @@ def test_demo_flow_on_tiny_data(run, tmp_path, capsys):
         == 0
     )
     out = capsys.readouterr().out
-    assert "10-crop views" in out and "report:" in out
+    assert "10 views = the whole image and its mirror, averaged: accuracy" in out and "report:" in out
     result = json.loads((tmp_path / "demo" / "test.json").read_text())
     assert result["test_images"] == 30
     # The demo's test figures are what `alexnet evaluate` says of the same weights.

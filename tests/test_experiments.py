@@ -61,6 +61,33 @@ def test_relu_tanh_ratio_spread_is_seed_by_seed():
     assert s["speedup_std"] == pytest.approx(2**0.5)
 
 
+def test_relu_tanh_sweeps_lrs_on_the_first_seed_then_repeats_the_best(monkeypatch, tmp_path):
+    # Fake training: the epochs to 25% depend on (activation, lr); tanh at 0.1 never gets there.
+    hit = {("relu", 0.01): 2.0, ("relu", 0.1): 1.0, ("tanh", 0.01): 6.0, ("tanh", 0.1): None}
+    made = []
+
+    def fake(data_dir, act, lr, epochs, seed, *args):
+        made.append((act, lr, seed))
+        h = hit[(act, lr)]
+        curve = [(h, 0.2)] if h else [(1.0, 0.5 if lr == 0.1 else 0.6)]
+        return {"activation": act, "lr": lr, "seed": seed, "curve": curve, "seconds": 1.0,
+                "diverged": False, "seconds_per_epoch": 1.0}  # fmt: skip
+
+    monkeypatch.setattr(E, "_train_curve", fake)
+    monkeypatch.setattr(E, "_plot_relu_tanh", lambda *a: [str(tmp_path / "f.png")])
+    r = E.relu_vs_tanh(
+        str(tmp_path), str(tmp_path / "o"), lrs=(0.01, 0.1), seeds=(0, 1, 2), progress=False
+    )
+    assert made == [("relu", 0.01, 0), ("relu", 0.1, 0), ("relu", 0.1, 1), ("relu", 0.1, 2),
+                    ("tanh", 0.01, 0), ("tanh", 0.1, 0), ("tanh", 0.01, 1), ("tanh", 0.01, 2)]  # fmt: skip
+    assert r["best"]["relu"]["lr"] == 0.1 and r["best"]["tanh"]["lr"] == 0.01
+    assert r["speedup_epochs"] == pytest.approx(6.0) and r["speedup_per_seed"] == [6.0] * 3
+    # If no lr reaches the threshold, the seeds repeat the lr with the lowest final error.
+    runs = [fake(None, "tanh", lr, 1, 0) for lr in (0.01, 0.1)]
+    runs = [{**x, "curve": [(1.0, 0.5 if x["lr"] == 0.1 else 0.6)]} for x in runs]
+    assert E.best_lr(runs, "tanh", (0.01, 0.1), 0, 0.25) == 0.1
+
+
 def test_relu_tanh_run_ends_once_it_reaches_the_threshold(tmp_path):
     from alexnet.data.prepare import prepare
     from helpers import make_cifar10
@@ -85,12 +112,63 @@ def test_ablation_table_arithmetic():
     assert "+1.4" in rows["without lrn"]["paper"]
 
 
-def test_four_layer_cnn_shapes():
+def test_ablation_is_seed_major_uses_the_last_epoch_and_keeps_a_partial_table(
+    monkeypatch, tmp_path
+):
+    import alexnet.engine.train as T
+
+    made = []
+    err = {"baseline": 0.30, "lrn": 0.32, "dropout": 0.35}
+
+    def fake_train(cfg, run_dir, resume, force, quiet):
+        variant, seed = run_dir.parent.name, int(run_dir.name[4:])
+        if len(made) == 4:
+            raise KeyboardInterrupt  # the experiment is stopped during its fifth run
+        made.append((variant, seed))
+        run_dir.mkdir(parents=True)
+        summary = {"best_val_top1_error": 0.01, "best_val_top5_error": 0.01,
+                   "final_val_top1_error": err[variant] + seed / 100, "final_val_top5_error": 0.1}  # fmt: skip
+        (run_dir / "summary.json").write_text(json.dumps(summary))
+
+    monkeypatch.setattr(T, "train", fake_train)
+    monkeypatch.setattr(E, "_resolve_data", lambda d: d)
+    with pytest.raises(KeyboardInterrupt):
+        E.ablation(str(tmp_path), str(tmp_path / "ab"), ["lrn", "dropout"], "cifar10", seeds=2, progress=False)  # fmt: skip
+    assert made == [("baseline", 0), ("lrn", 0), ("dropout", 0), ("baseline", 1)]
+    partial = {
+        r["variant"]: r for r in json.loads((tmp_path / "ab" / "ablation.json").read_text())["rows"]
+    }
+    assert partial["baseline"]["n"] == 2 and partial["without lrn"]["n"] == 1
+    assert partial["baseline"]["top1_error"] == pytest.approx(30.5)  # last epoch, not best
+    assert partial["without dropout"]["delta_top1"] == pytest.approx(35.0 - 30.5)
+    made.clear()
+    report = E.ablation(str(tmp_path), str(tmp_path / "ab"), ["lrn", "dropout"], "cifar10", seeds=2, progress=False)  # fmt: skip
+    assert made == [("lrn", 1), ("dropout", 1)]  # resumed where it stopped
+    assert all(r["n"] == 2 for r in report["rows"])
+
+
+def test_four_layer_cnn_shapes_and_the_authors_init():
     import torch
 
     for c, size in ((3, 32), (1, 28)):
         net = E.four_layer_cnn(c, 10, size, "tanh")
         assert net(torch.randn(2, c, size, size)).shape == (2, 10)
+    torch.manual_seed(0)
+    net = E.four_layer_cnn(3, 10, 32, "relu", "cuda-convnet")
+    weighted = [m for m in net if hasattr(m, "weight")]
+    stds = [float(m.weight.detach().std()) for m in weighted]
+    assert stds == pytest.approx([1e-4, 1e-2, 1e-2, 1e-2], rel=0.1)
+    assert all(float(m.bias.detach().abs().max()) == 0 for m in weighted)
+    with pytest.raises(ValueError, match="unknown init"):
+        E.four_layer_cnn(3, 10, 32, "relu", "xavier")
+
+
+def test_relu_vs_tanh_refuses_to_mix_inits(tmp_path):
+    out = tmp_path / "o"
+    out.mkdir()
+    (out / "runs.json").write_text(json.dumps([{"activation": "relu", "lr": 0.01, "seed": 0}]))
+    with pytest.raises(ValueError, match="init 'pytorch', not 'cuda-convnet'"):
+        E.relu_vs_tanh(str(tmp_path), str(out), init="cuda-convnet", progress=False)
 
 
 def _valid_image(path, min_side=100):

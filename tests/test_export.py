@@ -157,6 +157,16 @@ def test_model_card_with_the_run_and_every_export(trained_run, tmp_path, capsys)
         card = json.loads(f.metadata()["card"])
     assert card["results"]["best_val_top1_error"] == summary["best_val_top1_error"]
     assert card["data"]["train_images"] == 64
+    # The card leads with the file's own weights (the last epoch), not the best epoch's.
+    final = f"{100 * summary['final_val_top1_error']:.2f}%"
+    assert (
+        f"These weights (epoch {summary['epochs']}): validation top-1 / top-5 error {final}" in text
+    )
+    assert card["results"]["weights_epoch"] == summary["epochs"]
+    with safe_open(str(run / "best.safetensors"), framework="pt") as f:
+        best_card = json.loads(f.metadata()["card"])["results"]
+    assert best_card["weights_epoch"] == summary["best_epoch"]
+    assert best_card["weights_val_top1_error"] == summary["best_val_top1_error"]
     out = tmp_path / "exp" / "small.safetensors"
     out.parent.mkdir()
     assert main(["export", str(run / "checkpoint.pt"), str(out)]) == 0

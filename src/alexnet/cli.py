@@ -247,7 +247,7 @@ def cmd_experiment(args: argparse.Namespace) -> int:
             tuple(float(v) for v in args.lrs.split(",")) if args.lrs else (0.001, 0.003, 0.01, 0.03)
         )
         r = E.relu_vs_tanh(args.data, args.out or "runs/relu-vs-tanh", epochs=args.epochs or 10, lrs=lrs,
-                           seeds=tuple(range(args.seeds)), limit=args.limit)  # fmt: skip
+                           seeds=tuple(range(args.seeds)), limit=args.limit, init=args.init)  # fmt: skip
         print(E.format_relu_tanh(r))
         print(
             f"results: {args.out or 'runs/relu-vs-tanh'}/relu_vs_tanh.json, figure: {r['figure'][0]}"
@@ -634,6 +634,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--epochs", type=int, default=None)
     p.add_argument("--seeds", type=int, default=1, help="runs per setting (seeds 0..N-1)")
     p.add_argument("--lrs", default=None, help="relu-vs-tanh: comma-separated learning-rate sweep")
+    p.add_argument(
+        "--init",
+        default="pytorch",
+        choices=["pytorch", "cuda-convnet"],
+        help="relu-vs-tanh: PyTorch's init on inputs / 64, or the authors' cuda-convnet init on raw 0..255 inputs",
+    )
     p.add_argument(
         "--ablate",
         default=None,

@@ -13,6 +13,7 @@ from ..atomic import write_json
 from ..config import load_train_config
 from ..data.dataset import Prepared, make_loader
 from ..data.prepare import prepare
+from ..data.transforms import views_label
 from ..engine.inference import load_model
 from ..engine.metrics import evaluate_model
 from ..engine.train import format_summary, train
@@ -67,7 +68,7 @@ def run(
     print(format_summary(summary))
     print(
         f"Fashion-MNIST test set, {ten['images']:,} images:\n"
-        f"  10-crop views (28 px crops of 28 px images: the image and its mirror): accuracy "
+        f"  {views_label('ten-crop', data.image_size[:2], lm.prep.crop)}: accuracy "
         f"{100 * result['test_accuracy']:.2f}% (top-1 / top-5 error {100 * ten['top1_error']:.2f}% / "
         f"{100 * ten['top5_error']:.2f}%)\n"
         f"  centre view alone: accuracy {100 * result['test_accuracy_center']:.2f}%\n"

@@ -9,6 +9,7 @@ import torch
 from torch import Tensor
 
 from ..atomic import atomic_path
+from ..data.transforms import views_label
 from ..engine.metrics import model_outputs, topk_correct
 from ..progress import bar as progress_bar
 
@@ -119,7 +120,8 @@ def run_evaluation(
             dist.world_size,
             top_confusions,
         )
-        return {**report, "precision": resolved.name, "mismatch_notes": notes}
+        label = views_label(views, data.image_size[:2], prep.crop)
+        return {**report, "views_label": label, "precision": resolved.name, "mismatch_notes": notes}
     finally:
         D.cleanup()
 
@@ -186,7 +188,7 @@ def _report(
 def format_report(r: dict[str, Any]) -> str:
     kind = f"ensemble of {len(r['models'])} models" if r["ensemble"] else r["models"][0]
     lines = [
-        f"{kind} on {r['data']} [{r['split']}], {r['views']} views, {r['images']:,} images, "
+        f"{kind} on {r['data']} [{r['split']}], {r.get('views_label', r['views'])}, {r['images']:,} images, "
         f"{r.get('precision', 'fp32')}",
         f"  top-1 error {100 * r['top1_error']:.2f}%   top-5 error {100 * r['top5_error']:.2f}%"
         f"   (accuracy {100 * r['top1_accuracy']:.2f}% / {100 * r['top5_accuracy']:.2f}%)",

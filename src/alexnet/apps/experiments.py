@@ -29,19 +29,36 @@ from ..atomic import atomic_path, write_json
 # Figure 1
 
 
-def four_layer_cnn(in_channels: int, num_classes: int, size: int, activation: str) -> nn.Sequential:
+# Figure 1's two starting points. "pytorch": PyTorch's default init, inputs (pixel - mean) / 64.
+# "cuda-convnet": the authors' CIFAR-10 configs (layers-18pct/80sec: conv1 initW 0.0001,
+# the other layers 0.01, biases 0) on raw mean-subtracted 0..255 pixels.
+FIG1_INITS = {"pytorch": 1 / 64, "cuda-convnet": 1.0}  # init -> input scale
+_CUDA_CONVNET_STD = (1e-4, 1e-2, 1e-2, 1e-2)  # conv1, conv2, conv3, fc
+
+
+def four_layer_cnn(
+    in_channels: int, num_classes: int, size: int, activation: str, init: str = "pytorch"
+) -> nn.Sequential:
     """cuda-convnet's "80sec" CIFAR-10 net: conv 5x5 32 -> pool 3/2 -> conv 5x5 32 ->
     pool 3/2 -> conv 5x5 64 -> pool 3/2 -> fully connected; no normalisation, no dropout."""
+    if init not in FIG1_INITS:
+        raise ValueError(f"unknown init {init!r}; choose from {sorted(FIG1_INITS)}")
     act = nn.ReLU if activation == "relu" else nn.Tanh
     side = size
     for _ in range(3):
         side = -(-(side - 3) // 2) + 1  # ceil-mode 3/2 pooling, as cuda-convnet
-    return nn.Sequential(
+    net = nn.Sequential(
         nn.Conv2d(in_channels, 32, 5, padding=2), act(), nn.MaxPool2d(3, 2, ceil_mode=True),
         nn.Conv2d(32, 32, 5, padding=2), act(), nn.MaxPool2d(3, 2, ceil_mode=True),
         nn.Conv2d(32, 64, 5, padding=2), act(), nn.MaxPool2d(3, 2, ceil_mode=True),
         nn.Flatten(), nn.Linear(64 * side * side, num_classes),
     )  # fmt: skip
+    if init == "cuda-convnet":
+        layers = [m for m in net if isinstance(m, nn.Conv2d | nn.Linear)]
+        for layer, std in zip(layers, _CUDA_CONVNET_STD, strict=True):
+            nn.init.normal_(layer.weight, 0.0, std)
+            nn.init.zeros_(layer.bias)
+    return net
 
 
 def epochs_to_threshold(curve: list[tuple[float, float]], threshold: float) -> float | None:
@@ -80,6 +97,7 @@ def _train_curve(
     batch: int,
     limit: int,
     stop_below: float | None = None,
+    init: str = "pytorch",
 ) -> dict[str, Any]:
     """Plain SGD (momentum 0.9, no weight decay, no augmentation); the running training
     error is recorded ``points`` times per epoch. ``stop_below``: end the run once a point
@@ -89,10 +107,11 @@ def _train_curve(
     data = Prepared(data_dir)
     h, _, c = data.image_size
     torch.manual_seed(seed)
-    model = four_layer_cnn(c, data.num_classes, h, activation).to(memory_format=torch.channels_last)
+    model = four_layer_cnn(c, data.num_classes, h, activation, init)
+    model = model.to(memory_format=torch.channels_last)
     opt = torch.optim.SGD(model.parameters(), lr=lr, momentum=0.9)
     spec = LoaderSpec(train=True, flip=False, pca_std=0.0)
-    prep = data.preprocessing(crop=h, input_scale=1 / 64)
+    prep = data.preprocessing(crop=h, input_scale=FIG1_INITS[init])
     loader = make_loader(
         data, "train", spec, batch, torch.device("cpu"), prep, seed=seed, workers=0
     )
@@ -125,38 +144,52 @@ def _train_curve(
                     break
         if diverged or reached:
             break
-    return {"activation": activation, "lr": lr, "seed": seed, "curve": curve, "seconds": time.perf_counter() - t0,
+    return {"activation": activation, "lr": lr, "seed": seed, "init": init, "curve": curve, "seconds": time.perf_counter() - t0,
             "diverged": diverged, "seconds_per_epoch": (time.perf_counter() - t0) / max(1, len(curve) / points)}  # fmt: skip
 
 
 def relu_vs_tanh(
     data: str, out: str, epochs: int = 10, lrs: tuple[float, ...] = (0.001, 0.003, 0.01, 0.03),
     seeds: tuple[int, ...] = (0,), threshold: float = 0.25, points: int = 10, batch: int = 128,
-    limit: int = 0, progress: bool = True,
+    limit: int = 0, progress: bool = True, init: str = "pytorch",
 ) -> dict[str, Any]:  # fmt: skip
-    """Figure 1. Every (activation, lr, seed) run is stored in ``out/runs.json`` as it
-    finishes and skipped on a rerun."""
+    """Figure 1. The lr sweep runs on the first seed; the other seeds repeat each side's
+    best lr (the paper chose each net's lr "to make training as fast as possible"). Every
+    (activation, lr, seed) run is stored in ``out/runs.json`` as it finishes and skipped on
+    a rerun."""
     data_dir = _resolve_data(data)
     out_dir = Path(out)
     out_dir.mkdir(parents=True, exist_ok=True)
     store = out_dir / "runs.json"
     runs: list[dict[str, Any]] = json.loads(store.read_text()) if store.is_file() else []
-    done = {(r["activation"], r["lr"], r["seed"]) for r in runs}
+    other = {r.get("init", "pytorch") for r in runs} - {init}
+    if other:
+        raise ValueError(
+            f"{store} holds runs with init {sorted(other)[0]!r}, not {init!r}: use another --out"
+        )
+
+    def run_once(act: str, lr: float, seed: int) -> None:
+        if any((r["activation"], r["lr"], r["seed"]) == (act, lr, seed) for r in runs):
+            return
+        if progress:
+            print(f"relu-vs-tanh: {act}, lr {lr}, seed {seed} ...", flush=True)
+        runs.append(
+            _train_curve(data_dir, act, lr, epochs, seed, points, batch, limit, threshold, init)
+        )
+        write_json(store, runs, indent=None)
+
     for act in ("relu", "tanh"):
         for lr in lrs:
-            for seed in seeds:
-                if (act, lr, seed) in done:
-                    continue
-                if progress:
-                    print(f"relu-vs-tanh: {act}, lr {lr}, seed {seed} ...", flush=True)
-                runs.append(
-                    _train_curve(data_dir, act, lr, epochs, seed, points, batch, limit, threshold)
-                )
-                write_json(store, runs, indent=None)
+            run_once(act, lr, seeds[0])
+        best = best_lr(runs, act, lrs, seeds[0], threshold)
+        for seed in seeds[1:]:
+            run_once(act, best, seed)
     result = summarise_relu_tanh(runs, threshold, lrs, seeds)
     result.update(
         {
             "data": data_dir,
+            "init": init,
+            "input_scale": FIG1_INITS[init],
             "epochs": epochs,
             "threshold": threshold,
             "lrs": list(lrs),
@@ -174,29 +207,47 @@ def relu_vs_tanh(
     return result
 
 
+def best_lr(
+    runs: list[dict[str, Any]], act: str, lrs: tuple[float, ...], seed: int, threshold: float
+) -> float:
+    """The lr whose ``seed`` run reaches the threshold in the fewest epochs; if none does,
+    the one with the lowest final training error (runs not made yet count as worst)."""
+
+    def key(lr: float) -> tuple[float, float]:
+        r = next(
+            (r for r in runs if (r["activation"], r["lr"], r["seed"]) == (act, lr, seed)), None
+        )
+        if r is None or not r["curve"]:
+            return (float("inf"), float("inf"))
+        hit = epochs_to_threshold([tuple(p) for p in r["curve"]], threshold)
+        return (hit, 0.0) if hit is not None else (float("inf"), r["curve"][-1][1])
+
+    return min(lrs, key=key)
+
+
 def summarise_relu_tanh(
     runs: list[dict[str, Any]], threshold: float, lrs: tuple[float, ...], seeds: tuple[int, ...]
 ) -> dict[str, Any]:
-    """Per activation: the lr reaching the threshold in the fewest epochs (mean over seeds)."""
+    """Per activation: the best lr on the first seed, and the epochs to the threshold at that
+    lr averaged over every seed (None unless every seed reached it)."""
     best: dict[str, Any] = {}
     for act in ("relu", "tanh"):
-        options = []
-        for lr in lrs:
-            rs = [
-                r for r in runs if r["activation"] == act and r["lr"] == lr and r["seed"] in seeds
-            ]
-            hits = [epochs_to_threshold([tuple(p) for p in r["curve"]], threshold) for r in rs]
-            if rs and all(h is not None for h in hits):
-                spe = statistics.mean(r["seconds_per_epoch"] for r in rs)
-                options.append(
-                    {
-                        "lr": lr,
-                        "epochs": statistics.mean(hits),
-                        "epochs_per_seed": hits,
-                        "seconds": statistics.mean(hits) * spe,
-                    }
-                )  # type: ignore[arg-type]
-        best[act] = min(options, key=lambda o: o["epochs"]) if options else None
+        lr = best_lr(runs, act, lrs, seeds[0], threshold)
+        rs = sorted(
+            (r for r in runs if r["activation"] == act and r["lr"] == lr and r["seed"] in seeds),
+            key=lambda r: seeds.index(r["seed"]),
+        )
+        hits = [epochs_to_threshold([tuple(p) for p in r["curve"]], threshold) for r in rs]
+        best[act] = None
+        if len(rs) == len(seeds) and all(h is not None for h in hits):
+            epochs = statistics.mean(hits)  # type: ignore[arg-type]
+            spe = statistics.mean(r["seconds_per_epoch"] for r in rs)
+            best[act] = {
+                "lr": lr,
+                "epochs": epochs,
+                "epochs_per_seed": hits,
+                "seconds": epochs * spe,
+            }
     ratio = None
     per_seed: list[float] = []
     if best["relu"] and best["tanh"]:
@@ -209,8 +260,18 @@ def summarise_relu_tanh(
             )
         ]
     spread = statistics.stdev(per_seed) if len(per_seed) > 1 else None
+    sweep = {  # the first seed's epochs to the threshold at every lr (None: not reached)
+        act: {
+            str(r["lr"]): epochs_to_threshold([tuple(p) for p in r["curve"]], threshold)
+            for lr in lrs
+            for r in runs
+            if (r["activation"], r["lr"], r["seed"]) == (act, lr, seeds[0])
+        }
+        for act in ("relu", "tanh")
+    }
     return {
         "best": best,
+        "sweep": sweep,
         "speedup_epochs": ratio,
         "speedup_per_seed": per_seed,
         "speedup_std": spread,
@@ -294,32 +355,54 @@ def ablation(
     if epochs:
         base.append(f"run.epochs={epochs}")
     out_dir = Path(out)
-    results: dict[str, list[dict[str, Any]]] = {}
-    for variant in ["baseline", *ablate]:
-        extra = [] if variant == "baseline" else ABLATIONS[variant][0]
-        results[variant] = []
-        for seed in range(seeds):
+    variants = ["baseline", *ablate]
+
+    def finished() -> dict[str, list[dict[str, Any]]]:
+        # The last epoch's error, not the best epoch's: the val split may be the test set
+        # (CIFAR-10), and picking epochs on it would flatter every variant.
+        results: dict[str, list[dict[str, Any]]] = {v: [] for v in variants}
+        for variant in variants:
+            for seed in range(seeds):
+                f = out_dir / variant / f"seed{seed}" / "summary.json"
+                if f.is_file():
+                    s = json.loads(f.read_text())
+                    top1, top5 = s.get("final_val_top1_error"), s.get("final_val_top5_error")
+                    if top1 is None:
+                        raise ValueError(
+                            f"{f}: the run has no validation result; ablations need a val split"
+                        )
+                    results[variant].append({"seed": seed, "top1": top1, "top5": top5})
+        return results
+
+    def write(results: dict[str, list[dict[str, Any]]]) -> dict[str, Any]:
+        table = ablation_table(results)
+        report = {"data": data_dir, "preset": preset, "seeds": seeds, "epochs": epochs,
+                  "metric": "last epoch's validation error, centre crop", "rows": table}  # fmt: skip
+        write_json(out_dir / "ablation.json", report)
+        with atomic_path(out_dir / "ablation.csv") as tmp, open(tmp, "w", newline="") as f:
+            w = csv.DictWriter(f, fieldnames=list(table[0]))
+            w.writeheader()
+            w.writerows(table)
+        return report
+
+    # Seed-major: every variant's first seed before any second one, so an experiment run
+    # in pieces has a complete (if noisier) table early. The table is rewritten after
+    # every run, with each row's n.
+    for seed in range(seeds):
+        for variant in variants:
             run_dir = out_dir / variant / f"seed{seed}"
-            summary_file = run_dir / "summary.json"
-            if not summary_file.is_file():
-                if progress:
-                    print(f"ablation: {variant}, seed {seed} -> {run_dir}", flush=True)
-                cfg = load_train_config(preset, None, [*base, *extra, f"run.seed={seed}"])
-                # Resume a run cut short; one killed before its first checkpoint starts over.
-                ckpt = (run_dir / "checkpoint.pt").is_file()
-                train(cfg, run_dir, resume=ckpt, force=not ckpt, quiet=True)
-            s = json.loads(summary_file.read_text())
-            results[variant].append(
-                {"seed": seed, "top1": s["best_val_top1_error"], "top5": s["best_val_top5_error"]}
-            )
-    table = ablation_table(results)
-    report = {"data": data_dir, "preset": preset, "seeds": seeds, "epochs": epochs, "rows": table}
-    write_json(out_dir / "ablation.json", report)
-    with atomic_path(out_dir / "ablation.csv") as tmp, open(tmp, "w", newline="") as f:
-        w = csv.DictWriter(f, fieldnames=list(table[0]))
-        w.writeheader()
-        w.writerows(table)
-    return report
+            if (run_dir / "summary.json").is_file():
+                continue
+            if progress:
+                print(f"ablation: {variant}, seed {seed} -> {run_dir}", flush=True)
+            extra = [] if variant == "baseline" else ABLATIONS[variant][0]
+            cfg = load_train_config(preset, None, [*base, *extra, f"run.seed={seed}"])
+            # Resume a run cut short; one killed before its first checkpoint starts over.
+            ckpt = (run_dir / "checkpoint.pt").is_file()
+            train(cfg, run_dir, resume=ckpt, force=not ckpt, quiet=True)
+            if finished()["baseline"]:
+                write(finished())
+    return write(finished())
 
 
 def _mean_std(values: list[float]) -> tuple[float, float]:
@@ -338,15 +421,13 @@ def ablation_table(results: dict[str, list[dict[str, Any]]]) -> list[dict[str, A
     b5, _ = _mean_std([100 * r["top5"] for r in results["baseline"]])
     rows = []
     for variant, rs in results.items():
+        if not rs:
+            continue
         m1, s1 = _mean_std([100 * r["top1"] for r in rs])
         m5, s5 = _mean_std([100 * r["top5"] for r in rs])
         rows.append(
             {
-                "variant": variant
-                if variant == "baseline"
-                else f"without {variant}"
-                if variant not in ("conv6", "relu")
-                else ("with conv6" if variant == "conv6" else "tanh instead of relu"),
+                "variant": _label(variant),
                 "top1_error": m1,
                 "top1_std": s1,
                 "top5_error": m5,
@@ -362,15 +443,16 @@ def ablation_table(results: dict[str, list[dict[str, Any]]]) -> list[dict[str, A
 
 def format_ablation(report: dict[str, Any]) -> str:
     lines = [
-        f"{'variant':<24} {'top-1 error %':>16} {'top-5 error %':>16} {'Δ top-1':>8} {'Δ top-5':>8}  paper (removing it)"
+        f"{'variant':<24} {'top-1 error %':>16} {'top-5 error %':>16} {'Δ top-1':>8} {'Δ top-5':>8} {'n':>2}  paper (removing it)"
     ]
     for r in report["rows"]:
         lines.append(
             f"{r['variant']:<24} {r['top1_error']:>8.2f} ± {r['top1_std']:<5.2f} {r['top5_error']:>8.2f} ± {r['top5_std']:<5.2f} "
-            f"{r['delta_top1']:>+8.2f} {r['delta_top5']:>+8.2f}  {r['paper']}"
+            f"{r['delta_top1']:>+8.2f} {r['delta_top5']:>+8.2f} {r['n']:>2}  {r['paper']}"
         )
     lines.append(
-        f"n = {report['seeds']} seed(s) per row, preset {report['preset']}, data {report['data']}"
+        f"n: seeds finished of {report['seeds']}; {report.get('metric', 'validation error')}; "
+        f"preset {report['preset']}, data {report['data']}"
     )
     return "\n".join(lines)
 
@@ -389,11 +471,21 @@ def format_relu_tanh(r: dict[str, Any]) -> str:
         if sp
         else "  no ratio: a side never reached the threshold"
     )
+    swept = [
+        f"  seed {r['seeds'][0]}, {act}: "
+        + ", ".join(
+            f"lr {lr} {'-' if e is None else f'{e:.2f}'}"
+            for lr, e in r.get("sweep", {}).get(act, {}).items()
+        )
+        for act in ("relu", "tanh")
+    ]
     return "\n".join(
         [
-            f"Figure 1 on {r['data']} (seeds {r['seeds']}, lrs {r['lrs']})",
+            f"Figure 1 on {r['data']} ({r.get('init', 'pytorch')} init, seeds {r['seeds']}, lrs {r['lrs']})",
             line("relu"),
             line("tanh"),
             tail,
+            "  the lr sweep (epochs to the threshold; -: not reached):",
+            *swept,
         ]
     )

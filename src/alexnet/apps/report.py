@@ -19,6 +19,8 @@ from typing import Any
 import yaml
 
 from ..atomic import write_text
+from ..data.dataset import Prepared
+from ..data.transforms import views_label
 
 FIGURES = ["Training curves", "conv1 filters", "Sample predictions", "Nearest neighbours"]
 SECTIONS = ["Result", *FIGURES, "Environment", "Execution", "All metrics", "Configuration"]
@@ -34,6 +36,15 @@ def _duration(seconds: float) -> str:
 
 def _epochs(n: Any) -> str:
     return f"{n} epoch" + ("" if n == 1 else "s")
+
+
+def _image_hw(data_dir: str) -> tuple[int, int] | None:
+    """The prepared data's image size, if the data is still where the run found it."""
+    try:
+        h, w, _ = Prepared(data_dir).image_size
+        return h, w
+    except Exception:  # moved or deleted: the protocol is named without it
+        return None
 
 
 def _unfinished_summary(run: Path) -> dict[str, Any]:
@@ -100,7 +111,8 @@ def headline(cfg: dict[str, Any], summary: dict[str, Any], test: dict[str, Any])
         top1, top5 = summary["best_val_top1_error"], summary.get("best_val_top5_error")
     if top1 is None:
         return {"line": "no test or validation result recorded", "facts": training}
-    protocol = "10 views averaged" if views == "ten-crop" else "centre crop"
+    crop = (cfg.get("data") or {}).get("crop") or (cfg.get("model") or {}).get("input_size")
+    protocol = views_label(views, _image_hw(data), crop)
     errors = f"{100 * top1:.2f}% / " + (f"{100 * top5:.2f}%" if top5 is not None else "n/a")
     facts = [
         ("accuracy", f"{100 * (1 - top1):.2f}%"),

@@ -119,6 +119,18 @@ def ten_crop_offsets(height: int, width: int, size: int) -> list[tuple[int, int,
     return [(t, left, False) for t, left in five] + [(t, left, True) for t, left in five]
 
 
+def views_label(views: str, image_hw: tuple[int, int] | None, crop: int | None) -> str:
+    """How a result's views were taken, in words: the 10-view protocol on images no larger
+    than the crop is just the image and its mirror (see ten_crop)."""
+    if views != "ten-crop":
+        return "centre crop"
+    if image_hw is not None and crop is not None and max(image_hw) <= crop:
+        return "10 views = the whole image and its mirror, averaged"
+    if image_hw is None:
+        return "10 views averaged"
+    return "10 views (4 corners, centre, mirrored), averaged"
+
+
 def ten_crop(x: Tensor, size: int) -> Tensor:
     """(N, H, W, C) -> (10, N, size, size, C): corners + centre, and their mirrors.
 

@@ -18,6 +18,7 @@ from typing import Any
 from .. import __version__
 from ..atomic import atomic_path
 from ..data.preprocess import Preprocessing
+from ..data.transforms import views_label
 
 PAPER = (
     "Krizhevsky, Sutskever, Hinton. ImageNet Classification with Deep Convolutional Neural "
@@ -41,6 +42,8 @@ def card_facts(
             f"{prep.image_size[1]} images, {prep.normalize} normalisation, input scale "
             f"{prep.input_scale:g}",
             "classes": len(prep.classes) or model_config.get("num_classes"),
+            "image_size": list(prep.image_size),
+            "crop": prep.crop,
         },
         "data": data or {},
         "config": config,
@@ -68,7 +71,12 @@ def card_from_checkpoint(
         pass
     best = state.get("best") or {}
     progress = state.get("progress") or {}
+    epoch = progress.get("epoch") if not progress.get("batch") else None
+    row = next((r for r in state.get("metrics") or [] if r.get("epoch") == epoch), {})
     results = {
+        "weights_epoch": epoch,
+        "weights_val_top1_error": row.get("val_top1_error"),
+        "weights_val_top5_error": row.get("val_top5_error"),
         "best_val_top1_error": best.get("val_top1_error"),
         "best_val_top5_error": best.get("val_top5_error"),
         "best_epoch": best.get("epoch"),
@@ -110,11 +118,8 @@ def render_card(card: dict[str, Any], weights: str) -> str:
     cfg = card.get("config") or {}
     run, optim, sched, dcfg = (cfg.get(k) or {} for k in ("run", "optim", "schedule", "data"))
     views = r.get("val_views", "center")
-    protocol = (
-        "10 views (4 corners, centre, mirrored), softmax averaged"
-        if views == "ten-crop"
-        else "centre crop"
-    )
+    hw = m.get("image_size")
+    protocol = views_label(views, tuple(hw[:2]) if hw else None, m.get("crop"))
     lines = [
         f"# Model card: AlexNet ({m['variant']})",
         "",
@@ -155,20 +160,23 @@ def render_card(card: dict[str, Any], weights: str) -> str:
     else:
         lines.append("- Not recorded in this file.")
     lines += ["", "## Results", ""]
+    mine = r.get("weights_val_top1_error")
+    if mine is not None:  # the file's own weights lead; the best epoch may be other weights
+        lines.append(
+            f"- These weights (epoch {r.get('weights_epoch')}): validation top-1 / top-5 error "
+            f"{_pct(mine)} / {_pct(r.get('weights_val_top5_error'))} ({protocol})."
+        )
     if r.get("best_val_top1_error") is not None:
-        lines += [
-            f"- Validation top-1 / top-5 error: {_pct(r.get('best_val_top1_error'))} / "
-            f"{_pct(r.get('best_val_top5_error'))} at epoch {r.get('best_epoch')} (best epoch; "
-            f"{protocol})"
-            + (
-                f"; after the last epoch {_pct(r['final_val_top1_error'])} / {_pct(r.get('final_val_top5_error'))}"
-                if r.get("final_val_top1_error") is not None
-                else ""
+        if r.get("best_epoch") != r.get("weights_epoch") or mine is None:
+            lines.append(
+                f"- Best validation epoch: {r.get('best_epoch')}, top-1 / top-5 error "
+                f"{_pct(r.get('best_val_top1_error'))} / {_pct(r.get('best_val_top5_error'))} "
+                f"({protocol}; the run's best.safetensors holds those weights)."
             )
-            + ".",
+        lines.append(
             "- `alexnet evaluate WEIGHTS --data DATA --split test --views ten-crop` measures "
-            "it on any prepared split.",
-        ]
+            "it on any prepared split."
+        )
     elif not r.get("notes"):
         lines.append("- No validation result recorded.")
     lines += [f"- {note}" for note in r.get("notes") or []]

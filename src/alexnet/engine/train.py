@@ -673,9 +673,19 @@ def _train(
     n_params = sum(p.numel() for p in model.parameters())
     n_val = len(data.split("val")) if has_val else 0
 
-    def card(final: bool) -> dict[str, Any]:
-        """The model card's facts (engine/card.py) as of now."""
+    def card(final: bool, best_weights: bool = False) -> dict[str, Any]:
+        """The model card's facts (engine/card.py) as of now, for the weights trained so far
+        (after a whole epoch, or mid-epoch in a checkpoint) or, ``best_weights``, the best
+        epoch's."""
+        if best_weights:
+            epoch: int | None = best["epoch"]
+        else:
+            epoch = progress.epoch if progress.batch == 0 else None
+        row = next((r for r in rows if r.get("epoch") == epoch), {})
         results = {
+            "weights_epoch": epoch,
+            "weights_val_top1_error": row.get("val_top1_error"),
+            "weights_val_top5_error": row.get("val_top5_error"),
             "best_val_top1_error": best["val_top1_error"],
             "best_val_top5_error": best["val_top5_error"],
             "best_epoch": best["epoch"],
@@ -764,7 +774,7 @@ def _train(
                 if dist.is_main:
                     export_weights(
                         best_path, model.state_dict(), dataclasses.asdict(cfg.model), prep,
-                        card(final=False),
+                        card(final=False, best_weights=True),
                     )  # fmt: skip
             if dist.is_main:  # after the checkpoint, which holds the same rows
                 write_metrics(out / "metrics.csv", rows)
