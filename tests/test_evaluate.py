@@ -380,7 +380,9 @@ def test_demo_flow_on_tiny_data(run, tmp_path, capsys):
         == 0
     )
     out = capsys.readouterr().out
-    assert "10 views = the whole image and its mirror, averaged: accuracy" in out and "report:" in out
+    assert (
+        "10 views = the whole image and its mirror, averaged: accuracy" in out and "report:" in out
+    )
     result = json.loads((tmp_path / "demo" / "test.json").read_text())
     assert result["test_images"] == 30
     # The demo's test figures are what `alexnet evaluate` says of the same weights.

@@ -86,6 +86,20 @@ def test_relu_tanh_sweeps_lrs_on_the_first_seed_then_repeats_the_best(monkeypatc
     runs = [fake(None, "tanh", lr, 1, 0) for lr in (0.01, 0.1)]
     runs = [{**x, "curve": [(1.0, 0.5 if x["lr"] == 0.1 else 0.6)]} for x in runs]
     assert E.best_lr(runs, "tanh", (0.01, 0.1), 0, 0.25) == 0.1
+    # ... but never one that diverged, however low its last point.
+    runs[1]["diverged"] = True
+    assert E.best_lr(runs, "tanh", (0.01, 0.1), 0, 0.25) == 0.01
+    # A side whose later seed missed the threshold says so (no ratio, no "never reached").
+    partial = [{**x, "lr": 0.01, "seed": seed, "diverged": False, "curve": c}
+               for seed, c in ((0, [(2.0, 0.2)]), (1, [(40.0, 0.3)]))
+               for x in runs[:1]]  # fmt: skip
+    partial += [{**x, "activation": "relu", "curve": [(1.0, 0.2)]} for x in partial]
+    r = E.summarise_relu_tanh(partial, 0.25, (0.01,), (0, 1))
+    assert r["best"]["tanh"]["missed_seeds"] == [1] and r["speedup_epochs"] is None
+    r.update(data="d", seeds=[0, 1], lrs=[0.01], threshold=0.25, epochs=40)
+    text = E.format_relu_tanh(r)
+    assert "tanh: lr 0.01: seed(s) 1 did not reach 25% training error within 40 epochs" in text
+    assert "seed 0, tanh: lr 0.01 2.00" in text
 
 
 def test_relu_tanh_run_ends_once_it_reaches_the_threshold(tmp_path):
@@ -97,6 +111,33 @@ def test_relu_tanh_run_ends_once_it_reaches_the_threshold(tmp_path):
     stop = full["curve"][1][1] + 1e-9  # reached at the second point
     short = E._train_curve(str(tmp_path / "p"), "relu", 0.01, 2, 0, 4, 32, 0, stop_below=stop)
     assert short["curve"] == full["curve"][: len(short["curve"])] and len(short["curve"]) <= 2
+
+
+def test_a_run_stuck_at_chance_stops_after_two_epochs(tmp_path, monkeypatch):
+    import numpy as np
+    import torch
+
+    from alexnet.data.dataset import Prepared
+    from alexnet.data.prepare import prepare
+    from helpers import make_cifar10
+
+    prepare(str(make_cifar10(tmp_path / "raw", per_batch=40)), tmp_path / "p", progress=False)
+    labels = Prepared(tmp_path / "p").split("train").labels
+    rarest = int(np.argmin(np.bincount(labels, minlength=10)))
+
+    def dead(c, classes, size, activation, init):  # always the rarest class, as dead ReLUs do
+        head = torch.nn.Linear(c * size * size, classes)
+        torch.nn.init.zeros_(head.weight)
+        with torch.no_grad():
+            head.bias.copy_(torch.nn.functional.one_hot(torch.tensor(rarest), classes).float())
+        return torch.nn.Sequential(torch.nn.Flatten(), head)
+
+    monkeypatch.setattr(E, "four_layer_cnn", dead)
+    r = E._train_curve(str(tmp_path / "p"), "relu", 0.0, 5, 0, 2, 32, 0, stop_below=0.25)
+    assert r["stuck_at_chance"] and not r["diverged"]
+    assert r["curve"][-1][0] == pytest.approx(2.0)  # two epochs, not five
+    assert E.best_lr([r, {**r, "lr": 0.1, "stuck_at_chance": False, "curve": [(5.0, 0.95)]}],
+                     "relu", (0.0, 0.1), 0, 0.25) == 0.1  # fmt: skip
 
 
 def test_ablation_table_arithmetic():
@@ -130,7 +171,17 @@ def test_ablation_is_seed_major_uses_the_last_epoch_and_keeps_a_partial_table(
                    "final_val_top1_error": err[variant] + seed / 100, "final_val_top5_error": 0.1}  # fmt: skip
         (run_dir / "summary.json").write_text(json.dumps(summary))
 
+    class Stub:  # a prepared directory with a val split
+        def __init__(self, root):
+            pass
+
+        def splits(self):
+            return ["train", "val"]
+
+    import alexnet.data.dataset as D
+
     monkeypatch.setattr(T, "train", fake_train)
+    monkeypatch.setattr(D, "Prepared", Stub)
     monkeypatch.setattr(E, "_resolve_data", lambda d: d)
     with pytest.raises(KeyboardInterrupt):
         E.ablation(str(tmp_path), str(tmp_path / "ab"), ["lrn", "dropout"], "cifar10", seeds=2, progress=False)  # fmt: skip
@@ -140,11 +191,23 @@ def test_ablation_is_seed_major_uses_the_last_epoch_and_keeps_a_partial_table(
     }
     assert partial["baseline"]["n"] == 2 and partial["without lrn"]["n"] == 1
     assert partial["baseline"]["top1_error"] == pytest.approx(30.5)  # last epoch, not best
-    assert partial["without dropout"]["delta_top1"] == pytest.approx(35.0 - 30.5)
+    # Part-way, a variant is compared with the baseline's same seeds only.
+    assert partial["without dropout"]["delta_top1"] == pytest.approx(35.0 - 30.0)
     made.clear()
     report = E.ablation(str(tmp_path), str(tmp_path / "ab"), ["lrn", "dropout"], "cifar10", seeds=2, progress=False)  # fmt: skip
     assert made == [("lrn", 1), ("dropout", 1)]  # resumed where it stopped
     assert all(r["n"] == 2 for r in report["rows"])
+    rows = {r["variant"]: r for r in report["rows"]}
+    assert rows["without dropout"]["delta_top1"] == pytest.approx(35.5 - 30.5)
+    assert "against the baseline's same seeds" in E.format_ablation(report)
+
+
+def test_experiments_need_a_seed(capsys):
+    with pytest.raises(SystemExit) as e:
+        main(["experiment", "relu-vs-tanh", "--data", "cifar10", "--seeds", "0"])
+    assert e.value.code == 2 and "--seeds" in capsys.readouterr().err
+    with pytest.raises(ValueError, match="at least one seed"):
+        E.relu_vs_tanh("cifar10", "unused", seeds=(), progress=False)
 
 
 def test_four_layer_cnn_shapes_and_the_authors_init():

@@ -181,6 +181,29 @@ def test_model_card_with_the_run_and_every_export(trained_run, tmp_path, capsys)
     assert json.loads(props["model_card"])["results"]["best_epoch"] == summary["best_epoch"]
 
 
+def test_cards_of_older_files_still_describe_their_own_weights(trained_run, tmp_path):
+    from alexnet.engine.card import render_card
+    from alexnet.engine.inference import load_model
+
+    # A card written before weights_* existed: its last-epoch result leads.
+    old = {"model": {"variant": "small", "parameters": 1, "classes": 10, "input": "x"},
+           "results": {"best_val_top1_error": 0.2, "best_epoch": 3, "epochs": 5,
+                       "final_val_top1_error": 0.24, "final_val_top5_error": 0.06}}  # fmt: skip
+    text = render_card(old, "m.safetensors")
+    assert "These weights (epoch 5): validation top-1 / top-5 error 24.00% / 6.00%" in text
+    assert "Best validation epoch: 3" in text
+    # A checkpoint saved without a card: the card is made from its rows and progress.
+    from alexnet.engine.checkpoint import load_checkpoint
+
+    state = load_checkpoint(trained_run / "run" / "checkpoint.pt")
+    del state["card"]
+    torch.save(state, tmp_path / "old.pt")
+    card = load_model(tmp_path / "old.pt").extra["card"]["results"]
+    last = state["metrics"][-1]
+    assert card["weights_epoch"] == state["progress"]["epoch"] == last["epoch"]
+    assert card["weights_val_top1_error"] == last["val_top1_error"]
+
+
 def test_an_export_the_exporter_refuses_is_one_line(tmp_path, monkeypatch, capsys):
     def refuse(*args, **kwargs):
         raise RuntimeError("Failed to export the model\n" + "internal frame\n" * 50)

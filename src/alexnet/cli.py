@@ -632,7 +632,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--data", required=True, help="cifar10 | fashion-mnist | a prepared directory")
     p.add_argument("--out", default=None, help="output directory (rerunning it resumes)")
     p.add_argument("--epochs", type=int, default=None)
-    p.add_argument("--seeds", type=int, default=1, help="runs per setting (seeds 0..N-1)")
+    p.add_argument(
+        "--seeds",
+        type=_positive_int,
+        default=1,
+        help="seeds 0..N-1: relu-vs-tanh sweeps lrs on seed 0 and repeats the best lr on the "
+        "others; ablation runs every variant on each",
+    )
     p.add_argument("--lrs", default=None, help="relu-vs-tanh: comma-separated learning-rate sweep")
     p.add_argument(
         "--init",

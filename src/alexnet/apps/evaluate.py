@@ -188,7 +188,7 @@ def _report(
 def format_report(r: dict[str, Any]) -> str:
     kind = f"ensemble of {len(r['models'])} models" if r["ensemble"] else r["models"][0]
     lines = [
-        f"{kind} on {r['data']} [{r['split']}], {r.get('views_label', r['views'])}, {r['images']:,} images, "
+        f"{kind} on {r['data']} [{r['split']}], {r.get('views_label', r['views'] + ' views')}, {r['images']:,} images, "
         f"{r.get('precision', 'fp32')}",
         f"  top-1 error {100 * r['top1_error']:.2f}%   top-5 error {100 * r['top5_error']:.2f}%"
         f"   (accuracy {100 * r['top1_accuracy']:.2f}% / {100 * r['top5_accuracy']:.2f}%)",

@@ -4,8 +4,8 @@ relu-vs-tanh  Figure 1: a four-layer CNN like the authors' small CIFAR-10 nets, 
               ReLU and with tanh, each at its own best learning rate from a small sweep, no
               regularisation; epochs to reach 25% training error, and their ratio.
 ablation      the baseline and each ablated variant with the same budget and seeds; a table
-              of top-1/top-5 error (mean +- std over seeds), the difference to the baseline
-              and the paper's stated effect.
+              of the last epoch's top-1/top-5 validation error (mean +- std over seeds), the
+              difference to the baseline and the paper's stated effect.
 
 Both write raw numbers (JSON, CSV) and figures into an output directory, and skip the runs
 already finished there, so an interrupted experiment resumes where it stopped.
@@ -101,7 +101,8 @@ def _train_curve(
 ) -> dict[str, Any]:
     """Plain SGD (momentum 0.9, no weight decay, no augmentation); the running training
     error is recorded ``points`` times per epoch. ``stop_below``: end the run once a point
-    reaches it (Figure 1 needs the epochs to get there, not the rest of the curve)."""
+    reaches it (Figure 1 needs the epochs to get there, not the rest of the curve). A run
+    also ends on a non-finite loss, or after two whole epochs at chance level."""
     from ..data.dataset import LoaderSpec, Prepared, make_loader
 
     data = Prepared(data_dir)
@@ -122,9 +123,12 @@ def _train_curve(
     curve: list[tuple[float, float]] = []
     t0 = time.perf_counter()
     wrong = seen = 0
-    diverged = reached = False
+    diverged = reached = stuck = False
+    chance = 1 - 1 / data.num_classes
+    at_chance = 0  # consecutive whole epochs at chance level
     for epoch in range(epochs):
         loader.sampler.set_epoch(epoch)
+        epoch_wrong = epoch_seen = 0
         for i, (x, y) in enumerate(loader):
             logits = model(x)
             loss = nn.functional.cross_entropy(logits, y)
@@ -134,8 +138,9 @@ def _train_curve(
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
-            wrong += int((logits.argmax(1) != y).sum())
-            seen += len(y)
+            miss = int((logits.argmax(1) != y).sum())
+            wrong, seen = wrong + miss, seen + len(y)
+            epoch_wrong, epoch_seen = epoch_wrong + miss, epoch_seen + len(y)
             if (i + 1) % every == 0 or i + 1 == steps:
                 curve.append((epoch + (i + 1) / steps, wrong / seen))
                 wrong = seen = 0
@@ -144,8 +149,14 @@ def _train_curve(
                     break
         if diverged or reached:
             break
+        # Two whole epochs at chance (e.g. every ReLU dead): this lr will not get there.
+        at_chance = at_chance + 1 if epoch_wrong >= (chance - 0.01) * epoch_seen else 0
+        if at_chance == 2:
+            stuck = True
+            break
     return {"activation": activation, "lr": lr, "seed": seed, "init": init, "curve": curve, "seconds": time.perf_counter() - t0,
-            "diverged": diverged, "seconds_per_epoch": (time.perf_counter() - t0) / max(1, len(curve) / points)}  # fmt: skip
+            "diverged": diverged, "stuck_at_chance": stuck,
+            "seconds_per_epoch": (time.perf_counter() - t0) / max(1, len(curve) / points)}  # fmt: skip
 
 
 def relu_vs_tanh(
@@ -157,9 +168,11 @@ def relu_vs_tanh(
     best lr (the paper chose each net's lr "to make training as fast as possible"). Every
     (activation, lr, seed) run is stored in ``out/runs.json`` as it finishes and skipped on
     a rerun."""
-    data_dir = _resolve_data(data)
+    if not seeds or not lrs:
+        raise ValueError("relu-vs-tanh needs at least one seed and one learning rate")
+    if init not in FIG1_INITS:
+        raise ValueError(f"unknown init {init!r}; choose from {sorted(FIG1_INITS)}")
     out_dir = Path(out)
-    out_dir.mkdir(parents=True, exist_ok=True)
     store = out_dir / "runs.json"
     runs: list[dict[str, Any]] = json.loads(store.read_text()) if store.is_file() else []
     other = {r.get("init", "pytorch") for r in runs} - {init}
@@ -167,9 +180,11 @@ def relu_vs_tanh(
         raise ValueError(
             f"{store} holds runs with init {sorted(other)[0]!r}, not {init!r}: use another --out"
         )
+    data_dir = _resolve_data(data)
+    out_dir.mkdir(parents=True, exist_ok=True)
 
     def run_once(act: str, lr: float, seed: int) -> None:
-        if any((r["activation"], r["lr"], r["seed"]) == (act, lr, seed) for r in runs):
+        if _find(runs, act, lr, seed) is not None:
             return
         if progress:
             print(f"relu-vs-tanh: {act}, lr {lr}, seed {seed} ...", flush=True)
@@ -182,6 +197,10 @@ def relu_vs_tanh(
         for lr in lrs:
             run_once(act, lr, seeds[0])
         best = best_lr(runs, act, lrs, seeds[0], threshold)
+        first = _find(runs, act, best, seeds[0])
+        if first is None or _hit(first, threshold) is None:
+            # No lr reached it on the first seed: more seeds cannot make a ratio.
+            continue
         for seed in seeds[1:]:
             run_once(act, best, seed)
     result = summarise_relu_tanh(runs, threshold, lrs, seeds)
@@ -207,20 +226,36 @@ def relu_vs_tanh(
     return result
 
 
+def _find(runs: list[dict[str, Any]], act: str, lr: float, seed: int) -> dict[str, Any] | None:
+    return next(
+        (
+            r
+            for r in runs
+            if r["activation"] == act and float(r["lr"]) == float(lr) and r["seed"] == seed
+        ),
+        None,
+    )
+
+
+def _hit(run: dict[str, Any], threshold: float) -> float | None:
+    return epochs_to_threshold([tuple(p) for p in run["curve"]], threshold)
+
+
 def best_lr(
     runs: list[dict[str, Any]], act: str, lrs: tuple[float, ...], seed: int, threshold: float
 ) -> float:
-    """The lr whose ``seed`` run reaches the threshold in the fewest epochs; if none does,
-    the one with the lowest final training error (runs not made yet count as worst)."""
+    """The lr whose ``seed`` run reaches the threshold in the fewest epochs (ties: the lower
+    final error); if none does, the one with the lowest final training error. Diverged runs
+    and runs not made yet come last."""
 
     def key(lr: float) -> tuple[float, float]:
-        r = next(
-            (r for r in runs if (r["activation"], r["lr"], r["seed"]) == (act, lr, seed)), None
-        )
+        r = _find(runs, act, lr, seed)
         if r is None or not r["curve"]:
             return (float("inf"), float("inf"))
-        hit = epochs_to_threshold([tuple(p) for p in r["curve"]], threshold)
-        return (hit, 0.0) if hit is not None else (float("inf"), r["curve"][-1][1])
+        if r.get("diverged") or r.get("stuck_at_chance"):
+            return (float("inf"), 2.0)  # after any finite error (at most 1)
+        hit = _hit(r, threshold)
+        return (float("inf") if hit is None else hit, r["curve"][-1][1])
 
     return min(lrs, key=key)
 
@@ -229,28 +264,28 @@ def summarise_relu_tanh(
     runs: list[dict[str, Any]], threshold: float, lrs: tuple[float, ...], seeds: tuple[int, ...]
 ) -> dict[str, Any]:
     """Per activation: the best lr on the first seed, and the epochs to the threshold at that
-    lr averaged over every seed (None unless every seed reached it)."""
+    lr for every seed and their mean (None unless every seed reached it)."""
     best: dict[str, Any] = {}
     for act in ("relu", "tanh"):
         lr = best_lr(runs, act, lrs, seeds[0], threshold)
-        rs = sorted(
-            (r for r in runs if r["activation"] == act and r["lr"] == lr and r["seed"] in seeds),
-            key=lambda r: seeds.index(r["seed"]),
-        )
-        hits = [epochs_to_threshold([tuple(p) for p in r["curve"]], threshold) for r in rs]
-        best[act] = None
-        if len(rs) == len(seeds) and all(h is not None for h in hits):
-            epochs = statistics.mean(hits)  # type: ignore[arg-type]
-            spe = statistics.mean(r["seconds_per_epoch"] for r in rs)
-            best[act] = {
-                "lr": lr,
-                "epochs": epochs,
-                "epochs_per_seed": hits,
-                "seconds": epochs * spe,
-            }
+        found = {seed: _find(runs, act, lr, seed) for seed in seeds}
+        if found[seeds[0]] is None:
+            best[act] = None
+            continue
+        hits = [None if r is None else _hit(r, threshold) for r in found.values()]
+        done = [r for r in found.values() if r is not None]
+        epochs = statistics.mean(hits) if all(h is not None for h in hits) else None  # type: ignore[type-var]
+        spe = statistics.mean(r["seconds_per_epoch"] for r in done)
+        best[act] = {
+            "lr": lr,
+            "epochs": epochs,
+            "epochs_per_seed": hits,
+            "missed_seeds": [seed for seed, h in zip(seeds, hits, strict=True) if h is None],
+            "seconds": None if epochs is None else epochs * spe,
+        }
     ratio = None
     per_seed: list[float] = []
-    if best["relu"] and best["tanh"]:
+    if best["relu"] and best["tanh"] and best["relu"]["epochs"] and best["tanh"]["epochs"]:
         ratio = best["tanh"]["epochs"] / best["relu"]["epochs"]
         # Seed by seed, each side at its best lr: the spread of the ratio.
         per_seed = [
@@ -262,10 +297,9 @@ def summarise_relu_tanh(
     spread = statistics.stdev(per_seed) if len(per_seed) > 1 else None
     sweep = {  # the first seed's epochs to the threshold at every lr (None: not reached)
         act: {
-            str(r["lr"]): epochs_to_threshold([tuple(p) for p in r["curve"]], threshold)
+            str(lr): _hit(r, threshold)
             for lr in lrs
-            for r in runs
-            if (r["activation"], r["lr"], r["seed"]) == (act, lr, seeds[0])
+            if (r := _find(runs, act, lr, seeds[0])) is not None
         }
         for act in ("relu", "tanh")
     }
@@ -286,17 +320,10 @@ def _plot_relu_tanh(runs: list[dict[str, Any]], result: dict[str, Any], out: Pat
     fig, ax = plt.subplots(figsize=(6.5, 4.2))
     for act, style in (("relu", "-"), ("tanh", "--")):
         b = result["best"][act]
-        lr = b["lr"] if b else None
-        for r in runs:
-            if (
-                r["activation"] == act
-                and (lr is None or r["lr"] == lr)
-                and r["seed"] == runs[0]["seed"]
-            ):
-                e, err = zip(*r["curve"], strict=True) if r["curve"] else ((), ())
-                ax.plot(e, [100 * v for v in err], style, label=f"{act} (lr {r['lr']:g})")
-                if lr is None:
-                    break
+        r = _find(runs, act, b["lr"], result["seeds"][0]) if b else None
+        if r is not None and r["curve"]:
+            e, err = zip(*r["curve"], strict=True)
+            ax.plot(e, [100 * v for v in err], style, label=f"{act} (lr {float(r['lr']):g})")
     ax.axhline(
         100 * result["threshold"],
         color="grey",
@@ -345,6 +372,8 @@ def ablation(
     from ..config import load_train_config
     from ..engine.train import train
 
+    if seeds < 1:
+        raise ValueError(f"ablation needs --seeds >= 1, got {seeds}")
     unknown = [a for a in ablate if a not in ABLATIONS]
     if unknown:
         raise ValueError(f"unknown ablation {unknown[0]!r}; choose from {sorted(ABLATIONS)}")
@@ -354,6 +383,13 @@ def ablation(
     base = [f"data.path={data_dir}", *(overrides or [])]
     if epochs:
         base.append(f"run.epochs={epochs}")
+    from ..data.dataset import Prepared
+    from ..data.transforms import views_label
+
+    if "val" not in Prepared(data_dir).splits():
+        raise ValueError(f"{data_dir} has no val split: ablations score each run on it")
+    views = load_train_config(preset, None, base).data.val_views
+    metric = f"last epoch's validation error, {views_label(views, None, None)}"
     out_dir = Path(out)
     variants = ["baseline", *ablate]
 
@@ -377,7 +413,7 @@ def ablation(
     def write(results: dict[str, list[dict[str, Any]]]) -> dict[str, Any]:
         table = ablation_table(results)
         report = {"data": data_dir, "preset": preset, "seeds": seeds, "epochs": epochs,
-                  "metric": "last epoch's validation error, centre crop", "rows": table}  # fmt: skip
+                  "metric": metric, "rows": table}  # fmt: skip
         write_json(out_dir / "ablation.json", report)
         with atomic_path(out_dir / "ablation.csv") as tmp, open(tmp, "w", newline="") as f:
             w = csv.DictWriter(f, fieldnames=list(table[0]))
@@ -416,9 +452,20 @@ def _label(variant: str) -> str:
 
 
 def ablation_table(results: dict[str, list[dict[str, Any]]]) -> list[dict[str, Any]]:
-    """Rows of mean +- std (percent) per variant, and the difference to the baseline."""
-    b1, _ = _mean_std([100 * r["top1"] for r in results["baseline"]])
-    b5, _ = _mean_std([100 * r["top5"] for r in results["baseline"]])
+    """Rows of mean +- std (percent) per variant, and the difference to the baseline over
+    the seeds both have (a table written part-way compares like with like)."""
+
+    def by_seed(rs: list[dict[str, Any]]) -> dict[int, dict[str, Any]]:
+        return {r.get("seed", i): r for i, r in enumerate(rs)}
+
+    base = by_seed(results.get("baseline") or [])
+
+    def delta(rs: list[dict[str, Any]], key: str) -> float | None:
+        common = [(r, base[s]) for s, r in by_seed(rs).items() if s in base]
+        if not common:
+            return None
+        return statistics.mean(100 * (r[key] - b[key]) for r, b in common)
+
     rows = []
     for variant, rs in results.items():
         if not rs:
@@ -432,8 +479,8 @@ def ablation_table(results: dict[str, list[dict[str, Any]]]) -> list[dict[str, A
                 "top1_std": s1,
                 "top5_error": m5,
                 "top5_std": s5,
-                "delta_top1": m1 - b1,
-                "delta_top5": m5 - b5,
+                "delta_top1": delta(rs, "top1"),
+                "delta_top5": delta(rs, "top5"),
                 "n": len(rs),
                 "paper": "" if variant == "baseline" else ABLATIONS[variant][1],
             }
@@ -445,31 +492,41 @@ def format_ablation(report: dict[str, Any]) -> str:
     lines = [
         f"{'variant':<24} {'top-1 error %':>16} {'top-5 error %':>16} {'Δ top-1':>8} {'Δ top-5':>8} {'n':>2}  paper (removing it)"
     ]
+
+    def signed(v: float | None) -> str:
+        return f"{'n/a':>8}" if v is None else f"{v:>+8.2f}"
+
     for r in report["rows"]:
         lines.append(
             f"{r['variant']:<24} {r['top1_error']:>8.2f} ± {r['top1_std']:<5.2f} {r['top5_error']:>8.2f} ± {r['top5_std']:<5.2f} "
-            f"{r['delta_top1']:>+8.2f} {r['delta_top5']:>+8.2f} {r['n']:>2}  {r['paper']}"
+            f"{signed(r['delta_top1'])} {signed(r['delta_top5'])} {r['n']:>2}  {r['paper']}"
         )
     lines.append(
-        f"n: seeds finished of {report['seeds']}; {report.get('metric', 'validation error')}; "
+        f"n: seeds finished of {report['seeds']}; Δ: against the baseline's same seeds; "
+        f"{report.get('metric', 'validation error')}; "
         f"preset {report['preset']}, data {report['data']}"
     )
     return "\n".join(lines)
 
 
 def format_relu_tanh(r: dict[str, Any]) -> str:
+    goal = f"{100 * r['threshold']:.0f}% training error"
+
     def line(act: str) -> str:
         b = r["best"][act]
         if not b:
-            return f"  {act}: never reached {100 * r['threshold']:.0f}% training error in {r['epochs']} epochs"
-        return f"  {act}: lr {b['lr']:g}, {b['epochs']:.2f} epochs ({b['seconds']:.0f} s) to {100 * r['threshold']:.0f}% training error"
+            return f"  {act}: no runs"
+        if b["epochs"] is None:
+            missed = ", ".join(str(s) for s in b["missed_seeds"])
+            return f"  {act}: lr {b['lr']:g}: seed(s) {missed} did not reach {goal} within {r['epochs']} epochs"
+        return f"  {act}: lr {b['lr']:g}, {b['epochs']:.2f} epochs ({b['seconds']:.0f} s) to {goal}"
 
     sp = r["speedup_epochs"]
     spread = f" ± {r['speedup_std']:.2f} over seeds" if r.get("speedup_std") is not None else ""
     tail = (
         f"  ReLU reaches it {sp:.2f}x{spread} faster in epochs (paper: 6x on CIFAR-10)"
         if sp
-        else "  no ratio: a side never reached the threshold"
+        else "  no ratio: a side did not reach the threshold on every seed"
     )
     swept = [
         f"  seed {r['seeds'][0]}, {act}: "

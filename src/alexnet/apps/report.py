@@ -19,7 +19,6 @@ from typing import Any
 import yaml
 
 from ..atomic import write_text
-from ..data.dataset import Prepared
 from ..data.transforms import views_label
 
 FIGURES = ["Training curves", "conv1 filters", "Sample predictions", "Nearest neighbours"]
@@ -40,6 +39,8 @@ def _epochs(n: Any) -> str:
 
 def _image_hw(data_dir: str) -> tuple[int, int] | None:
     """The prepared data's image size, if the data is still where the run found it."""
+    from ..data.dataset import Prepared
+
     try:
         h, w, _ = Prepared(data_dir).image_size
         return h, w

@@ -160,14 +160,25 @@ def render_card(card: dict[str, Any], weights: str) -> str:
     else:
         lines.append("- Not recorded in this file.")
     lines += ["", "## Results", ""]
-    mine = r.get("weights_val_top1_error")
+    mine, mine5, epoch = (
+        r.get("weights_val_top1_error"),
+        r.get("weights_val_top5_error"),
+        r.get("weights_epoch"),
+    )
+    if mine is None and "weights_epoch" not in r and r.get("final_val_top1_error") is not None:
+        # A card from before weights_* existed: it described the last epoch's weights.
+        mine, mine5, epoch = (
+            r["final_val_top1_error"],
+            r.get("final_val_top5_error"),
+            r.get("epochs"),
+        )
     if mine is not None:  # the file's own weights lead; the best epoch may be other weights
         lines.append(
-            f"- These weights (epoch {r.get('weights_epoch')}): validation top-1 / top-5 error "
-            f"{_pct(mine)} / {_pct(r.get('weights_val_top5_error'))} ({protocol})."
+            f"- These weights (epoch {epoch}): validation top-1 / top-5 error "
+            f"{_pct(mine)} / {_pct(mine5)} ({protocol})."
         )
     if r.get("best_val_top1_error") is not None:
-        if r.get("best_epoch") != r.get("weights_epoch") or mine is None:
+        if r.get("best_epoch") != epoch or mine is None:
             lines.append(
                 f"- Best validation epoch: {r.get('best_epoch')}, top-1 / top-5 error "
                 f"{_pct(r.get('best_val_top1_error'))} / {_pct(r.get('best_val_top5_error'))} "

@@ -140,7 +140,9 @@ def load_weights(path: str | Path) -> tuple[dict[str, Tensor], dict[str, Any]]:
             if "config" in obj:
                 meta["model_config"] = obj["config"].get("model", {})
                 # What a model card says of a training run (engine/card.py).
-                meta["run"] = {k: obj.get(k) for k in ("config", "best", "progress", "execution")}
+                meta["run"] = {
+                    k: obj.get(k) for k in ("config", "best", "progress", "execution", "metrics")
+                }
             if isinstance(obj.get("card"), dict):
                 meta["card"] = obj["card"]
         elif isinstance(obj, dict) and all(isinstance(v, Tensor) for v in obj.values()):
