@@ -644,7 +644,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--init",
         default="pytorch",
         choices=["pytorch", "cuda-convnet"],
-        help="relu-vs-tanh: PyTorch's init on inputs / 64, or the authors' cuda-convnet init on raw 0..255 inputs",
+        help="relu-vs-tanh: PyTorch's init on inputs / 64, or cuda-convnet's example init on raw 0..255 inputs",
     )
     p.add_argument(
         "--ablate",

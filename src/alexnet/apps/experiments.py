@@ -1,6 +1,6 @@
 """The paper's testable claims as commands (``alexnet experiment ...``).
 
-relu-vs-tanh  Figure 1: a four-layer CNN like the authors' small CIFAR-10 nets, trained with
+relu-vs-tanh  Figure 1: a four-layer CNN like cuda-convnet's small CIFAR-10 nets, trained with
               ReLU and with tanh, each at its own best learning rate from a small sweep, no
               regularisation; epochs to reach 25% training error, and their ratio.
 ablation      the baseline and each ablated variant with the same budget and seeds; a table
@@ -30,8 +30,8 @@ from ..atomic import atomic_path, write_json
 
 
 # Figure 1's two starting points. "pytorch": PyTorch's default init, inputs (pixel - mean) / 64.
-# "cuda-convnet": the authors' CIFAR-10 configs (layers-18pct/80sec: conv1 initW 0.0001,
-# the other layers 0.01, biases 0) on raw mean-subtracted 0..255 pixels.
+# "cuda-convnet": the init of cuda-convnet's example configs (layers-18pct.cfg: initW 0.0001
+# in conv1, 0.01 in the other layers, biases 0) on raw mean-subtracted 0..255 pixels.
 FIG1_INITS = {"pytorch": 1 / 64, "cuda-convnet": 1.0}  # init -> input scale
 _CUDA_CONVNET_STD = (1e-4, 1e-2, 1e-2, 1e-2)  # conv1, conv2, conv3, fc
 
@@ -39,8 +39,9 @@ _CUDA_CONVNET_STD = (1e-4, 1e-2, 1e-2, 1e-2)  # conv1, conv2, conv3, fc
 def four_layer_cnn(
     in_channels: int, num_classes: int, size: int, activation: str, init: str = "pytorch"
 ) -> nn.Sequential:
-    """cuda-convnet's "80sec" CIFAR-10 net: conv 5x5 32 -> pool 3/2 -> conv 5x5 32 ->
-    pool 3/2 -> conv 5x5 64 -> pool 3/2 -> fully connected; no normalisation, no dropout."""
+    """A four-layer net after cuda-convnet's CIFAR-10 examples: conv 5x5 32 -> pool 3/2 ->
+    conv 5x5 32 -> pool 3/2 -> conv 5x5 64 -> pool 3/2 -> fully connected; no normalisation,
+    no dropout (their layers-80sec.cfg averages in pool2/3 and has two fc layers)."""
     if init not in FIG1_INITS:
         raise ValueError(f"unknown init {init!r}; choose from {sorted(FIG1_INITS)}")
     act = nn.ReLU if activation == "relu" else nn.Tanh
@@ -333,10 +334,11 @@ def _plot_relu_tanh(runs: list[dict[str, Any]], result: dict[str, Any], out: Pat
     ax.set_xlabel("epochs")
     ax.set_ylabel("training error (%)")
     sp = result["speedup_epochs"]
+    init = result.get("init", "pytorch")
     ax.set_title(
-        f"ReLU vs tanh: {sp:.1f}x fewer epochs to 25%"
+        f"ReLU vs tanh ({init} init): {sp:.2f}x fewer epochs to 25%"
         if sp
-        else "ReLU vs tanh (threshold not reached by both)"
+        else f"ReLU vs tanh ({init} init): 25% not reached by both"
     )
     ax.grid(alpha=0.3)
     ax.legend()
