@@ -1,6 +1,7 @@
 import base64
 import io
 import json
+import os
 import re
 from pathlib import Path
 
@@ -151,12 +152,38 @@ def test_ablation_table_arithmetic():
     assert rows["without lrn"]["delta_top1"] == pytest.approx(3.0)
     assert rows["without lrn"]["delta_top5"] == pytest.approx(1.0)
     assert "+1.4" in rows["without lrn"]["paper"]
+    assert rows["without lrn"]["seed_deltas_top1"] == pytest.approx([3.0, 3.0])
+    assert rows["without lrn"]["sign_agrees"] == "yes"  # the paper: removing LRN hurts
+    results["lrn"][1]["top1"] = 0.31  # seed 1 now gains from removing it
+    assert E.ablation_table(results)[1]["sign_agrees"] == "mixed"
+    results["lrn"][0]["top1"] = 0.29
+    assert E.ablation_table(results)[1]["sign_agrees"] == "no"
+    results["dropout"] = [{"top1": 0.40, "top5": 0.1}]  # one seed is no verdict
+    assert E.ablation_table(results)[2]["sign_agrees"] == ""
+    results["relu"] = [{"top1": 0.5, "top5": 0.1}] * 2  # no final-error claim to agree with
+    assert E.ablation_table(results)[3]["sign_agrees"] == ""
+
+
+def _fake_ablation_training(monkeypatch, fake_train) -> None:
+    """Ablations with ``fake_train`` for training, on a stub prepared folder with a val split."""
+    import alexnet.data.dataset as D
+    import alexnet.engine.train as T
+
+    class Stub:
+        def __init__(self, root):
+            pass
+
+        def splits(self):
+            return ["train", "val"]
+
+    monkeypatch.setattr(T, "train", fake_train)
+    monkeypatch.setattr(D, "Prepared", Stub)
+    monkeypatch.setattr(E, "_resolve_data", lambda d: d)
 
 
 def test_ablation_is_seed_major_uses_the_last_epoch_and_keeps_a_partial_table(
     monkeypatch, tmp_path
 ):
-    import alexnet.engine.train as T
 
     made = []
     err = {"baseline": 0.30, "lrn": 0.32, "dropout": 0.35}
@@ -171,18 +198,7 @@ def test_ablation_is_seed_major_uses_the_last_epoch_and_keeps_a_partial_table(
                    "final_val_top1_error": err[variant] + seed / 100, "final_val_top5_error": 0.1}  # fmt: skip
         (run_dir / "summary.json").write_text(json.dumps(summary))
 
-    class Stub:  # a prepared directory with a val split
-        def __init__(self, root):
-            pass
-
-        def splits(self):
-            return ["train", "val"]
-
-    import alexnet.data.dataset as D
-
-    monkeypatch.setattr(T, "train", fake_train)
-    monkeypatch.setattr(D, "Prepared", Stub)
-    monkeypatch.setattr(E, "_resolve_data", lambda d: d)
+    _fake_ablation_training(monkeypatch, fake_train)
     with pytest.raises(KeyboardInterrupt):
         E.ablation(str(tmp_path), str(tmp_path / "ab"), ["lrn", "dropout"], "cifar10", seeds=2, progress=False)  # fmt: skip
     assert made == [("baseline", 0), ("lrn", 0), ("dropout", 0), ("baseline", 1)]
@@ -200,6 +216,80 @@ def test_ablation_is_seed_major_uses_the_last_epoch_and_keeps_a_partial_table(
     rows = {r["variant"]: r for r in report["rows"]}
     assert rows["without dropout"]["delta_top1"] == pytest.approx(35.5 - 30.5)
     assert "against the baseline's same seeds" in E.format_ablation(report)
+    md = (tmp_path / "ab" / "ablation.md").read_text()
+    assert "| without dropout | 35.50 ± 0.71 |" in md and "+5.00 (+5.00, +5.00)" in md
+    assert md.count("| yes |") == 2
+
+
+def test_a_diverged_variant_is_recorded_and_the_ablation_goes_on(monkeypatch, tmp_path, capsys):
+    import alexnet.engine.train as T
+
+    made = []
+
+    def fake_train(cfg, run_dir, resume, force, quiet):
+        variant, seed = run_dir.parent.name, int(run_dir.name[4:])
+        made.append((variant, seed))
+        run_dir.mkdir(parents=True)
+        if variant == "lrn" and seed == 0:
+            raise T.TrainingDiverged("loss became nan at epoch 2, step 7")
+        top1 = {"baseline": 0.30, "lrn": 0.33, "dropout": 0.35}[variant]
+        summary = {"final_val_top1_error": top1, "final_val_top5_error": 0.1}
+        (run_dir / "summary.json").write_text(json.dumps(summary))
+
+    _fake_ablation_training(monkeypatch, fake_train)
+    report = E.ablation(str(tmp_path), str(tmp_path / "ab"), ["lrn", "dropout"], "cifar10", seeds=2)  # fmt: skip
+    assert len(made) == 6  # every run after the diverged one still ran
+    assert (
+        "lrn, seed 0 diverged: loss became nan at epoch 2, step 7 (recorded in"
+        in capsys.readouterr().out
+    )
+    rows = {r["variant"]: r for r in report["rows"]}
+    assert rows["without lrn"]["n"] == 1 and rows["without lrn"]["diverged"] == 1
+    assert rows["without lrn"]["top1_error"] == pytest.approx(33.0)
+    assert rows["without lrn"]["delta_top1"] == pytest.approx(3.0)  # over the seed it has
+    assert "(1 diverged)" in E.format_ablation(report)
+    made.clear()
+    E.ablation(str(tmp_path), str(tmp_path / "ab"), ["lrn", "dropout"], "cifar10", seeds=2, progress=False)  # fmt: skip
+    why = json.loads((tmp_path / "ab" / "lrn" / "seed0" / "diverged.json").read_text())["why"]
+    assert why.startswith("loss became nan")
+    assert made == []  # a diverged run is a result: not retried on resume
+    results = {"baseline": [{"seed": 0, "top1": 0.3, "top5": 0.1}], "lrn": [{"seed": 0, "diverged": True}]}  # fmt: skip
+    report = {"rows": E.ablation_table(results), "seeds": 1, "preset": "p", "data": "d"}
+    assert report["rows"][1]["top1_error"] is None and report["rows"][1]["diverged"] == 1
+    assert "n/a" in E.format_ablation(report)
+    assert "| without lrn | n/a | n/a | n/a | n/a | 0 (+1 diverged) |" in E.ablation_markdown(
+        report
+    )
+
+
+def test_a_stopped_ablation_says_how_to_resume_and_resumes(monkeypatch, tmp_path, capsys):
+    import alexnet.engine.train as T
+
+    made = []
+
+    def fake_train(cfg, run_dir, resume, force, quiet):
+        made.append(run_dir.parent.name)
+        run_dir.mkdir(parents=True, exist_ok=True)
+        if run_dir.parent.name == "lrn" and len(made) == 2:
+            raise T.TrainingStopped("stopped by SIGTERM", T.EXIT_PREEMPTED)
+        summary = {"final_val_top1_error": 0.3, "final_val_top5_error": 0.1}
+        (run_dir / "summary.json").write_text(json.dumps(summary))
+
+    _fake_ablation_training(monkeypatch, fake_train)
+    args = ["experiment", "ablation", "--data", str(tmp_path), "--preset", "cifar10", "--ablate", "lrn", "--out", str(tmp_path / "ab")]  # fmt: skip
+    assert main(args) == T.EXIT_PREEMPTED
+    err = capsys.readouterr().err
+    assert "stopped by SIGTERM" in err and "rerun the same command to resume" in err
+    assert "Traceback" not in err
+    assert not (tmp_path / "ab" / "lrn" / "seed0" / "diverged.json").exists()  # not a result
+    assert main(args) == 0 and made == ["baseline", "lrn", "lrn"]  # the stopped run again
+
+    def diverges(*a, **k):
+        raise T.TrainingDiverged("loss became nan at epoch 1, step 3")
+
+    monkeypatch.setattr(E, "ablation", diverges)  # one escaping: no resume hint
+    assert main(args) == 1
+    assert "resume" not in capsys.readouterr().err
 
 
 def test_experiments_need_a_seed(capsys):
@@ -317,6 +407,27 @@ def test_ablation_runs_and_resumes(run, tmp_path, capsys):
     assert main(args) == 0
     assert (tmp_path / "ab" / "lrn" / "seed0" / "summary.json").stat().st_mtime_ns == stamp
     assert main([*args[:-2], "--ablate", "nonsense"]) == 2
+    capsys.readouterr()
+    # The recipe changed under a running experiment (an edited preset, another --set): refused.
+    assert main([*args, "--set", "optim.weight_decay=0.001"]) == 2
+    err = capsys.readouterr().err
+    assert "optim.weight_decay was 0.0005, now 0.001" in err and "another --out" in err
+    # How it runs may change (threads, workers, device), and so may the data path's spelling.
+    relative = os.path.relpath(run / "data")
+    same = [*args, "--set", "run.threads=1", "--set", "data.workers=1", "--set", "run.device=cpu"]
+    assert main([*same[:2], "--data", relative, *same[4:]]) == 0
+
+
+def test_an_ablation_resumes_where_the_data_shaped_the_model(run, tmp_path, capsys):
+    # The saved baseline config holds what the data decided (classes, channels, crop): a
+    # preset that leaves them to the data is not a changed recipe.
+    args = ["experiment", "ablation", "--data", str(run / "data"), "--out", str(tmp_path / "ab"),
+            "--ablate", "dropout", "--preset", "imagenet-paper", "--epochs", "1", "--limit", "32",
+            "--set", "model.width=0.125", "--set", "model.fc_width=32", "--set", "run.batch_size=16",
+            "--set", "data.workers=0", "--set", "run.precision=fp32", "--set", "model.variant=small", "--set", "data.crop=null",
+            "--set", "run.threads=2", "--set", "model.conv_impl=direct"]  # fmt: skip
+    assert main(args) == 0, capsys.readouterr().err
+    assert main(args) == 0, capsys.readouterr().err
 
 
 @pytest.mark.skipif(

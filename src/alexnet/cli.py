@@ -240,6 +240,26 @@ def cmd_visualize(args: argparse.Namespace) -> int:
 
 
 def cmd_experiment(args: argparse.Namespace) -> int:
+    import signal
+
+    from .engine.train import EXIT_INTERRUPTED, EXIT_PREEMPTED, TrainingStopped
+
+    # SIGTERM between runs stops like Ctrl-C (inside a run, training's own handler saves a
+    # checkpoint first); both leave every finished run in place.
+    signal.signal(signal.SIGTERM, signal.default_int_handler)
+    resume = "finished runs (and a cut run's checkpoint) are kept: rerun the same command to resume"
+    try:
+        return _experiment(args)
+    except TrainingStopped as stopped:
+        hint = f"; {resume}" if stopped.code in (EXIT_PREEMPTED, EXIT_INTERRUPTED) else ""
+        print(f"alexnet experiment: {stopped}{hint}", file=sys.stderr)
+        return stopped.code
+    except KeyboardInterrupt:
+        print(f"alexnet experiment: interrupted; {resume}", file=sys.stderr)
+        return EXIT_INTERRUPTED
+
+
+def _experiment(args: argparse.Namespace) -> int:
     from .apps import experiments as E
 
     if args.name == "relu-vs-tanh":

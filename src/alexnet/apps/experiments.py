@@ -23,7 +23,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from ..atomic import atomic_path, write_json
+from ..atomic import atomic_path, write_json, write_text
 
 # --------------------------------------------------------------------------------------
 # Figure 1
@@ -348,22 +348,25 @@ def _plot_relu_tanh(runs: list[dict[str, Any]], result: dict[str, Any], out: Pat
 # --------------------------------------------------------------------------------------
 # Ablations
 
-# name -> (config overrides, the paper's stated effect of removing it, in top-1 / top-5 points)
-ABLATIONS: dict[str, tuple[list[str], str]] = {
-    "lrn": (["model.norm=none"], "+1.4 / +1.2 (§3.3)"),
-    "overlap-pool": (["model.pooling=non-overlapping"], "+0.4 / +0.3 (§3.4)"),
-    "dropout": (["model.dropout=0.0"], "heavy overfitting (§4.2)"),
-    "pca": (["data.pca_std=0.0"], "over +1 top-1 (§4.1)"),
-    "flip": (["data.flip=false"], "— (§4.1)"),
+# name -> (overrides, the paper's effect, the sign of the change in test error the paper
+# reports for it: +1 removing it hurts, -1 it helps, None no final-error claim).
+ABLATIONS: dict[str, tuple[list[str], str, int | None]] = {
+    "lrn": (["model.norm=none"], "+1.4 / +1.2 (§3.3)", 1),
+    "overlap-pool": (["model.pooling=non-overlapping"], "+0.4 / +0.3 (§3.4)", 1),
+    "dropout": (["model.dropout=0.0"], "heavy overfitting (§4.2)", 1),
+    "pca": (["data.pca_std=0.0"], "over +1 top-1 (§4.1)", 1),
+    "flip": (["data.flip=false"], "— (§4.1)", None),
     "towers": (
         ["model.towers=1", "model.width=0.5"],
         "+1.7 / +1.2 one tower, half the kernels (§3.2)",
+        1,
     ),
-    "relu": (["model.activation=tanh"], "~6x slower to train (Figure 1)"),
-    "conv3": (["model.drop_conv=[conv3]"], "about +2 top-1 (§7)"),
-    "conv4": (["model.drop_conv=[conv4]"], "about +2 top-1 (§7)"),
-    "conv5": (["model.drop_conv=[conv5]"], "about +2 top-1 (§7)"),
-    "conv6": (["model.extra_conv6=true"], "adds a layer: 1 CNN* (§6)"),
+    "relu": (["model.activation=tanh"], "~6x slower to train (Figure 1)", None),
+    "conv3": (["model.drop_conv=[conv3]"], "about +2 top-1 (§7)", 1),
+    "conv4": (["model.drop_conv=[conv4]"], "about +2 top-1 (§7)", 1),
+    "conv5": (["model.drop_conv=[conv5]"], "about +2 top-1 (§7)", 1),
+    # §6's 1 CNN* was also pre-trained on all of ImageNet Fall 2011: no claim for the layer alone.
+    "conv6": (["model.extra_conv6=true"], "adds a layer: 1 CNN* (§6)", None),
 }
 
 
@@ -372,7 +375,7 @@ def ablation(
     overrides: list[str] | None = None, progress: bool = True,
 ) -> dict[str, Any]:  # fmt: skip
     from ..config import load_train_config
-    from ..engine.train import train
+    from ..engine.train import TrainingDiverged, train
 
     if seeds < 1:
         raise ValueError(f"ablation needs --seeds >= 1, got {seeds}")
@@ -390,9 +393,13 @@ def ablation(
 
     if "val" not in Prepared(data_dir).splits():
         raise ValueError(f"{data_dir} has no val split: ablations score each run on it")
-    views = load_train_config(preset, None, base).data.val_views
+    baseline_cfg = load_train_config(preset, None, base)
+    views = baseline_cfg.data.val_views
     metric = f"last epoch's validation error, {views_label(views, None, None)}"
     out_dir = Path(out)
+    _same_recipe(
+        out_dir / "baseline" / "seed0" / "config.yaml", baseline_cfg, Prepared(data_dir), preset
+    )
     variants = ["baseline", *ablate]
 
     def finished() -> dict[str, list[dict[str, Any]]]:
@@ -402,7 +409,9 @@ def ablation(
         for variant in variants:
             for seed in range(seeds):
                 f = out_dir / variant / f"seed{seed}" / "summary.json"
-                if f.is_file():
+                if (f.parent / DIVERGED).is_file():
+                    results[variant].append({"seed": seed, "diverged": True})
+                elif f.is_file():
                     s = json.loads(f.read_text())
                     top1, top5 = s.get("final_val_top1_error"), s.get("final_val_top5_error")
                     if top1 is None:
@@ -420,7 +429,14 @@ def ablation(
         with atomic_path(out_dir / "ablation.csv") as tmp, open(tmp, "w", newline="") as f:
             w = csv.DictWriter(f, fieldnames=list(table[0]))
             w.writeheader()
-            w.writerows(table)
+            for row in table:
+                w.writerow(
+                    {
+                        **{k: round(v, 4) if isinstance(v, float) else v for k, v in row.items()},
+                        "seed_deltas_top1": " ".join(f"{d:+.2f}" for d in row["seed_deltas_top1"]),
+                    }
+                )
+        write_text(out_dir / "ablation.md", ablation_markdown(report))
         return report
 
     # Seed-major: every variant's first seed before any second one, so an experiment run
@@ -429,7 +445,7 @@ def ablation(
     for seed in range(seeds):
         for variant in variants:
             run_dir = out_dir / variant / f"seed{seed}"
-            if (run_dir / "summary.json").is_file():
+            if (run_dir / "summary.json").is_file() or (run_dir / DIVERGED).is_file():
                 continue
             if progress:
                 print(f"ablation: {variant}, seed {seed} -> {run_dir}", flush=True)
@@ -437,10 +453,90 @@ def ablation(
             cfg = load_train_config(preset, None, [*base, *extra, f"run.seed={seed}"])
             # Resume a run cut short; one killed before its first checkpoint starts over.
             ckpt = (run_dir / "checkpoint.pt").is_file()
-            train(cfg, run_dir, resume=ckpt, force=not ckpt, quiet=True)
+            try:
+                train(cfg, run_dir, resume=ckpt, force=not ckpt, quiet=True)
+            except TrainingDiverged as err:
+                # A variant that cannot train is a result, not a reason to stop the rest.
+                write_json(run_dir / DIVERGED, {"variant": variant, "seed": seed, "why": str(err)})
+                if progress:
+                    first = str(err).split(";")[0].split(" (")[0]
+                    print(
+                        f"ablation: {variant}, seed {seed} diverged: {first} "
+                        f"(recorded in {run_dir / DIVERGED}); going on",
+                        flush=True,
+                    )
             if finished()["baseline"]:
                 write(finished())
     return write(finished())
+
+
+DIVERGED = "diverged.json"  # in a run directory: the run's loss became NaN/inf
+
+
+# Settings that change how a run executes, not what it computes: a resumed experiment may
+# use other ones (fewer threads, another device).
+_EXECUTION_ONLY = frozenset({
+    "run.device", "run.threads", "run.compile", "run.channels_last", "run.log_every",
+    "run.checkpoint_every", "run.tower_devices", "data.workers", "data.decode",
+    "model.conv_impl", "run.seed",
+})  # fmt: skip
+
+
+def _same_recipe(saved: Path, now: Any, data: Any, preset: str) -> None:
+    """Refuse to continue an ablation whose baseline recipe has changed since it started
+    (an edited preset, other --set values): its rows would compare different recipes.
+    Both sides are compared as training saw them: model settings resolved and shaped by
+    the data (classes, channels, crop), execution-only settings ignored."""
+    import dataclasses
+
+    from ..config import ConfigError, TrainConfig, from_dict, load_yaml, saved_model_config, to_dict
+    from ..engine.train import configure_model_from_data
+
+    if not saved.is_file():
+        return
+    try:
+        raw = load_yaml(saved)
+        raw["model"] = saved_model_config(raw.get("model") or {})
+        then_cfg = from_dict(TrainConfig, raw)
+    except ConfigError as err:
+        raise ValueError(
+            f"{saved}: cannot read this ablation's baseline config to check the recipe "
+            f"({err}); start a new ablation with another --out"
+        ) from None
+
+    def flat(cfg: TrainConfig) -> dict[str, Any]:
+        cfg = dataclasses.replace(cfg, model=cfg.model.resolved())
+        return _flat(to_dict(cfg))
+
+    then = flat(then_cfg)
+    current = flat(configure_model_from_data(now, data, lambda msg: None))
+    # The same folder however it is spelled; a saved relative path that does not lead
+    # anywhere from here (another working directory) cannot be checked and passes.
+    p_then, p_now = Path(then["data.path"]), Path(current["data.path"])
+    if not p_then.exists() or (p_now.exists() and p_then.samefile(p_now)):
+        then["data.path"] = current["data.path"]
+    changed = [
+        f"{k} was {then.get(k)!r}, now {current.get(k)!r}"
+        for k in sorted(set(then) | set(current))
+        if k not in _EXECUTION_ONLY and then.get(k) != current.get(k)
+    ]
+    if changed:
+        more = f" and {len(changed) - 6} more" if len(changed) > 6 else ""
+        raise ValueError(
+            f"this ablation's baseline ({saved}) was trained with another recipe than preset "
+            f"{preset!r} with these settings gives ({'; '.join(changed[:6])}{more}); continue "
+            "it with --set for the old values, or start a new one with another --out"
+        )
+
+
+def _flat(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for k, v in d.items():
+        if isinstance(v, dict):
+            out.update(_flat(v, f"{prefix}{k}."))
+        else:
+            out[f"{prefix}{k}"] = v
+    return out
 
 
 def _mean_std(values: list[float]) -> tuple[float, float]:
@@ -458,22 +554,38 @@ def ablation_table(results: dict[str, list[dict[str, Any]]]) -> list[dict[str, A
     the seeds both have (a table written part-way compares like with like)."""
 
     def by_seed(rs: list[dict[str, Any]]) -> dict[int, dict[str, Any]]:
-        return {r.get("seed", i): r for i, r in enumerate(rs)}
+        # Diverged runs have no error to average; each row counts them separately.
+        return {r.get("seed", i): r for i, r in enumerate(rs) if not r.get("diverged")}
 
     base = by_seed(results.get("baseline") or [])
 
+    def deltas(rs: list[dict[str, Any]], key: str) -> list[float]:
+        return [100 * (r[key] - base[s][key]) for s, r in by_seed(rs).items() if s in base]
+
     def delta(rs: list[dict[str, Any]], key: str) -> float | None:
-        common = [(r, base[s]) for s, r in by_seed(rs).items() if s in base]
-        if not common:
-            return None
-        return statistics.mean(100 * (r[key] - b[key]) for r, b in common)
+        d = deltas(rs, key)
+        return statistics.mean(d) if d else None
+
+    def agrees(variant: str, rs: list[dict[str, Any]]) -> str:
+        """yes/no when every seed's top-1 difference has/lacks the paper's sign, else mixed;
+        blank below two seeds paired with the baseline."""
+        sign = None if variant == "baseline" else ABLATIONS[variant][2]
+        d = deltas(rs, "top1")
+        if sign is None or len(d) < 2:  # one seed is no verdict
+            return ""
+        if all(sign * v > 0 for v in d):
+            return "yes"
+        if all(sign * v < 0 for v in d):
+            return "no"
+        return "mixed"
 
     rows = []
     for variant, rs in results.items():
         if not rs:
             continue
-        m1, s1 = _mean_std([100 * r["top1"] for r in rs])
-        m5, s5 = _mean_std([100 * r["top5"] for r in rs])
+        done = list(by_seed(rs).values())
+        m1, s1 = _mean_std([100 * r["top1"] for r in done]) if done else (None, None)
+        m5, s5 = _mean_std([100 * r["top5"] for r in done]) if done else (None, None)
         rows.append(
             {
                 "variant": _label(variant),
@@ -483,11 +595,50 @@ def ablation_table(results: dict[str, list[dict[str, Any]]]) -> list[dict[str, A
                 "top5_std": s5,
                 "delta_top1": delta(rs, "top1"),
                 "delta_top5": delta(rs, "top5"),
-                "n": len(rs),
+                "n": len(done),
+                "diverged": len(rs) - len(done),
+                "seed_deltas_top1": deltas(rs, "top1") if variant != "baseline" else [],
                 "paper": "" if variant == "baseline" else ABLATIONS[variant][1],
+                "sign_agrees": agrees(variant, rs),
             }
         )
     return rows
+
+
+def ablation_markdown(report: dict[str, Any]) -> str:
+    """The table as Markdown (``ablation.md``), ready for a README."""
+
+    def num(v: float | None, signed: bool = False) -> str:
+        return "n/a" if v is None else (f"{v:+.2f}" if signed else f"{v:.2f}")
+
+    def err(mean: float | None, std: float | None, n: int) -> str:
+        return num(mean) + (f" ± {std:.2f}" if n > 1 and std is not None else "")
+
+    lines = [
+        "| variant | top-1 error % | top-5 error % | Δ top-1 (per seed) | Δ top-5 | seeds | "
+        "the paper (removing it, on ImageNet) | same sign as the paper |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for r in report["rows"]:
+        per_seed = ", ".join(f"{d:+.2f}" for d in r.get("seed_deltas_top1") or [])
+        d1 = "" if r["variant"] == "baseline" else num(r["delta_top1"], True)
+        d1 += f" ({per_seed})" if len(r.get("seed_deltas_top1") or []) > 1 else ""
+        d5 = "" if r["variant"] == "baseline" else num(r["delta_top5"], True)
+        n = f"{r['n']}" + (f" (+{r['diverged']} diverged)" if r.get("diverged") else "")
+        lines.append(
+            f"| {r['variant']} | {err(r['top1_error'], r['top1_std'], r['n'])} | "
+            f"{err(r['top5_error'], r['top5_std'], r['n'])} | {d1} | {d5} | {n} | {r['paper']} | "
+            f"{r.get('sign_agrees', '')} |"
+        )
+    lines += [
+        "",
+        f"{report.get('metric', 'validation error')}; preset {report['preset']}, data "
+        f"{report['data']}; seeds: finished of {report['seeds']}; Δ: against the baseline's "
+        "same seeds; same sign: every seed's top-1 difference has the sign of the paper's "
+        "effect (yes), none has (no), or some do (mixed); blank below two seeds.",
+        "",
+    ]
+    return "\n".join(lines)
 
 
 def format_ablation(report: dict[str, Any]) -> str:
@@ -498,13 +649,20 @@ def format_ablation(report: dict[str, Any]) -> str:
     def signed(v: float | None) -> str:
         return f"{'n/a':>8}" if v is None else f"{v:>+8.2f}"
 
+    def error(mean: float | None, std: float | None) -> str:
+        return f"{'n/a':>16}" if mean is None else f"{mean:>8.2f} ± {std:<5.2f}"
+
     for r in report["rows"]:
+        gone = f" ({r['diverged']} diverged)" if r.get("diverged") else ""
+        paper = f"  {r['paper']}" if r["paper"] else ""
         lines.append(
-            f"{r['variant']:<24} {r['top1_error']:>8.2f} ± {r['top1_std']:<5.2f} {r['top5_error']:>8.2f} ± {r['top5_std']:<5.2f} "
-            f"{signed(r['delta_top1'])} {signed(r['delta_top5'])} {r['n']:>2}  {r['paper']}"
+            f"{r['variant']:<24} {error(r['top1_error'], r['top1_std'])} {error(r['top5_error'], r['top5_std'])} "
+            f"{signed(r['delta_top1'])} {signed(r['delta_top5'])} {r['n']:>2}{paper}{gone}"
+            + (f" [same sign: {r['sign_agrees']}]" if r.get("sign_agrees") else "")
         )
     lines.append(
-        f"n: seeds finished of {report['seeds']}; Δ: against the baseline's same seeds; "
+        f"n: seeds finished of {report['seeds']}, diverged runs not counted; "
+        "Δ: against the baseline's same seeds; "
         f"{report.get('metric', 'validation error')}; "
         f"preset {report['preset']}, data {report['data']}"
     )

@@ -62,6 +62,13 @@ class TrainingStopped(Exception):
         self.code = code
 
 
+class TrainingDiverged(TrainingStopped):
+    """The loss became NaN or infinite; the last checkpoint is from before it did."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message, 1)
+
+
 # --------------------------------------------------------------------------------------
 # Setup helpers
 
@@ -289,7 +296,7 @@ def train_one_epoch(
             (loss_sum, hits1, hits5, images), stopping = sync_sums(sums, asked)
             if not math.isfinite(loss_sum):  # a non-finite loss makes the sum so
                 unread = progress.batch - synced - 1  # steps before this one, not yet read
-                raise TrainingStopped(_nonfinite(loss_sum, progress, unread, ctx), 1)
+                raise TrainingDiverged(_nonfinite(loss_sum, progress, unread, ctx))
             progress.loss_sum += loss_sum
             progress.top1_sum += hits1
             progress.top5_sum += hits5
