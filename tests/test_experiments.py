@@ -210,6 +210,8 @@ def test_ablation_is_seed_major_uses_the_last_epoch_and_keeps_a_partial_table(
     # Part-way, a variant is compared with the baseline's same seeds only.
     assert partial["without dropout"]["delta_top1"] == pytest.approx(35.0 - 30.0)
     made.clear()
+    table = E.ablation(str(tmp_path), str(tmp_path / "ab"), ["lrn", "dropout"], "cifar10", seeds=2, table_only=True)  # fmt: skip
+    assert made == [] and [r["n"] for r in table["rows"]] == [2, 1, 1]  # the table, no training
     report = E.ablation(str(tmp_path), str(tmp_path / "ab"), ["lrn", "dropout"], "cifar10", seeds=2, progress=False)  # fmt: skip
     assert made == [("lrn", 1), ("dropout", 1)]  # resumed where it stopped
     assert all(r["n"] == 2 for r in report["rows"])

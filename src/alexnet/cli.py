@@ -288,6 +288,7 @@ def _experiment(args: argparse.Namespace) -> int:
             args.seeds,
             args.epochs,
             overrides,
+            table_only=args.table_only,
         )
         print(E.format_ablation(r))
         print(f"results: {args.out or 'runs/ablation'}/ablation.json")
@@ -670,6 +671,12 @@ def build_parser() -> argparse.ArgumentParser:
         "--ablate",
         default=None,
         help="ablation: comma-separated, e.g. lrn,overlap-pool,dropout,pca,towers",
+    )
+    p.add_argument(
+        "--table-only",
+        action="store_true",
+        help="ablation: train nothing, rewrite the table (ablation.json/.csv/.md) from the "
+        "runs finished so far",
     )
     p.add_argument("--preset", default=None, help="ablation: training preset (default from --data)")
     _add_set(p, "ablation: config override for every run")

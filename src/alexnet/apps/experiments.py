@@ -372,8 +372,10 @@ ABLATIONS: dict[str, tuple[list[str], str, int | None]] = {
 
 def ablation(
     data: str, out: str, ablate: list[str], preset: str | None = None, seeds: int = 1, epochs: int | None = None,
-    overrides: list[str] | None = None, progress: bool = True,
+    overrides: list[str] | None = None, progress: bool = True, table_only: bool = False,
 ) -> dict[str, Any]:  # fmt: skip
+    """Train the baseline and each ablated variant for every seed (skipping finished runs)
+    and write the table; ``table_only`` writes the table of the runs finished so far."""
     from ..config import load_train_config
     from ..engine.train import TrainingDiverged, train
 
@@ -442,6 +444,10 @@ def ablation(
     # Seed-major: every variant's first seed before any second one, so an experiment run
     # in pieces has a complete (if noisier) table early. The table is rewritten after
     # every run, with each row's n.
+    if table_only:
+        if not finished()["baseline"]:
+            raise ValueError(f"{out_dir}: no finished baseline run yet, so no table to write")
+        return write(finished())
     for seed in range(seeds):
         for variant in variants:
             run_dir = out_dir / variant / f"seed{seed}"
