@@ -3,6 +3,7 @@ import io
 import json
 import os
 import re
+import signal
 from pathlib import Path
 
 import pytest
@@ -265,6 +266,7 @@ def test_a_diverged_variant_is_recorded_and_the_ablation_goes_on(monkeypatch, tm
 
 
 def test_a_stopped_ablation_says_how_to_resume_and_resumes(monkeypatch, tmp_path, capsys):
+    before = signal.getsignal(signal.SIGTERM)
     import alexnet.engine.train as T
 
     made = []
@@ -285,6 +287,15 @@ def test_a_stopped_ablation_says_how_to_resume_and_resumes(monkeypatch, tmp_path
     assert "Traceback" not in err
     assert not (tmp_path / "ab" / "lrn" / "seed0" / "diverged.json").exists()  # not a result
     assert main(args) == 0 and made == ["baseline", "lrn", "lrn"]  # the stopped run again
+
+    def terminated(*a, **k):  # SIGTERM outside a run (no training handler): still clean
+        os.kill(os.getpid(), signal.SIGTERM)
+
+    monkeypatch.setattr(E, "ablation", terminated)
+    assert main(args) == T.EXIT_INTERRUPTED
+    err = capsys.readouterr().err
+    assert "interrupted; finished runs" in err and "rerun the same command to resume" in err
+    assert signal.getsignal(signal.SIGTERM) == before  # restored
 
     def diverges(*a, **k):
         raise T.TrainingDiverged("loss became nan at epoch 1, step 3")

@@ -246,7 +246,7 @@ def cmd_experiment(args: argparse.Namespace) -> int:
 
     # SIGTERM between runs stops like Ctrl-C (inside a run, training's own handler saves a
     # checkpoint first); both leave every finished run in place.
-    signal.signal(signal.SIGTERM, signal.default_int_handler)
+    previous = signal.signal(signal.SIGTERM, signal.default_int_handler)
     resume = "finished runs (and a cut run's checkpoint) are kept: rerun the same command to resume"
     try:
         return _experiment(args)
@@ -257,6 +257,8 @@ def cmd_experiment(args: argparse.Namespace) -> int:
     except KeyboardInterrupt:
         print(f"alexnet experiment: interrupted; {resume}", file=sys.stderr)
         return EXIT_INTERRUPTED
+    finally:
+        signal.signal(signal.SIGTERM, previous)
 
 
 def _experiment(args: argparse.Namespace) -> int:
