@@ -3,6 +3,7 @@ import io
 import json
 import os
 import re
+import shutil
 import signal
 from pathlib import Path
 
@@ -224,6 +225,40 @@ def test_ablation_is_seed_major_uses_the_last_epoch_and_keeps_a_partial_table(
     assert md.count("| yes |") == 2
 
 
+def test_ablation_seeds_run_apart_and_gather_into_one_table(monkeypatch, tmp_path):
+    made = []
+
+    def fake_train(cfg, run_dir, resume, force, quiet):
+        variant, seed = run_dir.parent.name, int(run_dir.name[4:])
+        assert cfg.run.seed == seed
+        made.append((run_dir.parent.parent.name, variant, seed))
+        run_dir.mkdir(parents=True)
+        top1 = {"baseline": 0.30, "lrn": 0.33}[variant] + seed / 100
+        summary = {"final_val_top1_error": top1, "final_val_top5_error": 0.1}
+        (run_dir / "summary.json").write_text(json.dumps(summary))
+
+    _fake_ablation_training(monkeypatch, fake_train)
+    # Two machines, one seed each: the second runs only seed 1.
+    E.ablation(str(tmp_path), str(tmp_path / "m0"), ["lrn"], "cifar10", seeds=1, progress=False)  # fmt: skip
+    one = E.ablation(str(tmp_path), str(tmp_path / "m1"), ["lrn"], "cifar10", seeds=1, first_seed=1, progress=False)  # fmt: skip
+    assert made == [
+        ("m0", "baseline", 0),
+        ("m0", "lrn", 0),
+        ("m1", "baseline", 1),
+        ("m1", "lrn", 1),
+    ]
+    assert one["seed_ids"] == [1] and [r["n"] for r in one["rows"]] == [1, 1]
+    assert "finished of the 1 asked for (1)" in (tmp_path / "m1" / "ablation.md").read_text()
+    for variant in ("baseline", "lrn"):  # gathered by copying the seed folders
+        shutil.copytree(tmp_path / "m1" / variant / "seed1", tmp_path / "m0" / variant / "seed1")
+    made.clear()
+    both = E.ablation(str(tmp_path), str(tmp_path / "m0"), ["lrn"], "cifar10", seeds=2, table_only=True)  # fmt: skip
+    assert made == [] and [r["n"] for r in both["rows"]] == [2, 2]
+    assert both["rows"][1]["seed_deltas_top1"] == pytest.approx([3.0, 3.0])
+    with pytest.raises(ValueError, match="--first-seed"):
+        E.ablation(str(tmp_path), str(tmp_path / "m2"), ["lrn"], "cifar10", first_seed=-1)
+
+
 def test_a_diverged_variant_is_recorded_and_the_ablation_goes_on(monkeypatch, tmp_path, capsys):
     import alexnet.engine.train as T
 
@@ -309,6 +344,9 @@ def test_experiments_need_a_seed(capsys):
     with pytest.raises(SystemExit) as e:
         main(["experiment", "relu-vs-tanh", "--data", "cifar10", "--seeds", "0"])
     assert e.value.code == 2 and "--seeds" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as e:
+        main(["experiment", "ablation", "--data", "cifar10", "--first-seed", "-1"])
+    assert e.value.code == 2 and "--first-seed: must be >= 0" in capsys.readouterr().err
     with pytest.raises(ValueError, match="at least one seed"):
         E.relu_vs_tanh("cifar10", "unused", seeds=(), progress=False)
 
@@ -429,6 +467,22 @@ def test_ablation_runs_and_resumes(run, tmp_path, capsys):
     relative = os.path.relpath(run / "data")
     same = [*args, "--set", "run.threads=1", "--set", "data.workers=1", "--set", "run.device=cpu"]
     assert main([*same[:2], "--data", relative, *same[4:]]) == 0
+    # Folders gathered from elsewhere are checked too: every seed, every variant.
+    import yaml
+
+    ab = tmp_path / "ab"
+    shutil.copytree(ab / "baseline" / "seed0", ab / "baseline" / "seed1")
+    cfg = yaml.safe_load((ab / "baseline" / "seed1" / "config.yaml").read_text())
+    cfg["optim"]["weight_decay"] = 0.002
+    (ab / "baseline" / "seed1" / "config.yaml").write_text(yaml.safe_dump(cfg))
+    assert main([*args, "--seeds", "2", "--table-only"]) == 2
+    err = capsys.readouterr().err
+    assert "baseline/seed1/config.yaml" in err and "weight_decay was 0.002" in err
+    shutil.rmtree(ab / "baseline" / "seed1")
+    shutil.rmtree(ab / "dropout" / "seed0")
+    shutil.copytree(ab / "lrn" / "seed0", ab / "dropout" / "seed0")  # the wrong variant's run
+    assert main([*args, "--table-only"]) == 2
+    assert "dropout/seed0/config.yaml" in capsys.readouterr().err
 
 
 def test_an_ablation_resumes_where_the_data_shaped_the_model(run, tmp_path, capsys):

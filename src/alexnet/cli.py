@@ -269,7 +269,8 @@ def _experiment(args: argparse.Namespace) -> int:
             tuple(float(v) for v in args.lrs.split(",")) if args.lrs else (0.001, 0.003, 0.01, 0.03)
         )
         r = E.relu_vs_tanh(args.data, args.out or "runs/relu-vs-tanh", epochs=args.epochs or 10, lrs=lrs,
-                           seeds=tuple(range(args.seeds)), limit=args.limit, init=args.init)  # fmt: skip
+                           seeds=tuple(range(args.first_seed, args.first_seed + args.seeds)),
+                           limit=args.limit, init=args.init)  # fmt: skip
         print(E.format_relu_tanh(r))
         print(
             f"results: {args.out or 'runs/relu-vs-tanh'}/relu_vs_tanh.json, figure: {r['figure'][0]}"
@@ -291,6 +292,7 @@ def _experiment(args: argparse.Namespace) -> int:
             args.epochs,
             overrides,
             table_only=args.table_only,
+            first_seed=args.first_seed,
         )
         print(E.format_ablation(r))
         print(f"results: {args.out or 'runs/ablation'}/ablation.json")
@@ -432,11 +434,22 @@ def _size(text: str) -> int | str:
     return _positive_int(text)
 
 
-def _positive_int(text: str) -> int:
-    value = int(text)
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be >= 1, got {value}")
+def _int_at_least(lowest: int, text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be an integer >= {lowest}, got {text!r}") from None
+    if value < lowest:
+        raise argparse.ArgumentTypeError(f"must be >= {lowest}, got {value}")
     return value
+
+
+def _positive_int(text: str) -> int:
+    return _int_at_least(1, text)
+
+
+def _nonnegative_int(text: str) -> int:
+    return _int_at_least(0, text)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -659,8 +672,16 @@ def build_parser() -> argparse.ArgumentParser:
         "--seeds",
         type=_positive_int,
         default=1,
-        help="seeds 0..N-1: relu-vs-tanh sweeps lrs on seed 0 and repeats the best lr on the "
-        "others; ablation runs every variant on each",
+        help="seeds 0..N-1 (or from --first-seed): relu-vs-tanh sweeps lrs on the first seed "
+        "and repeats the best lr on the others; ablation runs every variant on each",
+    )
+    p.add_argument(
+        "--first-seed",
+        type=_nonnegative_int,
+        default=0,
+        help="the first seed (default 0); ablation: --first-seed 1 --seeds 1 runs only seed 1, "
+        "e.g. one machine per seed, then gather the seedK folders in one --out and "
+        "--table-only --seeds N; relu-vs-tanh: the lr sweep runs on this seed",
     )
     p.add_argument("--lrs", default=None, help="relu-vs-tanh: comma-separated learning-rate sweep")
     p.add_argument(

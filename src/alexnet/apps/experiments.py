@@ -373,14 +373,20 @@ ABLATIONS: dict[str, tuple[list[str], str, int | None]] = {
 def ablation(
     data: str, out: str, ablate: list[str], preset: str | None = None, seeds: int = 1, epochs: int | None = None,
     overrides: list[str] | None = None, progress: bool = True, table_only: bool = False,
+    first_seed: int = 0,
 ) -> dict[str, Any]:  # fmt: skip
-    """Train the baseline and each ablated variant for every seed (skipping finished runs)
-    and write the table; ``table_only`` writes the table of the runs finished so far."""
+    """Train the baseline and each ablated variant for seeds ``first_seed`` ..
+    ``first_seed + seeds - 1`` (skipping finished runs) and write the table; ``table_only``
+    writes the table of the runs finished so far. Each run lives in ``out/VARIANT/seedK``,
+    so seeds run on different machines can be gathered in one ``out`` afterwards."""
     from ..config import load_train_config
     from ..engine.train import TrainingDiverged, train
 
     if seeds < 1:
         raise ValueError(f"ablation needs --seeds >= 1, got {seeds}")
+    if first_seed < 0:
+        raise ValueError(f"ablation needs --first-seed >= 0, got {first_seed}")
+    seed_ids = range(first_seed, first_seed + seeds)
     unknown = [a for a in ablate if a not in ABLATIONS]
     if unknown:
         raise ValueError(f"unknown ablation {unknown[0]!r}; choose from {sorted(ABLATIONS)}")
@@ -399,17 +405,24 @@ def ablation(
     views = baseline_cfg.data.val_views
     metric = f"last epoch's validation error, {views_label(views, None, None)}"
     out_dir = Path(out)
-    _same_recipe(
-        out_dir / "baseline" / "seed0" / "config.yaml", baseline_cfg, Prepared(data_dir), preset
-    )
     variants = ["baseline", *ablate]
+    # Every run already started or finished (some may have been gathered from other
+    # machines) must have been trained with the recipe its row claims.
+    for variant in variants:
+        extra = [] if variant == "baseline" else ABLATIONS[variant][0]
+        expected = None
+        for seed in seed_ids:
+            saved = out_dir / variant / f"seed{seed}" / "config.yaml"
+            if saved.is_file():
+                expected = expected or load_train_config(preset, None, [*base, *extra])
+                _same_recipe(saved, expected, Prepared(data_dir), preset)
 
     def finished() -> dict[str, list[dict[str, Any]]]:
         # The last epoch's error, not the best epoch's: the val split may be the test set
         # (CIFAR-10), and picking epochs on it would flatter every variant.
         results: dict[str, list[dict[str, Any]]] = {v: [] for v in variants}
         for variant in variants:
-            for seed in range(seeds):
+            for seed in seed_ids:
                 f = out_dir / variant / f"seed{seed}" / "summary.json"
                 if (f.parent / DIVERGED).is_file():
                     results[variant].append({"seed": seed, "diverged": True})
@@ -425,8 +438,8 @@ def ablation(
 
     def write(results: dict[str, list[dict[str, Any]]]) -> dict[str, Any]:
         table = ablation_table(results)
-        report = {"data": data_dir, "preset": preset, "seeds": seeds, "epochs": epochs,
-                  "metric": metric, "rows": table}  # fmt: skip
+        report = {"data": data_dir, "preset": preset, "seeds": seeds, "seed_ids": list(seed_ids),
+                  "epochs": epochs, "metric": metric, "rows": table}  # fmt: skip
         write_json(out_dir / "ablation.json", report)
         with atomic_path(out_dir / "ablation.csv") as tmp, open(tmp, "w", newline="") as f:
             w = csv.DictWriter(f, fieldnames=list(table[0]))
@@ -448,7 +461,7 @@ def ablation(
         if not finished()["baseline"]:
             raise ValueError(f"{out_dir}: no finished baseline run yet, so no table to write")
         return write(finished())
-    for seed in range(seeds):
+    for seed in seed_ids:
         for variant in variants:
             run_dir = out_dir / variant / f"seed{seed}"
             if (run_dir / "summary.json").is_file() or (run_dir / DIVERGED).is_file():
@@ -489,8 +502,9 @@ _EXECUTION_ONLY = frozenset({
 
 
 def _same_recipe(saved: Path, now: Any, data: Any, preset: str) -> None:
-    """Refuse to continue an ablation whose baseline recipe has changed since it started
-    (an edited preset, other --set values): its rows would compare different recipes.
+    """Refuse a run of an ablation whose recipe differs from what its variant gives now (an
+    edited preset, other --set values, a folder gathered from another experiment): its rows
+    would compare different recipes.
     Both sides are compared as training saw them: model settings resolved and shaped by
     the data (classes, channels, crop), execution-only settings ignored."""
     import dataclasses
@@ -506,7 +520,7 @@ def _same_recipe(saved: Path, now: Any, data: Any, preset: str) -> None:
         then_cfg = from_dict(TrainConfig, raw)
     except ConfigError as err:
         raise ValueError(
-            f"{saved}: cannot read this ablation's baseline config to check the recipe "
+            f"{saved}: cannot read this run's config to check the recipe "
             f"({err}); start a new ablation with another --out"
         ) from None
 
@@ -529,9 +543,9 @@ def _same_recipe(saved: Path, now: Any, data: Any, preset: str) -> None:
     if changed:
         more = f" and {len(changed) - 6} more" if len(changed) > 6 else ""
         raise ValueError(
-            f"this ablation's baseline ({saved}) was trained with another recipe than preset "
-            f"{preset!r} with these settings gives ({'; '.join(changed[:6])}{more}); continue "
-            "it with --set for the old values, or start a new one with another --out"
+            f"{saved} was trained with another recipe than preset {preset!r} with these "
+            f"settings gives its variant ({'; '.join(changed[:6])}{more}); continue the "
+            "ablation with --set for the old values, or start a new one with another --out"
         )
 
 
@@ -639,12 +653,17 @@ def ablation_markdown(report: dict[str, Any]) -> str:
     lines += [
         "",
         f"{report.get('metric', 'validation error')}; preset {report['preset']}, data "
-        f"{report['data']}; seeds: finished of {report['seeds']}; Δ: against the baseline's "
+        f"{report['data']}; seeds: how many finished of the {report['seeds']} asked for{_seed_ids(report)}; Δ: against the baseline's "
         "same seeds; same sign: every seed's top-1 difference has the sign of the paper's "
         "effect (yes), none has (no), or some do (mixed); blank below two seeds.",
         "",
     ]
     return "\n".join(lines)
+
+
+def _seed_ids(report: dict[str, Any]) -> str:
+    ids = report.get("seed_ids")
+    return f" ({', '.join(str(i) for i in ids)})" if ids else ""  # asked for, not finished
 
 
 def format_ablation(report: dict[str, Any]) -> str:
@@ -667,7 +686,7 @@ def format_ablation(report: dict[str, Any]) -> str:
             + (f" [same sign: {r['sign_agrees']}]" if r.get("sign_agrees") else "")
         )
     lines.append(
-        f"n: seeds finished of {report['seeds']}, diverged runs not counted; "
+        f"n: seeds finished of the {report['seeds']} asked for{_seed_ids(report)}, diverged runs not counted; "
         "Δ: against the baseline's same seeds; "
         f"{report.get('metric', 'validation error')}; "
         f"preset {report['preset']}, data {report['data']}"
