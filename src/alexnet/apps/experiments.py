@@ -399,7 +399,8 @@ def ablation(
     from ..data.dataset import Prepared
     from ..data.transforms import views_label
 
-    if "val" not in Prepared(data_dir).splits():
+    prepared = Prepared(data_dir)
+    if "val" not in prepared.splits():
         raise ValueError(f"{data_dir} has no val split: ablations score each run on it")
     baseline_cfg = load_train_config(preset, None, base)
     views = baseline_cfg.data.val_views
@@ -410,12 +411,11 @@ def ablation(
     # machines) must have been trained with the recipe its row claims.
     for variant in variants:
         extra = [] if variant == "baseline" else ABLATIONS[variant][0]
-        expected = None
-        for seed in seed_ids:
-            saved = out_dir / variant / f"seed{seed}" / "config.yaml"
-            if saved.is_file():
-                expected = expected or load_train_config(preset, None, [*base, *extra])
-                _same_recipe(saved, expected, Prepared(data_dir), preset)
+        saved = [out_dir / variant / f"seed{seed}" / "config.yaml" for seed in seed_ids]
+        saved = [f for f in saved if f.is_file()]
+        expected = load_train_config(preset, None, [*base, *extra]) if saved else None
+        for f in saved:
+            _same_recipe(f, expected, prepared, preset)
 
     def finished() -> dict[str, list[dict[str, Any]]]:
         # The last epoch's error, not the best epoch's: the val split may be the test set
