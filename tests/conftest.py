@@ -5,10 +5,15 @@ from pathlib import Path
 import pytest
 import torch
 
+from alexnet import hardware
+
 torch.set_num_threads(min(2, os.cpu_count() or 1))
 # `model.conv_impl: auto` decides by the cost model alone in tests (no timing probe, no
 # machine-dependent choice); the probe has its own tests. Subprocesses inherit this.
 os.environ["ALEXNET_FOURIER_PROBE"] = "0"
+# A suite run under ATEN_CPU_CAPABILITY (imitating an older CPU) compiles into its own
+# kernel cache, so it cannot leave kernels that crash a later run without it.
+hardware.separate_compile_cache()
 
 ROOT = Path(__file__).resolve().parents[1]
 SHARED = ROOT.parent / "shared"

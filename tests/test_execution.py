@@ -34,6 +34,8 @@ GRAVITON = "processor\t: 0\nBogoMIPS\t: 2100.00\nFeatures\t: fp asimd sve bf16 i
     ],
 )
 def test_cpu_model_and_native_bf16_from_cpuinfo(monkeypatch, text, model, bf16):
+    monkeypatch.delenv("ONEDNN_MAX_CPU_ISA", raising=False)  # the suite may run under a cap
+    monkeypatch.delenv("DNNL_MAX_CPU_ISA", raising=False)
     monkeypatch.setattr(hardware, "_cpuinfo", lambda: hardware.parse_cpuinfo(text))
     assert hardware.cpu_bf16() == bf16
     if model:
@@ -42,6 +44,40 @@ def test_cpu_model_and_native_bf16_from_cpuinfo(monkeypatch, text, model, bf16):
     # avx512_bf16 as a substring of another flag must not count.
     monkeypatch.setattr(hardware, "_cpuinfo", lambda: {"flags": "avx512_bf16x avx2"})
     assert hardware.cpu_bf16() is None
+
+
+@pytest.mark.parametrize(
+    "cap, bf16",
+    [("avx2", None), ("AVX512_CORE", None), ("AVX512_CORE_AMX", "amx_bf16"), ("", "amx_bf16")],
+)
+def test_a_onednn_isa_cap_below_bf16_makes_bf16_emulated(monkeypatch, cap, bf16):
+    """ONEDNN_MAX_CPU_ISA=AVX2 on an AMX Xeon runs bf16 as an AVX2-only CPU would (emulated):
+    auto must then choose fp32 and say why."""
+    monkeypatch.setattr(hardware, "_cpuinfo", lambda: hardware.parse_cpuinfo(XEON_AMX))
+    monkeypatch.delenv("DNNL_MAX_CPU_ISA", raising=False)
+    monkeypatch.setenv("ONEDNN_MAX_CPU_ISA", cap)
+    assert hardware.cpu_bf16() == bf16
+    auto = execution.resolve_precision("auto", torch.device("cpu"))
+    assert auto.name == ("bf16" if bf16 else "fp32")
+    if bf16 is None:
+        assert f"ONEDNN_MAX_CPU_ISA={cap.upper()}" in auto.reason
+        assert "amx_bf16 left out by" in hardware.cpu_bf16_label()
+        assert "emulated" in execution.available_precisions(torch.device("cpu"))["bf16"]
+    else:
+        assert hardware.cpu_bf16_label() == "amx_bf16"
+
+
+def test_a_cpu_capability_cap_compiles_into_its_own_cache(monkeypatch):
+    monkeypatch.delenv("TORCHINDUCTOR_CACHE_DIR", raising=False)
+    monkeypatch.delenv("ATEN_CPU_CAPABILITY", raising=False)
+    assert hardware.separate_compile_cache() is None
+    assert "TORCHINDUCTOR_CACHE_DIR" not in os.environ  # no cap: torch's default cache
+    monkeypatch.setenv("ATEN_CPU_CAPABILITY", "AVX2")
+    path = hardware.separate_compile_cache()
+    assert path and path.endswith("-avx2") and os.environ["TORCHINDUCTOR_CACHE_DIR"] == path
+    monkeypatch.setenv("TORCHINDUCTOR_CACHE_DIR", "/chosen")  # the user's choice stands
+    assert hardware.separate_compile_cache() is None
+    assert os.environ["TORCHINDUCTOR_CACHE_DIR"] == "/chosen"
 
 
 @pytest.mark.parametrize(

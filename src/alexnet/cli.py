@@ -794,9 +794,10 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     # Before torch loads: huge pages and a heap that keeps freed activations mapped, so
     # CPU steps do not re-fault ~1.4 GB of fresh pages each time (alexnet/allocator.py).
-    from . import allocator
+    from . import allocator, hardware
 
     allocator.configure()
+    hardware.separate_compile_cache()
     parser = build_parser()
     args = parser.parse_args(argv)
     if not getattr(args, "func", None):

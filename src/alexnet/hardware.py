@@ -10,6 +10,8 @@ from __future__ import annotations
 import functools
 import os
 import platform
+import re
+import tempfile
 from pathlib import Path
 
 import torch
@@ -18,6 +20,12 @@ import torch
 # dot products; ARM: the BF16 extension). Without them oneDNN emulates bf16 through fp32,
 # which measured ~10x slower than fp32 itself on an AVX2-only CPU.
 _BF16_FLAGS = ("amx_bf16", "avx512_bf16", "bf16")
+# oneDNN's ISA caps (x86 names) below its first bf16 dot-product ISA, AVX512_CORE_BF16:
+# with ONEDNN_MAX_CPU_ISA set to one of these, bf16 is emulated even on a CPU that has it
+# (the way to run as an AVX2-only machine would, or to step around a kernel bug).
+_ONEDNN_CAPS_WITHOUT_BF16 = frozenset(
+    {"SSE41", "AVX", "AVX2", "AVX2_VNNI", "AVX2_VNNI_2", "AVX512_CORE", "AVX512_CORE_VNNI"}
+)
 # PyTorch's thread count before anything here changes it (physical cores, or
 # OMP_NUM_THREADS when set).
 TORCH_DEFAULT_THREADS = torch.get_num_threads()
@@ -62,10 +70,37 @@ def cpu_flags() -> str:
     return info.get("flags") or info.get("Features") or ""
 
 
-def cpu_bf16() -> str | None:
-    """The feature that gives this CPU native bf16 arithmetic, or None (emulated)."""
+def cpu_bf16_feature() -> str | None:
+    """The CPU feature for native bf16 arithmetic, whether or not oneDNN may use it."""
     flags = set(cpu_flags().split())
     return next((f for f in _BF16_FLAGS if f in flags), None)
+
+
+def onednn_isa_cap() -> str | None:
+    """The ISA oneDNN is capped at (``ONEDNN_MAX_CPU_ISA`` or its old name), upper case."""
+    value = os.environ.get("ONEDNN_MAX_CPU_ISA") or os.environ.get("DNNL_MAX_CPU_ISA") or ""
+    return value.strip().upper() or None
+
+
+def bf16_capped_by() -> str | None:
+    """``ONEDNN_MAX_CPU_ISA=<cap>`` where that cap turns this CPU's native bf16 off, else None."""
+    cap = onednn_isa_cap()
+    if cpu_bf16_feature() and cap in _ONEDNN_CAPS_WITHOUT_BF16:
+        return f"ONEDNN_MAX_CPU_ISA={cap}"
+    return None
+
+
+def cpu_bf16() -> str | None:
+    """The feature that gives this CPU native bf16 arithmetic, or None (emulated: no such
+    feature, or oneDNN capped below it)."""
+    return None if bf16_capped_by() else cpu_bf16_feature()
+
+
+def cpu_bf16_label() -> str:
+    """cpu_bf16 for records: the feature, or why bf16 is emulated."""
+    if capped := bf16_capped_by():
+        return f"none (emulated: {cpu_bf16_feature()} left out by {capped})"
+    return cpu_bf16() or "none (emulated)"
 
 
 def available_cores() -> int:
@@ -99,3 +134,21 @@ def resolve_workers(requested: int | str, accelerator: bool = False) -> int:
     if isinstance(requested, bool) or not isinstance(requested, int) or requested < 0:
         raise ValueError(f"loader workers must be 'auto' or an integer >= 0, got {requested!r}")
     return requested
+
+
+def separate_compile_cache() -> str | None:
+    """Under ``ATEN_CPU_CAPABILITY``, give torch.compile's kernel cache a folder of its own.
+
+    torch 2.14.1 caches compiled CPU kernels without that setting in their key: kernels
+    built under ``ATEN_CPU_CAPABILITY=avx2`` crashed (SIGSEGV) a later run without it that
+    shared the default cache. Returns the folder set, or None (no capability set, or
+    ``TORCHINDUCTOR_CACHE_DIR`` already chosen). Call before anything compiles.
+    """
+    cap = re.sub(r"[^a-z0-9_]", "", os.environ.get("ATEN_CPU_CAPABILITY", "").strip().lower())
+    if not cap or os.environ.get("TORCHINDUCTOR_CACHE_DIR"):
+        return None
+    path = os.path.join(
+        tempfile.gettempdir(), f"torchinductor-alexnet-{getattr(os, 'getuid', lambda: 0)()}-{cap}"
+    )
+    os.environ["TORCHINDUCTOR_CACHE_DIR"] = path
+    return path

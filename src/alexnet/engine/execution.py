@@ -95,7 +95,11 @@ def resolve_precision(
         native = hardware.cpu_bf16()
         if native:
             return Precision("bf16", requested, f"auto: the CPU has native bf16 ({native})")
-        return Precision("fp32", requested, "auto: the CPU has no native bf16 (emulated is slow)")
+        capped = hardware.bf16_capped_by()
+        why = f" for oneDNN here, {capped}" if capped else ""
+        return Precision(
+            "fp32", requested, f"auto: the CPU has no native bf16{why} (emulated is slow)"
+        )
     available = available_precisions(device)
     if requested not in _DTYPES:
         raise ConfigError(
@@ -134,7 +138,7 @@ def _device_facts(device: torch.device) -> dict[str, Any]:
         if device.type == "cuda"
         else hardware.cpu_model(),
         "cores_available": hardware.available_cores(),
-        "cpu_bf16": hardware.cpu_bf16() or "none (emulated)",
+        "cpu_bf16": hardware.cpu_bf16_label(),
         "cpu_capability": torch.backends.cpu.get_cpu_capability(),
     }
 
@@ -243,7 +247,7 @@ def machine_info() -> dict[str, Any]:
         "cores": hardware.available_cores(),
         "threads": torch.get_num_threads(),
         "cpu_capability": torch.backends.cpu.get_cpu_capability(),
-        "cpu_bf16": hardware.cpu_bf16() or "none (emulated)",
+        "cpu_bf16": hardware.cpu_bf16_label(),
         "torch": str(torch.__version__),
         "python": platform.python_version(),
         "cuda": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
