@@ -54,6 +54,7 @@ def test_a_onednn_isa_cap_below_bf16_makes_bf16_emulated(monkeypatch, cap, bf16)
     """ONEDNN_MAX_CPU_ISA=AVX2 on an AMX Xeon runs bf16 as an AVX2-only CPU would (emulated):
     auto must then choose fp32 and say why."""
     monkeypatch.setattr(hardware, "_cpuinfo", lambda: hardware.parse_cpuinfo(XEON_AMX))
+    monkeypatch.setattr(hardware.platform, "machine", lambda: "x86_64")
     monkeypatch.delenv("DNNL_MAX_CPU_ISA", raising=False)
     monkeypatch.setenv("ONEDNN_MAX_CPU_ISA", cap)
     assert hardware.cpu_bf16() == bf16
@@ -67,12 +68,33 @@ def test_a_onednn_isa_cap_below_bf16_makes_bf16_emulated(monkeypatch, cap, bf16)
         assert hardware.cpu_bf16_label() == "amx_bf16"
 
 
+def test_onednn_caps_by_either_name_on_x86_only(monkeypatch):
+    monkeypatch.setattr(hardware, "_cpuinfo", lambda: hardware.parse_cpuinfo(XEON_AMX))
+    monkeypatch.setattr(hardware.platform, "machine", lambda: "x86_64")
+    monkeypatch.delenv("ONEDNN_MAX_CPU_ISA", raising=False)
+    monkeypatch.setenv("DNNL_MAX_CPU_ISA", "avx512_core")  # the old name
+    assert hardware.bf16_capped_by() == "DNNL_MAX_CPU_ISA=AVX512_CORE"
+    monkeypatch.setenv("ONEDNN_MAX_CPU_ISA", "AVX2_VNNI_2")  # bf16 with avx_ne_convert only
+    assert hardware.bf16_capped_by() == "ONEDNN_MAX_CPU_ISA=AVX2_VNNI_2"
+    flags = "avx2 avx512_bf16 amx_bf16 avx_ne_convert"
+    monkeypatch.setattr(hardware, "_cpuinfo", lambda: {"flags": flags})
+    assert hardware.bf16_capped_by() is None and hardware.cpu_bf16() == "amx_bf16"
+    monkeypatch.setattr(hardware, "_cpuinfo", lambda: hardware.parse_cpuinfo(GRAVITON))
+    monkeypatch.setattr(hardware.platform, "machine", lambda: "aarch64")
+    monkeypatch.setenv("ONEDNN_MAX_CPU_ISA", "AVX2")  # an x86 name means nothing on ARM
+    assert hardware.cpu_bf16() == "bf16"
+
+
 def test_a_cpu_capability_cap_compiles_into_its_own_cache(monkeypatch):
-    monkeypatch.delenv("TORCHINDUCTOR_CACHE_DIR", raising=False)
+    # setenv first, so that undo restores the variable whatever separate_compile_cache wrote.
+    monkeypatch.setenv("TORCHINDUCTOR_CACHE_DIR", "placeholder")
+    monkeypatch.delenv("TORCHINDUCTOR_CACHE_DIR")
     monkeypatch.delenv("ATEN_CPU_CAPABILITY", raising=False)
     assert hardware.separate_compile_cache() is None
     assert "TORCHINDUCTOR_CACHE_DIR" not in os.environ  # no cap: torch's default cache
-    monkeypatch.setenv("ATEN_CPU_CAPABILITY", "AVX2")
+    monkeypatch.setenv("ATEN_CPU_CAPABILITY", "avx2")
+    # Named by what ATen actually runs (read once at startup, so patched here).
+    monkeypatch.setattr(torch.backends.cpu, "get_cpu_capability", lambda: "AVX2")
     path = hardware.separate_compile_cache()
     assert path and path.endswith("-avx2") and os.environ["TORCHINDUCTOR_CACHE_DIR"] == path
     monkeypatch.setenv("TORCHINDUCTOR_CACHE_DIR", "/chosen")  # the user's choice stands

@@ -10,7 +10,6 @@ from __future__ import annotations
 import functools
 import os
 import platform
-import re
 import tempfile
 from pathlib import Path
 
@@ -20,12 +19,14 @@ import torch
 # dot products; ARM: the BF16 extension). Without them oneDNN emulates bf16 through fp32,
 # which measured ~10x slower than fp32 itself on an AVX2-only CPU.
 _BF16_FLAGS = ("amx_bf16", "avx512_bf16", "bf16")
-# oneDNN's ISA caps (x86 names) below its first bf16 dot-product ISA, AVX512_CORE_BF16:
-# with ONEDNN_MAX_CPU_ISA set to one of these, bf16 is emulated even on a CPU that has it
-# (the way to run as an AVX2-only machine would, or to step around a kernel bug).
+# oneDNN's ISA caps (x86 names) below its bf16 ISAs: with ONEDNN_MAX_CPU_ISA set to one of
+# these, bf16 is emulated even on a CPU that has it (the way to run as an AVX2-only machine
+# would, or to step around a kernel bug). AVX2_VNNI_2 has bf16 where the CPU has
+# avx_ne_convert (see bf16_capped_by).
 _ONEDNN_CAPS_WITHOUT_BF16 = frozenset(
-    {"SSE41", "AVX", "AVX2", "AVX2_VNNI", "AVX2_VNNI_2", "AVX512_CORE", "AVX512_CORE_VNNI"}
+    {"SSE41", "AVX", "AVX2", "AVX2_VNNI", "AVX512_CORE", "AVX512_CORE_VNNI"}
 )
+_X86 = frozenset({"x86_64", "amd64", "i386", "i686"})
 # PyTorch's thread count before anything here changes it (physical cores, or
 # OMP_NUM_THREADS when set).
 TORCH_DEFAULT_THREADS = torch.get_num_threads()
@@ -77,16 +78,24 @@ def cpu_bf16_feature() -> str | None:
 
 
 def onednn_isa_cap() -> str | None:
-    """The ISA oneDNN is capped at (``ONEDNN_MAX_CPU_ISA`` or its old name), upper case."""
-    value = os.environ.get("ONEDNN_MAX_CPU_ISA") or os.environ.get("DNNL_MAX_CPU_ISA") or ""
-    return value.strip().upper() or None
+    """``NAME=VALUE`` of the variable capping oneDNN's ISA (``ONEDNN_MAX_CPU_ISA``, or its
+    old name ``DNNL_MAX_CPU_ISA``), value upper-cased as oneDNN compares it; None if unset."""
+    for name in ("ONEDNN_MAX_CPU_ISA", "DNNL_MAX_CPU_ISA"):
+        if value := os.environ.get(name):
+            return f"{name}={value.upper()}"
+    return None
 
 
 def bf16_capped_by() -> str | None:
-    """``ONEDNN_MAX_CPU_ISA=<cap>`` where that cap turns this CPU's native bf16 off, else None."""
+    """The oneDNN ISA cap (``NAME=VALUE``) that turns this x86 CPU's native bf16 off, else None."""
     cap = onednn_isa_cap()
-    if cpu_bf16_feature() and cap in _ONEDNN_CAPS_WITHOUT_BF16:
-        return f"ONEDNN_MAX_CPU_ISA={cap}"
+    if not cap or not cpu_bf16_feature() or platform.machine().lower() not in _X86:
+        return None
+    isa = cap.partition("=")[2]
+    if isa in _ONEDNN_CAPS_WITHOUT_BF16 or (
+        isa == "AVX2_VNNI_2" and "avx_ne_convert" not in cpu_flags().split()
+    ):
+        return cap
     return None
 
 
@@ -98,9 +107,11 @@ def cpu_bf16() -> str | None:
 
 def cpu_bf16_label() -> str:
     """cpu_bf16 for records: the feature, or why bf16 is emulated."""
+    if native := cpu_bf16():
+        return native
     if capped := bf16_capped_by():
         return f"none (emulated: {cpu_bf16_feature()} left out by {capped})"
-    return cpu_bf16() or "none (emulated)"
+    return "none (emulated)"
 
 
 def available_cores() -> int:
@@ -144,9 +155,10 @@ def separate_compile_cache() -> str | None:
     shared the default cache. Returns the folder set, or None (no capability set, or
     ``TORCHINDUCTOR_CACHE_DIR`` already chosen). Call before anything compiles.
     """
-    cap = re.sub(r"[^a-z0-9_]", "", os.environ.get("ATEN_CPU_CAPABILITY", "").strip().lower())
-    if not cap or os.environ.get("TORCHINDUCTOR_CACHE_DIR"):
+    if not os.environ.get("ATEN_CPU_CAPABILITY") or os.environ.get("TORCHINDUCTOR_CACHE_DIR"):
         return None
+    # Named by what ATen runs (an invalid value runs the CPU's best, and says so here).
+    cap = torch.backends.cpu.get_cpu_capability().lower()
     path = os.path.join(
         tempfile.gettempdir(), f"torchinductor-alexnet-{getattr(os, 'getuid', lambda: 0)()}-{cap}"
     )

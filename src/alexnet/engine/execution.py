@@ -95,11 +95,12 @@ def resolve_precision(
         native = hardware.cpu_bf16()
         if native:
             return Precision("bf16", requested, f"auto: the CPU has native bf16 ({native})")
-        capped = hardware.bf16_capped_by()
-        why = f" for oneDNN here, {capped}" if capped else ""
-        return Precision(
-            "fp32", requested, f"auto: the CPU has no native bf16{why} (emulated is slow)"
-        )
+        if capped := hardware.bf16_capped_by():
+            feature = hardware.cpu_bf16_feature()
+            why = f"no native bf16 for oneDNN: {capped} leaves out the CPU's {feature}"
+        else:
+            why = "the CPU has no native bf16"
+        return Precision("fp32", requested, f"auto: {why} (emulated is slow)")
     available = available_precisions(device)
     if requested not in _DTYPES:
         raise ConfigError(

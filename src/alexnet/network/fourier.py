@@ -60,7 +60,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from ..atomic import write_json
-from ..hardware import cpu_flags, cpu_model
+from ..hardware import cpu_flags, cpu_model, onednn_isa_cap
 from .native import _cache_dir
 
 _MATS: dict[tuple[int, ...], tuple[Tensor, ...]] = {}
@@ -273,6 +273,7 @@ def _machine() -> dict[str, Any]:
             cpu=cpu_model(),
             cpu_flags=hashlib.sha256(cpu_flags().encode()).hexdigest()[:16],
             cpu_capability=torch.backends.cpu.get_cpu_capability(),
+            onednn_isa_cap=onednn_isa_cap() or "",
             torch=str(torch.__version__),
             # This file's code: a change to either path's speed invalidates old probes.
             code=hashlib.sha256(Path(__file__).read_bytes()).hexdigest()[:16],
