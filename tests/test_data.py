@@ -490,6 +490,53 @@ def test_padded_crops_of_small_jpeg_images(tmp_path):
     assert set(raw["ys"].tolist() + raw["xs"].tolist()) - set(range(1, 8))
 
 
+def test_cutout_zeroes_a_square_clipped_at_the_borders():
+    x = torch.ones(3, 8, 8, 2)
+    # centres (row, col): the middle, the top-left corner, the bottom-right pixel
+    centres = torch.tensor([[0.5, 0.5], [0.0, 0.0], [0.99, 0.99]])
+    out = T.cutout(x.clone(), centres, 4)
+    zero = out[..., 0] == 0
+    assert zero[0].nonzero().min(0).values.tolist() == [2, 2]
+    assert zero[0].sum() == 16  # a whole 4x4 square around (4, 4): rows/cols 2..5
+    assert zero[1].sum() == 4 and bool(zero[1, :2, :2].all())  # clipped to 2x2
+    assert zero[2].sum() == 9 and bool(zero[2, 5:, 5:].all())  # centre (7, 7): rows 5..7
+    assert torch.equal(out[..., 0], out[..., 1])  # every channel of a pixel
+    assert torch.equal(T.cutout(x.clone(), centres, 0), x)
+
+
+def test_cutout_in_training_batches_and_no_draws_without_it(tmp_path):
+    make_folder_dataset(tmp_path / "img", classes=2, per_class=6, size=(32, 32))
+    prepare(str(tmp_path / "img"), tmp_path / "out", size=32, workers=1, progress=False)
+    data = Prepared(tmp_path / "out")
+    loaders = {}
+    for cut in (0, 16):
+        spec = LoaderSpec(train=True, pad=4, pca_std=0.0, cutout=cut)
+        loaders[cut] = make_loader(
+            data, "train", spec, 4, torch.device("cpu"), data.preprocessing(32), workers=0
+        )
+        loaders[cut].sampler.set_epoch(0)
+    plain, cut = (next(loaders[c].batches())["inputs"] for c in (0, 16))
+    raw = next(iter(loaders[16].loader))
+    # Crops, flips and order are the same draws with and without cutout.
+    assert torch.equal(raw["ys"], next(iter(loaders[0].loader))["ys"])
+    assert not raw["cuts"].eq(0).all()
+    assert not next(iter(loaders[0].loader))["cuts"].any()
+    expected = T.to_nchw(T.cutout(plain.permute(0, 2, 3, 1).clone(), raw["cuts"], 16))
+    assert torch.equal(cut, expected)
+    assert bool((cut == 0).any()) and not torch.equal(cut, plain)
+
+
+def test_cutout_is_validated():
+    from alexnet.config import ConfigError, DataConfig
+
+    with pytest.raises(ConfigError, match=r"data\.cutout must be >= 0"):
+        DataConfig(cutout=-1)
+    with pytest.raises(ConfigError, match=r"data\.cutout=40 is larger than the crop"):
+        DataConfig(cutout=40, crop=32)
+    with pytest.raises(ConfigError, match=r"data\.crop must be >= 1"):
+        DataConfig(cutout=1, crop=0)
+
+
 # ---------------------------------------------------------------- interruption
 
 

@@ -34,6 +34,10 @@ def _cl(t: torch.Tensor) -> torch.Tensor:
         ((3, 10, 5, 5), 2, 4, 0.6),  # even window: asymmetric, as in PyTorch
         ((2, 7, 3, 3), 1, 3, 0.75),
         ((2, 6, 1, 1), 3, 1, 0.5),
+        # Many rows: the kernel's blocks of rows back to back (plus a remainder), here with
+        # an even window and towers; and rows wider than a block.
+        ((3, 10, 13, 17), 2, 4, 0.6),
+        ((1, 1100, 3, 3), 2, 5, 0.75),
     ],
 )
 def test_native_lrn_matches_float64_reference(shape, groups, size, beta):
@@ -69,6 +73,29 @@ def test_native_lrn_same_bits_for_any_thread_count(dtype):
     finally:
         torch.set_num_threads(threads)
     assert torch.equal(out[0][0], out[1][0]) and torch.equal(out[0][1], out[1][1])
+
+
+@needs_native
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_native_lrn_blocks_of_rows_give_the_bits_of_single_rows(dtype):
+    # The kernel runs several pixels' rows back to back as one wide row; one pixel alone
+    # takes its single-row path. Same arithmetic, so the same bits, even window included.
+    torch.manual_seed(0)
+    x = _cl(torch.randn(2, 96, 5, 7) * 10).to(dtype)
+    g = _cl(torch.randn(2, 96, 5, 7)).to(dtype)
+
+    def run(xs, gs):
+        xs = xs.detach().requires_grad_()
+        y = local_response_norm(xs, 4, 0.05, 0.75, 2.0, groups=2)
+        assert "Native" in type(y.grad_fn).__name__
+        return y, torch.autograd.grad(y, xs, gs)[0]
+
+    y, gx = run(x, g)
+    for i in range(5):
+        for j in range(7):
+            cut = (slice(None), slice(None), slice(i, i + 1), slice(j, j + 1))
+            y1, gx1 = run(_cl(x[cut]), _cl(g[cut]))
+            assert torch.equal(_bits(y1), _bits(y[cut])) and torch.equal(_bits(gx1), _bits(gx[cut]))
 
 
 def _bits(t: torch.Tensor) -> torch.Tensor:

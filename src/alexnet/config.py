@@ -270,6 +270,10 @@ class DataConfig:
     flip: bool = True
     pca_std: float = 0.1  # §4.1 alpha_i ~ N(0, 0.1); 0 turns PCA colour noise off
     pad: int = 0  # small images: zero padding before the random crop
+    # Cutout (DeVries & Taylor 2017; not in the paper): side in pixels of a square set to
+    # the mean in every training crop, centred anywhere in it and clipped at its borders.
+    # 0 = off.
+    cutout: int = 0
     normalize: Literal["mean_image", "torchvision"] = "mean_image"
     # Multiplies (pixels - mean image), 0..255 units. The paper feeds raw differences (1.0).
     input_scale: float = 1.0
@@ -291,10 +295,16 @@ class DataConfig:
             raise ConfigError(f"data.pca_std must be >= 0, got {self.pca_std}")
         if self.pad < 0:
             raise ConfigError(f"data.pad must be >= 0, got {self.pad}")
+        if self.cutout < 0:
+            raise ConfigError(f"data.cutout must be >= 0 (0 = off), got {self.cutout}")
         if self.workers != "auto" and self.workers < 0:
             raise ConfigError(f"data.workers must be >= 0, got {self.workers}")
         if self.crop is not None and self.crop < 1:
             raise ConfigError(f"data.crop must be >= 1, got {self.crop}")
+        if self.crop is not None and self.cutout > self.crop:
+            raise ConfigError(
+                f"data.cutout={self.cutout} is larger than the crop (data.crop={self.crop})"
+            )
         if self.limit_train < 0:
             raise ConfigError(f"data.limit_train must be >= 0, got {self.limit_train}")
 

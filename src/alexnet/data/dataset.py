@@ -177,6 +177,9 @@ class BatchPlan:
     xs: np.ndarray  # crop left offsets
     flips: np.ndarray  # bool
     alphas: np.ndarray  # (B, 3) float32, PCA coefficients ~ N(0, pca_std)
+    # (B, 2) float32 in [0, 1): cutout centres (row, column) as fractions of the crop side;
+    # zeros when cutout is off (then nothing is drawn for them).
+    cuts: np.ndarray
 
 
 class EpochSampler:
@@ -202,6 +205,7 @@ class EpochSampler:
         crop_range: tuple[int, int] = (0, 0),
         flip: bool = False,
         pca_std: float = 0.0,
+        cutout: bool = False,
     ) -> None:
         if batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, got {batch_size}")
@@ -210,6 +214,7 @@ class EpochSampler:
         self.n, self.batch_size, self.seed, self.shuffle = n, batch_size, seed, shuffle
         self.drop_last, self.rank, self.world_size = drop_last, rank, world_size
         self.crop_range, self.flip, self.pca_std = crop_range, flip, pca_std
+        self.cutout = cutout
         self.epoch, self.start_batch = 0, 0
         self.subset: np.ndarray | None = None  # dataset indices in use (see limit)
 
@@ -243,11 +248,17 @@ class EpochSampler:
         xs = g.integers(0, self.crop_range[1] + 1, self.n)
         flips = g.random(self.n) < 0.5 if self.flip else np.zeros(self.n, dtype=bool)
         alphas = (g.standard_normal((self.n, 3)) * self.pca_std).astype(np.float32)
+        # Drawn last, and only when used: runs without cutout keep every earlier draw.
+        cuts = (
+            g.random((self.n, 2), dtype=np.float32)
+            if self.cutout
+            else np.zeros((self.n, 2), np.float32)
+        )
         pos = np.arange(self.rank, self.n, self.world_size)[: self._per_rank()]
         batches = []
         for b in range(len(self)):
             p = pos[b * self.batch_size : (b + 1) * self.batch_size]
-            batches.append(BatchPlan(order[p], ys[p], xs[p], flips[p], alphas[p]))
+            batches.append(BatchPlan(order[p], ys[p], xs[p], flips[p], alphas[p], cuts[p]))
         return batches[self.start_batch :]
 
     def __iter__(self) -> Iterator[BatchPlan]:
@@ -279,6 +290,7 @@ class JpegBatches(torch.utils.data.Dataset):
             "xs": torch.from_numpy(plan.xs),
             "flips": torch.from_numpy(plan.flips),
             "alphas": torch.from_numpy(plan.alphas),
+            "cuts": torch.from_numpy(plan.cuts),
         }
 
     def __getitem__(self, plan: BatchPlan) -> dict[str, Any]:  # type: ignore[override]
@@ -333,6 +345,7 @@ class LoaderSpec:
     flip: bool = True
     pca_std: float = 0.1  # §4.1; 0 disables PCA noise
     pad: int = 0  # small images: zero padding before the random crop
+    cutout: int = 0  # training: side of the square set to the mean (0 = off)
     views: str = "center"  # evaluation: "center" | "ten-crop"
 
 
@@ -370,6 +383,8 @@ class DeviceLoader:
         self.ensemble = [InputTransform(p, device, dtype) for p in ensemble or []]
         if self.ensemble and spec.train:
             raise ValueError("per-model preprocessing is for evaluation only")
+        if spec.train and (spec.cutout > 0) != sampler.cutout:
+            raise ValueError("spec.cutout needs a sampler that draws cutout centres (cutout=True)")
         crop = prep.crop
         if crop > min(h, w) + 2 * spec.pad:
             raise DataError(
@@ -421,6 +436,7 @@ class DeviceLoader:
                 "xs": torch.from_numpy(plan.xs),
                 "flips": torch.from_numpy(plan.flips),
                 "alphas": torch.from_numpy(plan.alphas),
+                "cuts": torch.from_numpy(plan.cuts),
             }
 
     def _decode_on_device(self, b: dict[str, Any]) -> dict[str, Any]:
@@ -468,6 +484,7 @@ class DeviceLoader:
         return self.transform.train(
             b["images"], b["ys"], b["xs"], b["flips"], b["alphas"], spec.pca_std, spec.pad,
             cropped=self.array_images is None and not spec.pad,
+            cutout=spec.cutout, cuts=b["cuts"],
         )  # fmt: skip
 
     def batches(self) -> Iterator[dict[str, Tensor]]:
@@ -521,7 +538,7 @@ def make_loader(
         crop_range = (h + 2 * spec.pad - prep.crop, w + 2 * spec.pad - prep.crop)
         sampler = EpochSampler(
             n, batch_size, seed=seed, shuffle=True, drop_last=True, rank=rank, world_size=world_size,
-            crop_range=crop_range, flip=spec.flip, pca_std=spec.pca_std,
+            crop_range=crop_range, flip=spec.flip, pca_std=spec.pca_std, cutout=spec.cutout > 0,
         )  # fmt: skip
     else:
         sampler = EpochSampler(

@@ -289,12 +289,14 @@ class InputTransform:
 
     def train(
         self, x: Tensor, ys: Tensor, xs: Tensor, flips: Tensor, alphas: Tensor, pca_std: float,
-        pad: int = 0, cropped: bool = True,
+        pad: int = 0, cropped: bool = True, cutout: int = 0, cuts: Tensor | None = None,
     ) -> Tensor:  # fmt: skip
         """§4.1 training inputs. ``cropped``: x holds the random crops already (JPEG workers
         cut and mirror them); else x holds whole images and the crop (after zero padding by
         ``pad``: small images) is cut here. PCA colour noise is added in 0..255 units
-        before normalising, so it has the paper's strength whatever the normalisation."""
+        before normalising, so it has the paper's strength whatever the normalisation.
+        ``cutout`` > 0: a square of that side, centred at ``cuts`` (fractions of the crop
+        side), is set to 0 (the mean) in each crop."""
         prep, dt = self.prep, self.dtype
         x = x.to(self.device, non_blocking=True)
         offset = None
@@ -316,8 +318,11 @@ class InputTransform:
                 offset,
                 self.mean_flipped,  # type: ignore[arg-type]
             )
-            return T.to_nchw(T.finish(out, self._scale()))
-        out = T.finish(self._subtract(x), self._scale(), offset)
-        if not cropped:
-            out = T.pad_crop(out, ys, xs, flips, pad, prep.crop)
+            out = T.finish(out, self._scale())
+        else:
+            out = T.finish(self._subtract(x), self._scale(), offset)
+            if not cropped:
+                out = T.pad_crop(out, ys, xs, flips, pad, prep.crop)
+        if cutout and cuts is not None:
+            out = T.cutout(out, cuts.to(self.device), cutout)
         return T.to_nchw(out)

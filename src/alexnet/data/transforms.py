@@ -158,3 +158,18 @@ def pad_crop(
     if pad:
         x = torch.nn.functional.pad(x, (0, 0, pad, pad, pad, pad))
     return crop_batch(x, ys, xs, flips, size)
+
+
+def cutout(x: Tensor, centres: Tensor, size: int) -> Tensor:
+    """Cutout (DeVries & Taylor 2017) on a mean-subtracted (N, H, W, C) batch: a size x size
+    square of each sample set to 0, i.e. to the mean. ``centres``: (N, 2) fractions in
+    [0, 1) of H and W; squares clipped by the borders stay smaller, as in the original."""
+    n, h, w, _ = x.shape
+    cy = (centres[:, 0] * h).long().clamp_(max=h - 1).view(n, 1)
+    cx = (centres[:, 1] * w).long().clamp_(max=w - 1).view(n, 1)
+    top, left = cy - size // 2, cx - size // 2
+    rows = torch.arange(h, device=x.device).view(1, h)
+    cols = torch.arange(w, device=x.device).view(1, w)
+    inside_y = (rows >= top) & (rows < top + size)  # (N, H)
+    inside_x = (cols >= left) & (cols < left + size)  # (N, W)
+    return x.masked_fill_((inside_y.view(n, h, 1) & inside_x.view(n, 1, w)).unsqueeze(-1), 0.0)

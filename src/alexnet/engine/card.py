@@ -155,6 +155,7 @@ def render_card(card: dict[str, Any], weights: str) -> str:
                 else ""
             )
             + (f", padding {dcfg.get('pad')}" if dcfg.get("pad") else "")
+            + (f", cutout {dcfg.get('cutout')} px" if dcfg.get("cutout") else "")
             + ".",
         ]
     else:

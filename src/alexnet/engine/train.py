@@ -87,6 +87,12 @@ def configure_model_from_data(cfg: TrainConfig, data: Prepared, log: Any) -> Tra
     if changes:
         log(f"from the data: model {', '.join(f'{k}={v}' for k, v in changes.items())}")
     model_cfg = dataclasses.replace(cfg.model, **{"input_size": crop, **changes})
+    if cfg.data.cutout > crop:
+        raise ConfigError(
+            f"data.cutout={cfg.data.cutout} is larger than the {crop} px crop"
+            + ("" if cfg.data.crop else f" taken from the data ({data.root})")
+            + "; lower data.cutout"
+        )
     return dataclasses.replace(cfg, model=model_cfg, data=dataclasses.replace(cfg.data, crop=crop))
 
 
@@ -539,7 +545,10 @@ def _train(
     # The one description of how images become inputs: used by the loaders below and saved
     # with every checkpoint and export, so evaluation and prediction rebuild the same inputs.
     prep = data.preprocessing(cfg.data.crop or 224, cfg.data.normalize, cfg.data.input_scale)
-    spec = LoaderSpec(train=True, flip=cfg.data.flip, pca_std=cfg.data.pca_std, pad=cfg.data.pad)
+    spec = LoaderSpec(
+        train=True, flip=cfg.data.flip, pca_std=cfg.data.pca_std, pad=cfg.data.pad,
+        cutout=cfg.data.cutout,
+    )  # fmt: skip
     train_loader = make_loader(
         data, "train", spec, per_rank, dev, prep, seed=cfg.run.seed, rank=dist.rank,
         world_size=dist.world_size, workers=workers, decode=decode if decode != "none" else "cpu",

@@ -197,5 +197,7 @@ def run_rows(
         )
 
     codes = [call(0, rows)] if n == 1 else list(_threads().map(call, bounds[:-1], bounds[1:]))
+    if 2 in codes:  # the kernels' code for a failed malloc
+        raise MemoryError(f"{fn.__name__}: out of memory for its window masks")
     if any(codes):
         raise ValueError(f"{fn.__name__} rejected its arguments (code {max(codes)})")

@@ -8,7 +8,8 @@
  *   gx[j] = g[j] d[j]^-beta - 2 beta alpha x[j] sum_{i: j in W(i)} g[i] x[i] d[i]^(-beta-1)
  *
  * The backward recomputes d from x instead of storing it: one read of x and g and one
- * write of gx, rather than four saved tensors. Both passes are deterministic.
+ * write of gx, rather than four saved tensors. Both passes are deterministic, and give the
+ * same bits however the rows are split into calls (threads) or blocks (BLOCK_WIDTH).
  *
  * The bf16 entry points (uint16_t storage) run the same float32 arithmetic on the widened
  * values and round each result once to nearest even: bit for bit the fp32 kernel applied
@@ -58,84 +59,213 @@ static inline void store(void *p, long i, float v, int bf16) {
         ((float *)p)[i] = v;
 }
 
-static inline float inv_pow(float d, float beta) {
-    if (beta == 0.75f) {
-        float r = 1.0f / sqrtf(d);
-        return r * sqrtf(r);
-    }
-    return powf(d, -beta);
+/* d^-0.75, the paper's beta, with square roots only: r = d^-1/2, d^-3/4 = r sqrt(r). */
+static ALWAYS_INLINE float inv_pow_075(float d) {
+    const float r = 1.0f / sqrtf(d);
+    return r * sqrtf(r);
 }
 
-/* pad[lo + j] = v[j] for j in [0, n), zeros around; s[i] = sum_{t < size} pad[i + t]. */
-static inline void window_sum(const float *pad, float *s, int n, int size) {
-    for (int i = 0; i < n; ++i) s[i] = 0.0f;
+/* dst[i] = x[o + i]^2: a row's squares, for the window sums. */
+static ALWAYS_INLINE void squares(const void *x, long o, float *dst, int n, int bf16) {
+    for (int i = 0; i < n; ++i) {
+        const float xi = load(x, o + i, bf16);
+        dst[i] = xi * xi;
+    }
+}
+
+/* inv[i] = (k + alpha s[i])^-beta, and d[i] = k + alpha s[i] where d is given. The beta
+ * test sits outside the loops: a call to powf inside one keeps the compiler from
+ * vectorising it. */
+static inline void inv_pow_row(const float *s, float *d, float *inv, int n, float k,
+                               float alpha, float beta) {
+    if (beta == 0.75f) {
+        for (int i = 0; i < n; ++i) {
+            const float di = k + alpha * s[i];
+            if (d) d[i] = di;
+            inv[i] = inv_pow_075(di);
+        }
+    } else {
+        for (int i = 0; i < n; ++i) {
+            const float di = k + alpha * s[i];
+            if (d) d[i] = di;
+            inv[i] = powf(di, -beta);
+        }
+    }
+}
+
+/* keep[t * channels + i] is all ones when the t-th term of channel i's window, channel
+ * i - first + t, exists and lies in channel i's tower, zero otherwise. first = lo for the
+ * forward window, hi for the backward's mirrored one. NULL when out of memory. */
+static uint32_t *window_masks(int channels, int cg, int size, int first) {
+    uint32_t *keep = malloc(sizeof(uint32_t) * (size_t)size * (size_t)channels);
+    if (!keep) return NULL;
     for (int t = 0; t < size; ++t)
-        for (int i = 0; i < n; ++i) s[i] += pad[i + t];
+        for (int i = 0; i < channels; ++i) {
+            const int j = i - first + t, g0 = i / cg * cg;
+            keep[t * channels + i] = j >= g0 && j < g0 + cg ? 0xffffffffu : 0u;
+        }
+    return keep;
+}
+
+/* s[i] = sum_{t < size} pad[i + t] over the terms keep allows, in increasing t: the same
+ * additions in the same order as a zero-padded window within one tower. A whole row (all
+ * towers) at a time: long loops that vectorise, instead of short ones per tower. */
+static inline void window_sum(const float *pad, const uint32_t *keep, float *s, int n, int size) {
+    for (int i = 0; i < n; ++i) s[i] = 0.0f;
+    for (int t = 0; t < size; ++t) {
+        const uint32_t *kt = keep + (long)t * n;
+        for (int i = 0; i < n; ++i) {
+            uint32_t u;
+            float v;
+            memcpy(&u, pad + i + t, sizeof u);
+            u &= kt[i]; /* all ones or zero: a select that vectorises as one AND */
+            memcpy(&v, &u, sizeof v);
+            s[i] += v;
+        }
+    }
+}
+
+/* One window sum at channel i, the terms in increasing t as window_sum adds them; with a
+ * constant size the compiler unrolls it and vectorises the loop over i around it. */
+static ALWAYS_INLINE float window_at(const float *pad, const uint32_t *keep, int n, int i,
+                                     int size) {
+    float s = 0.0f;
+    for (int t = 0; t < size; ++t) {
+        uint32_t u;
+        float v;
+        memcpy(&u, pad + i + t, sizeof u);
+        u &= keep[(long)t * n + i];
+        memcpy(&v, &u, sizeof v);
+        s += v;
+    }
+    return s;
+}
+
+static inline int bad_shape(int channels, int groups, int size) {
+    /* The row buffers below hold MAX_CHANNELS + MAX_WINDOW_PAD values. */
+    return channels <= 0 || channels > MAX_CHANNELS || groups <= 0 || channels % groups ||
+           size < 1 || size > MAX_WINDOW_PAD + 1;
+}
+
+/* The loops below run over BLOCK_WIDTH values at a time: several pixels' rows back to back
+ * are one wide row whose towers are each pixel's towers (the masks keep every window
+ * inside its own), so short rows (96 channels) do not pay a loop's set-up per tower. */
+#define BLOCK_WIDTH 1024
+
+static inline int block_rows(int channels) {
+    return channels >= BLOCK_WIDTH ? 1 : BLOCK_WIDTH / channels;
+}
+
+/* Rows [first, first + rows) of `width` values each (whole pixels' rows back to back). */
+static ALWAYS_INLINE int forward_rows(const void *x, void *y, long first, long rows, int width,
+                                      int cg, int size, float alpha, float beta, float k,
+                                      int bf16) {
+    const int lo = size / 2, hi = (size - 1) / 2;
+    uint32_t *keep = window_masks(width, cg, size, lo);
+    if (!keep) return 2;
+    /* pad[lo + i] = x[i]^2; the lo zeros before and hi after are never written. */
+    float pad[MAX_CHANNELS + MAX_WINDOW_PAD], s[MAX_CHANNELS], inv[MAX_CHANNELS];
+    memset(pad, 0, sizeof(float) * (size_t)(width + lo + hi));
+    for (long p = first; p < first + rows; ++p) {
+        const long o = p * width; /* first element of this row */
+        squares(x, o, pad + lo, width, bf16);
+        if (size == 5 && beta == 0.75f) {
+            /* The paper's n and beta: the window sum fused into the loop that uses it (one
+             * pass over the row instead of eight), the same operations in the same order. */
+            for (int i = 0; i < width; ++i) {
+                const float di = k + alpha * window_at(pad, keep, width, i, 5);
+                store(y, o + i, load(x, o + i, bf16) * inv_pow_075(di), bf16);
+            }
+            continue;
+        }
+        window_sum(pad, keep, s, width, size);
+        inv_pow_row(s, NULL, inv, width, k, alpha, beta);
+        for (int i = 0; i < width; ++i) store(y, o + i, load(x, o + i, bf16) * inv[i], bf16);
+    }
+    free(keep);
+    return 0;
+}
+
+static ALWAYS_INLINE int backward_rows(const void *x, const void *grad, void *gx, long first,
+                                       long rows, int width, int cg, int size, float alpha,
+                                       float beta, float k, int bf16) {
+    const int lo = size / 2, hi = (size - 1) / 2;
+    const float scale = 2.0f * beta * alpha;
+    uint32_t *keep = window_masks(width, cg, size, lo);
+    /* t[i] = g[i] x[i] d[i]^(-beta-1); channel j gathers t[i] for i in [j - hi, j + lo]:
+     * the mirrored window, whose padding offset is hi. */
+    uint32_t *keep_t = window_masks(width, cg, size, hi);
+    if (!keep || !keep_t) {
+        free(keep);
+        free(keep_t);
+        return 2;
+    }
+    /* pad holds x^2 at offset lo, then t at offset hi. Whatever its borders hold, the masks
+     * zero it, bits and all, so they need no clearing. */
+    float pad[MAX_CHANNELS + MAX_WINDOW_PAD];
+    float s[MAX_CHANNELS], d[MAX_CHANNELS], inv[MAX_CHANNELS];
+    memset(pad, 0, sizeof(float) * (size_t)(width + lo + hi));
+    for (long p = first; p < first + rows; ++p) {
+        const long o = p * width;
+        squares(x, o, pad + lo, width, bf16);
+        if (size == 5 && beta == 0.75f) {
+            for (int i = 0; i < width; ++i) {
+                d[i] = k + alpha * window_at(pad, keep, width, i, 5);
+                inv[i] = inv_pow_075(d[i]);
+            }
+        } else {
+            window_sum(pad, keep, s, width, size);
+            inv_pow_row(s, d, inv, width, k, alpha, beta);
+        }
+        for (int i = 0; i < width; ++i)
+            pad[hi + i] = load(grad, o + i, bf16) * load(x, o + i, bf16) * inv[i] / d[i];
+        if (size == 5) {
+            for (int i = 0; i < width; ++i) {
+                const float gi = load(grad, o + i, bf16), xi = load(x, o + i, bf16);
+                const float si = window_at(pad, keep_t, width, i, 5);
+                store(gx, o + i, gi * inv[i] - scale * xi * si, bf16);
+            }
+            continue;
+        }
+        window_sum(pad, keep_t, s, width, size);
+        for (int i = 0; i < width; ++i) {
+            const float gi = load(grad, o + i, bf16), xi = load(x, o + i, bf16);
+            store(gx, o + i, gi * inv[i] - scale * xi * s[i], bf16);
+        }
+    }
+    free(keep);
+    free(keep_t);
+    return 0;
 }
 
 static ALWAYS_INLINE int lrn_forward(const void *x, void *y, long rows, int channels,
                                      int groups, int size, float alpha, float beta, float k,
                                      int bf16) {
-    if (channels <= 0 || channels > MAX_CHANNELS || groups <= 0 || channels % groups ||
-        size < 1 || size > MAX_WINDOW_PAD + 1)
-        return 1; /* the row buffers below hold MAX_CHANNELS + MAX_WINDOW_PAD values */
-    const int cg = channels / groups, lo = size / 2, hi = (size - 1) / 2;
-    float pad[MAX_CHANNELS + MAX_WINDOW_PAD], s[MAX_CHANNELS], inv[MAX_CHANNELS];
-    memset(pad, 0, sizeof(float) * (size_t)(cg + lo + hi));
-    for (long p = 0; p < rows; ++p) {
-        for (int g = 0; g < groups; ++g) {
-            const long o = p * channels + g * cg; /* first element of this tower */
-            for (int i = 0; i < cg; ++i) {
-                const float xi = load(x, o + i, bf16);
-                pad[lo + i] = xi * xi;
-            }
-            window_sum(pad, s, cg, size);
-            for (int i = 0; i < cg; ++i) inv[i] = inv_pow(k + alpha * s[i], beta);
-            for (int i = 0; i < cg; ++i) store(y, o + i, load(x, o + i, bf16) * inv[i], bf16);
-        }
-    }
-    return 0;
+    if (bad_shape(channels, groups, size)) return 1;
+    const int r = block_rows(channels), cg = channels / groups;
+    const long blocks = rows / r;
+    int err = 0;
+    if (blocks) err = forward_rows(x, y, 0, blocks, r * channels, cg, size, alpha, beta, k, bf16);
+    if (!err && rows > blocks * r) /* the last rows, one pixel at a time */
+        err = forward_rows(x, y, blocks * r, rows - blocks * r, channels, cg, size, alpha, beta,
+                           k, bf16);
+    return err;
 }
 
 static ALWAYS_INLINE int lrn_backward(const void *x, const void *grad, void *gx, long rows,
                                       int channels, int groups, int size, float alpha,
                                       float beta, float k, int bf16) {
-    if (channels <= 0 || channels > MAX_CHANNELS || groups <= 0 || channels % groups ||
-        size < 1 || size > MAX_WINDOW_PAD + 1)
-        return 1; /* the row buffers below hold MAX_CHANNELS + MAX_WINDOW_PAD values */
-    const int cg = channels / groups, lo = size / 2, hi = (size - 1) / 2;
-    const float scale = 2.0f * beta * alpha;
-    float pad[MAX_CHANNELS + MAX_WINDOW_PAD], s[MAX_CHANNELS], d[MAX_CHANNELS], inv[MAX_CHANNELS];
-    memset(pad, 0, sizeof(float) * (size_t)(cg + lo + hi));
-    for (long p = 0; p < rows; ++p) {
-        for (int g = 0; g < groups; ++g) {
-            const long o = p * channels + g * cg;
-            for (int i = 0; i < cg; ++i) {
-                const float xi = load(x, o + i, bf16);
-                pad[lo + i] = xi * xi;
-            }
-            window_sum(pad, s, cg, size);
-            for (int i = 0; i < cg; ++i) {
-                d[i] = k + alpha * s[i];
-                inv[i] = inv_pow(d[i], beta);
-            }
-            /* t[i] = g[i] x[i] d[i]^(-beta-1); channel j gathers t[i] for i in
-             * [j - hi, j + lo]: the mirrored window, so the padding offset becomes hi. */
-            for (int i = 0; i < cg; ++i)
-                pad[hi + i] = load(grad, o + i, bf16) * load(x, o + i, bf16) * inv[i] / d[i];
-            for (int i = 0; i < hi; ++i) pad[i] = 0.0f;
-            for (int i = 0; i < lo; ++i) pad[hi + cg + i] = 0.0f;
-            window_sum(pad, s, cg, size);
-            for (int i = 0; i < cg; ++i) {
-                const float gi = load(grad, o + i, bf16), xi = load(x, o + i, bf16);
-                store(gx, o + i, gi * inv[i] - scale * xi * s[i], bf16);
-            }
-            /* Restore the zero borders the forward layout expects. */
-            for (int i = 0; i < lo; ++i) pad[i] = 0.0f;
-            for (int i = 0; i < hi; ++i) pad[lo + cg + i] = 0.0f;
-        }
-    }
-    return 0;
+    if (bad_shape(channels, groups, size)) return 1;
+    const int r = block_rows(channels), cg = channels / groups;
+    const long blocks = rows / r;
+    int err = 0;
+    if (blocks)
+        err = backward_rows(x, grad, gx, 0, blocks, r * channels, cg, size, alpha, beta, k,
+                            bf16);
+    if (!err && rows > blocks * r)
+        err = backward_rows(x, grad, gx, blocks * r, rows - blocks * r, channels, cg, size,
+                            alpha, beta, k, bf16);
+    return err;
 }
 
 int alexnet_lrn_forward(const float *x, float *y, long rows, int channels, int groups,
