@@ -49,11 +49,25 @@ def main() -> None:
     ap.add_argument("--base", default="HEAD", help="git revision to compare against")
     ap.add_argument("--rounds", type=int, default=5)
     a = ap.parse_args()
+    if a.rounds < 1:
+        ap.error("--rounds must be >= 1")
     allocator.configure()
-    tmp = Path(tempfile.mkdtemp())
-    base_src = tmp / "base.c"
-    base_src.write_bytes(subprocess.check_output(["git", "show", f"{a.base}:{SOURCE}"], cwd=ROOT))
-    libs = {a.base: build(base_src, tmp / "base.so"), "tree": build(ROOT / SOURCE, tmp / "tree.so")}
+    with tempfile.TemporaryDirectory() as tmp:
+        base_src = Path(tmp) / "base.c"
+        try:
+            base_src.write_bytes(
+                subprocess.check_output(["git", "show", f"{a.base}:{SOURCE}"], cwd=ROOT)
+            )
+        except subprocess.CalledProcessError:
+            sys.exit(f"{a.base} has no {SOURCE} (or is not a revision): pick another --base")
+        libs = {
+            a.base: build(base_src, Path(tmp) / "base.so"),
+            "tree": build(ROOT / SOURCE, Path(tmp) / "tree.so"),
+        }  # loaded: the files may go
+    for tag, lib in libs.items():
+        missing = [f for pair in native.KERNELS.values() for f in pair if not hasattr(lib, f)]
+        if missing:
+            sys.exit(f"{tag}'s {SOURCE} lacks {', '.join(missing)}: pick a later --base")
     print(f"{torch.get_num_threads()} threads; {a.rounds} rounds; base {a.base} vs working tree")
     for dtype, suffix in ((torch.bfloat16, "_bf16"), (torch.float32, "")):
         for shape in SHAPES:

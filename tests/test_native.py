@@ -77,16 +77,18 @@ def test_native_lrn_same_bits_for_any_thread_count(dtype):
 
 @needs_native
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
-def test_native_lrn_blocks_of_rows_give_the_bits_of_single_rows(dtype):
+@pytest.mark.parametrize("size,beta", [(5, 0.75), (5, 0.6), (4, 0.75)])
+def test_native_lrn_blocks_of_rows_give_the_bits_of_single_rows(dtype, size, beta):
     # The kernel runs several pixels' rows back to back as one wide row; one pixel alone
-    # takes its single-row path. Same arithmetic, so the same bits, even window included.
+    # takes its single-row path. Same arithmetic, so the same bits: for the paper's window
+    # and beta (the fused loops), another beta (powf) and an even window.
     torch.manual_seed(0)
     x = _cl(torch.randn(2, 96, 5, 7) * 10).to(dtype)
     g = _cl(torch.randn(2, 96, 5, 7)).to(dtype)
 
     def run(xs, gs):
         xs = xs.detach().requires_grad_()
-        y = local_response_norm(xs, 4, 0.05, 0.75, 2.0, groups=2)
+        y = local_response_norm(xs, size, 0.05, beta, 2.0, groups=2)
         assert "Native" in type(y.grad_fn).__name__
         return y, torch.autograd.grad(y, xs, gs)[0]
 

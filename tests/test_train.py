@@ -373,6 +373,21 @@ def test_exact_resume_is_bit_identical(tmp_path, fmnist):
     assert len(lines) == 4  # header + 3 epochs
 
 
+def test_resume_with_a_preset_keeps_the_runs_saved_settings(tmp_path, capsys):
+    from alexnet.config import load_train_config, save_yaml
+    from alexnet.engine.train import resolve_config_for_resume
+
+    started = load_train_config("cifar10", None, ["data.cutout=16", "run.epochs=3"])
+    (tmp_path / "r").mkdir()
+    save_yaml(started, tmp_path / "r" / "config.yaml")
+    again = load_train_config("cifar10", None, [])  # `--preset cifar10 --resume`, no --set
+    cfg = resolve_config_for_resume(tmp_path / "r", again, ["run.epochs=4"])
+    assert cfg.data.cutout == 16 and cfg.run.epochs == 4
+    assert "not read again" in capsys.readouterr().err
+    # No saved config (a directory with a checkpoint only): the preset is all there is.
+    assert resolve_config_for_resume(tmp_path / "none", again, []) is again
+
+
 def test_existing_run_needs_resume(tmp_path, fmnist):
     train(cfg_for(fmnist, "run.epochs=1"), tmp_path / "r", quiet=True)
     with pytest.raises(ConfigError, match="--resume"):
@@ -929,7 +944,9 @@ def test_a_run_directory_is_never_overwritten_without_resume_or_force(tmp_path, 
     for extra in ([], ["--resume"], ["--resume", "--force"]):
         assert main([*args, *extra]) == 2
         err = capsys.readouterr().err
-        assert err.count("\n") == 1 and str(out) in err and "Traceback" not in err, err
+        # --resume with --preset first notes that the saved config is used, then the error.
+        lines = [x for x in err.splitlines() if "is not read again" not in x]
+        assert len(lines) == 1 and str(out) in lines[0] and "Traceback" not in err, err
     assert {p.name: p.read_bytes() for p in out.iterdir() if p.is_file()} == before
     # --force starts over: the run's files are replaced, nothing else is touched.
     (out / "summary.json").write_text("{}")

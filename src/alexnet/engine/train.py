@@ -431,14 +431,22 @@ def _keep_dropout_form(cfg: TrainConfig, state: dict[str, Any], log: Any) -> Tra
 def resolve_config_for_resume(
     out: Path, cfg: TrainConfig | None, overrides: list[str]
 ) -> TrainConfig:
-    """On --resume the run's saved config is the base; --set overrides still apply."""
+    """On --resume the run's saved config is the base; --set overrides still apply. ``cfg``
+    (from --preset/--config) is used only where the run saved none: a preset read again
+    would silently drop what the run was started with (its --set values)."""
     from ..config import apply_overrides, load_yaml
 
-    if cfg is not None:
-        return cfg
     saved = out / "config.yaml"
     if not saved.is_file():
+        if cfg is not None:
+            return cfg
         raise FileNotFoundError(f"--resume: {saved} not found; is {out} a run directory?")
+    if cfg is not None:
+        print(
+            f"alexnet train: --resume continues with {saved}; the --preset/--config given is "
+            "not read again (change settings with --set)",
+            file=sys.stderr,
+        )
     raw = load_yaml(saved)
     raw["model"] = saved_model_config(raw.get("model") or {})
     return from_dict(TrainConfig, apply_overrides(raw, overrides))
