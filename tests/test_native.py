@@ -100,6 +100,22 @@ def test_native_lrn_blocks_of_rows_give_the_bits_of_single_rows(dtype, size, bet
             assert torch.equal(_bits(y1), _bits(y[cut])) and torch.equal(_bits(gx1), _bits(gx[cut]))
 
 
+def test_kernel_error_codes_become_clear_errors():
+    # 1: arguments the kernel refuses; 2: its malloc failed (the window masks).
+    x = torch.zeros(256, 4)
+
+    def refuses(*_):
+        return 1
+
+    def out_of_memory(*_):
+        return 2
+
+    with pytest.raises(ValueError, match="refuses rejected its arguments"):
+        native.run_rows(refuses, 256, 16, [x])
+    with pytest.raises(MemoryError, match="out_of_memory: out of memory"):
+        native.run_rows(out_of_memory, 256, 16, [x])
+
+
 def _bits(t: torch.Tensor) -> torch.Tensor:
     return t.detach().view(torch.int16 if t.element_size() == 2 else torch.int32)
 

@@ -388,6 +388,18 @@ def test_resume_with_a_preset_keeps_the_runs_saved_settings(tmp_path, capsys):
     assert resolve_config_for_resume(tmp_path / "none", again, []) is again
 
 
+def test_cutout_larger_than_the_crop_from_the_data_is_refused_before_training(tmp_path, fmnist):
+    # data.crop unset: the 28 px crop comes from the data, so only then can it be checked.
+    with pytest.raises(ConfigError, match=r"data\.cutout=29 is larger than the 28 px crop taken"):
+        train(cfg_for(fmnist, "data.cutout=29", "data.crop=null"), tmp_path / "r", quiet=True)
+    assert not (tmp_path / "r" / "checkpoint.pt").exists()
+    train(
+        cfg_for(fmnist, "data.cutout=28", "data.crop=null", "run.epochs=1"),
+        tmp_path / "ok",
+        quiet=True,
+    )
+
+
 def test_existing_run_needs_resume(tmp_path, fmnist):
     train(cfg_for(fmnist, "run.epochs=1"), tmp_path / "r", quiet=True)
     with pytest.raises(ConfigError, match="--resume"):

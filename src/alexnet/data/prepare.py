@@ -181,6 +181,9 @@ def _worker_init() -> None:
     # fork, would raise inside the task queue's lock and can hang the pool's shutdown.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    # Forked with both blocked (_fork_pool): a SIGTERM that came before this point is
+    # pending, and now ends the worker.
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, _POOL_SIGNALS)
     try:
         import torch
 
@@ -198,12 +201,28 @@ def _save_npy(path: Path, array: np.ndarray) -> None:
         np.save(f, array)
 
 
+_POOL_SIGNALS = {signal.SIGINT, signal.SIGTERM}
+
+
+def _fork_pool(workers: int) -> Any:
+    """A fork pool whose workers start with SIGINT and SIGTERM blocked until _worker_init
+    has set their dispositions. Otherwise a worker terminated before its initializer ran
+    would run this process's Python handler instead of dying, and pool.terminate() would
+    wait on it forever (seen when a split failed right after the pool started). Signals
+    arriving here meanwhile stay pending and are handled when the mask is restored."""
+    old = signal.pthread_sigmask(signal.SIG_BLOCK, _POOL_SIGNALS)
+    try:
+        return get_context("fork").Pool(workers, initializer=_worker_init)
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, old)
+
+
 @contextlib.contextmanager
 def _chunk_results(
     fn: Callable[[Any], dict[str, Any]], args: list[Any], workers: int
 ) -> Iterator[Iterator[dict[str, Any]]]:
     """``fn`` over ``args`` in order, in ``workers`` forked processes (or here for one)."""
-    pool = get_context("fork").Pool(workers, initializer=_worker_init) if workers > 1 else None
+    pool = _fork_pool(workers) if workers > 1 else None
     try:
         yield pool.imap(fn, args) if pool else map(fn, args)
     finally:
