@@ -511,3 +511,50 @@ def test_paper_dropout_is_the_papers_and_old_files_keep_inverted(tmp_path):
     )
     assert type(load_model(tmp_path / "old.safetensors").model.drop6) is torch.nn.Dropout
     assert isinstance(load_model(tmp_path / "new.safetensors").model.drop6, PaperDropout)
+
+
+@pytest.mark.parametrize("dtype", [None, torch.bfloat16])
+def test_relu_lrn_fusion_changes_no_bits_and_steps_aside_for_hooks(dtype):
+    # The model runs act1 -> norm1 (and act2 -> norm2) as one fused LRN call where the C
+    # kernel applies; a hook on the ReLU must still see its output, so hooks turn it off.
+    from alexnet.network import lrn as lrn_module
+
+    if not lrn_module.fuses_relu(
+        torch.zeros(1, 8, 2, 2).contiguous(memory_format=torch.channels_last), 5, 1
+    ):
+        pytest.skip("no native LRN kernel here")
+    torch.manual_seed(0)
+    net = build_model(variant="small", num_classes=10).to(memory_format=torch.channels_last)
+    x = torch.randn(4, 3, 32, 32).contiguous(memory_format=torch.channels_last)
+    seen: list[torch.Tensor] = []
+    fused_calls = 0
+    original = lrn_module._NativeLRNFunction.forward
+
+    def spy(ctx, x, *args):
+        nonlocal fused_calls
+        fused_calls += bool(args[-1])
+        return original(ctx, x, *args)
+
+    results = []
+    for hooked in (False, True):
+        handle = (
+            net.act1.register_forward_hook(lambda m, i, o: seen.append(o.detach().clone()))
+            if hooked
+            else None
+        )
+        net.zero_grad()
+        torch.manual_seed(1)  # the same dropout masks
+        with pytest.MonkeyPatch.context() as mp:
+            mp.setattr(lrn_module._NativeLRNFunction, "forward", staticmethod(spy))
+            with torch.autocast("cpu", torch.bfloat16, enabled=dtype is not None):
+                out = net(x)
+        out.float().sum().backward()
+        results.append((out.detach(), net.conv1.weight.grad.clone()))
+        if handle:
+            handle.remove()
+        if not hooked:
+            assert fused_calls == 2  # norm1 and norm2 took the ReLU in
+    assert fused_calls == 3  # with the hook only act2 -> norm2 fused
+    assert len(seen) == 1 and (seen[0] >= 0).all()
+    assert torch.equal(results[0][0], results[1][0])
+    assert torch.equal(results[0][1], results[1][1])

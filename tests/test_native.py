@@ -238,8 +238,10 @@ def test_lrn_path_reports_the_dtype():
     assert native.lrn_path("cpu", torch.float16).startswith("PyTorch banded matmul in float32")
     assert native.lrn_path("cuda").startswith("PyTorch banded matmul in float32 (cuda tensors;")
     if native.library() is not None:
-        assert native.lrn_path("cpu", torch.bfloat16) == "fused C kernel, bfloat16, float32 math"
-        assert native.lrn_path("cpu") == "fused C kernel, float32"
+        assert native.lrn_path("cpu", torch.bfloat16) == (
+            "fused C kernel, bfloat16, float32 math, folds in the ReLU before it"
+        )
+        assert native.lrn_path("cpu") == "fused C kernel, float32, folds in the ReLU before it"
         assert "bfloat16" in native.status()
 
 
@@ -301,3 +303,52 @@ def test_windows_wider_than_the_kernel_buffers_take_the_pytorch_path():
     ours = local_response_norm(x, size=101, alpha=1e-4, beta=0.75, k=2.0)
     ref = torch.nn.functional.local_response_norm(x.contiguous(), 101, 1e-4, 0.75, 2.0)
     assert torch.allclose(ours, ref, atol=1e-5)
+
+
+def _same(a: torch.Tensor, b: torch.Tensor) -> bool:
+    """Equal bits, NaNs included (a NaN's payload aside): -0 and +0 count as different."""
+    nan = a.isnan()
+    return torch.equal(nan, b.isnan()) and torch.equal(_bits(a)[~nan], _bits(b)[~nan])
+
+
+@needs_native
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize(
+    "shape,groups,size,beta",
+    [((3, 96, 7, 5), 2, 5, 0.75), ((2, 12, 5, 5), 3, 4, 0.6), ((1, 8, 2, 2), 1, 1, 0.75)],
+)
+def test_relu_folded_into_the_kernel_gives_the_bits_of_relu_then_lrn(
+    dtype, shape, groups, size, beta
+):
+    # x is the pre-activation: the kernel's ReLU must be torch.relu exactly (-0 and NaN
+    # pass, negatives become +0) and its gradient threshold_backward's (zero where x <= 0).
+    torch.manual_seed(0)
+    x = _cl(torch.randn(shape) * 3).to(dtype)
+    x[0, :6, 0, 0] = torch.tensor([-0.0, float("nan"), 0.0, -1e-30, -2.0, 3.0]).to(dtype)
+    g = _cl(torch.randn(shape)).to(dtype)
+    a = x.clone().requires_grad_()
+    y1 = local_response_norm(torch.relu(a), size, 0.05, beta, 2.0, groups=groups)
+    (g1,) = torch.autograd.grad(y1, a, g)
+    b = x.clone().requires_grad_()
+    y2 = local_response_norm(b, size, 0.05, beta, 2.0, groups=groups, relu=True)
+    assert "Native" in type(y2.grad_fn).__name__  # the fused kernel, not relu + kernel
+    (g2,) = torch.autograd.grad(y2, b, g)
+    assert _same(y1, y2) and _same(g1, g2)
+    assert g2[0, 0, 0, 0] == 0 and g2[0, 4, 0, 0] == 0  # x = -0 and x < 0: no gradient
+
+
+@pytest.mark.parametrize("channels_last", [True, False])
+def test_relu_flag_on_every_path(channels_last):
+    # Where the kernel does not apply (NCHW, float64, the exporters' pointwise form) the
+    # flag is a separate ReLU in front: the same values either way.
+    from alexnet.network.lrn import pointwise_only
+
+    torch.manual_seed(0)
+    x = torch.randn(2, 10, 4, 4, dtype=torch.float64)
+    if channels_last:
+        x = _cl(x)
+    ref = local_response_norm(torch.relu(x), 5, groups=2)
+    assert torch.equal(local_response_norm(x, 5, groups=2, relu=True), ref)
+    with pointwise_only():
+        out = local_response_norm(x, 5, groups=2, relu=True)
+    assert torch.allclose(out.double(), ref, rtol=1e-6, atol=1e-7)  # computed in float32

@@ -123,11 +123,14 @@ class _NativeLRNFunction(torch.autograd.Function):
 
     Only x is saved: the backward recomputes the window sums, which costs less than
     writing and re-reading the three intermediates the PyTorch path keeps.
+
+    With ``relu`` x is the pre-activation and the op is LRN(relu(x)), the ReLU folded into
+    both passes (same bits as the two ops, two fewer passes over the tensor each way).
     """
 
     @staticmethod
     def forward(
-        ctx, x: Tensor, size: int, alpha: float, beta: float, k: float, groups: int
+        ctx, x: Tensor, size: int, alpha: float, beta: float, k: float, groups: int, relu: bool
     ) -> Tensor:  # type: ignore[override]
         fns = native.kernels(x.dtype)
         assert fns is not None
@@ -135,6 +138,7 @@ class _NativeLRNFunction(torch.autograd.Function):
         n, c, h, w = x.shape
         args = (ctypes.c_int(c), ctypes.c_int(groups), ctypes.c_int(size))
         consts = (ctypes.c_float(alpha), ctypes.c_float(beta), ctypes.c_float(k))
+        consts += (ctypes.c_int(int(relu)),)
         native.run_rows(fns[0], n * h * w, c * x.element_size(), [x, y], *args, *consts)
         ctx.save_for_backward(x)
         ctx.args, ctx.consts = args, consts
@@ -151,12 +155,14 @@ class _NativeLRNFunction(torch.autograd.Function):
         n, c, h, w = x.shape
         rows, row_bytes = n * h * w, c * x.element_size()
         native.run_rows(fns[1], rows, row_bytes, [x, grad, gx], *ctx.args, *ctx.consts)
-        return gx, None, None, None, None, None
+        return gx, None, None, None, None, None, None
 
 
 @torch.compiler.disable  # a ctypes call: torch.compile runs it eagerly, between graphs
-def _native_lrn(x: Tensor, size: int, alpha: float, beta: float, k: float, groups: int) -> Tensor:
-    return _NativeLRNFunction.apply(x, size, alpha, beta, k, groups)
+def _native_lrn(
+    x: Tensor, size: int, alpha: float, beta: float, k: float, groups: int, relu: bool = False
+) -> Tensor:
+    return _NativeLRNFunction.apply(x, size, alpha, beta, k, groups, relu)
 
 
 # The C kernel's per-row buffers (native/lrn.c: MAX_CHANNELS, and 64 more for the window).
@@ -173,6 +179,12 @@ def _use_native(x: Tensor, size: int, groups: int) -> bool:
         and x.is_contiguous(memory_format=torch.channels_last)
         and native.kernels(x.dtype) is not None
     )
+
+
+def fuses_relu(x: Tensor, size: int, groups: int) -> bool:
+    """Whether ``local_response_norm(x, ..., relu=True)`` runs the ReLU inside the C kernel
+    (the fused path), rather than as a separate op in front of it."""
+    return not _POINTWISE_ONLY and _use_native(x, size, groups)
 
 
 def _window_sum_shifted(t: Tensor, size: int, groups: int) -> Tensor:
@@ -303,8 +315,12 @@ def local_response_norm(
     alpha_convention: AlphaConvention = "mean",
     groups: int = 1,
     impl: Literal["fast", "matmul", "triton"] = "fast",
+    relu: bool = False,
 ) -> Tensor:
     """LRN across channels of an (N, C, H, W) tensor; see the module docstring.
+
+    ``relu=True`` normalises ``relu(x)`` instead: one fused pass each way on the C kernel's
+    path (:func:`fuses_relu`), a separate ReLU (not in place) on every other path.
 
     ``impl="fast"`` runs the fused C kernel for channels_last float32 and bfloat16 CPU
     tensors when it is available (:mod:`alexnet.network.native`), the banded-matmul PyTorch
@@ -323,11 +339,13 @@ def local_response_norm(
     if x.shape[1] % groups:
         raise ValueError(f"{x.shape[1]} channels do not split into {groups} LRN groups")
     a = alpha / size if alpha_convention == "mean" else alpha
+    if relu and not (impl == "fast" and fuses_relu(x, size, groups)):
+        x = torch.relu(x)
     if _POINTWISE_ONLY:
         return lrn_pointwise(x, size, a, beta, k, groups)
     x = x.contiguous(memory_format=_memory_format(x))
     if impl == "fast" and _use_native(x, size, groups):
-        return _native_lrn(x, size, a, beta, k, groups)
+        return _native_lrn(x, size, a, beta, k, groups, relu)
     if impl == "triton" or (impl == "fast" and _use_triton(x)):
         from .lrn_triton import triton_lrn
 
@@ -372,7 +390,15 @@ class LocalResponseNorm(nn.Module):
         self.impl = impl
         self.groups = groups
 
-    def forward(self, x: Tensor) -> Tensor:
+    def fuses_relu(self, x: Tensor) -> bool:
+        """Whether ``self(x, relu=True)`` folds the ReLU into the C kernel for input x."""
+        return self.impl == "fast" and fuses_relu(x, self.size, self.groups)
+
+    def forward(self, x: Tensor, relu: bool = False) -> Tensor:
+        """LRN of x, or of relu(x) with ``relu=True`` (see :func:`local_response_norm`)."""
+        if relu and not self.fuses_relu(x):
+            x = torch.relu(x)
+            relu = False
         if self.impl == "torch":
             n = self.size
             alpha = self.alpha if self.alpha_convention == "mean" else self.alpha * n
@@ -394,6 +420,7 @@ class LocalResponseNorm(nn.Module):
             self.alpha_convention,
             self.groups,
             impl=self.impl,  # type: ignore[arg-type]
+            relu=relu,
         )
 
     def extra_repr(self) -> str:

@@ -229,6 +229,25 @@ class PaperDropout(nn.Module):
         return f"p={self.p}, test-time scale {1.0 - self.p:g}"
 
 
+def _hooked(*modules: nn.Module) -> bool:
+    """Any forward hooks on these modules, or global ones: fusing two layers would hide the
+    first one's output from them."""
+    hooks = nn.modules.module
+    if hooks._global_forward_hooks or hooks._global_forward_pre_hooks:
+        return True
+    return any(m._forward_hooks or m._forward_pre_hooks for m in modules)
+
+
+def _fusable(layer: nn.Module, after: nn.Module | None, x: Tensor) -> bool:
+    """A ReLU whose output only feeds an LRN that can take the ReLU into its C kernel."""
+    return (
+        isinstance(layer, nn.ReLU)
+        and isinstance(after, LocalResponseNorm)
+        and after.fuses_relu(x)
+        and not _hooked(layer, after)
+    )
+
+
 def _dropout(form: str, p: float) -> nn.Module:
     return PaperDropout(p) if form == "paper" else nn.Dropout(p)
 
@@ -305,8 +324,18 @@ class AlexNet(nn.Module):
             blocks[name] = tuple(layers)
 
     def _run(self, block: tuple[str, ...], x: Tensor) -> Tensor:
-        for name in block:
-            x = getattr(self, name)(x)
+        i = 0
+        while i < len(block):
+            layer = getattr(self, block[i])
+            after = getattr(self, block[i + 1]) if i + 1 < len(block) else None
+            if _fusable(layer, after, x):
+                # ReLU -> LRN (§3.1, §3.3) as one pass each way: the same bits, without the
+                # ReLU's own passes over conv1's and conv2's outputs.
+                x = after(x, relu=True)
+                i += 2
+            else:
+                x = layer(x)
+                i += 1
         return x
 
     # ----------------------------------------------------------------------------------

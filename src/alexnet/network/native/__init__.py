@@ -140,7 +140,8 @@ def lrn_path(
     name = str(dtype).removeprefix("torch.")
     dev = torch.device(device).type
     if dev == "cpu" and channels_last and kernels(dtype) is not None:
-        return f"fused C kernel, {name}" + (", float32 math" if dtype != torch.float32 else "")
+        math = ", float32 math" if dtype != torch.float32 else ""
+        return f"fused C kernel, {name}{math}, folds in the ReLU before it"
     if dev != "cpu":
         from ..lrn import compiled_lrn_status, triton_available
 

@@ -11,6 +11,11 @@
  * write of gx, rather than four saved tensors. Both passes are deterministic, and give the
  * same bits however the rows are split into calls (threads) or blocks (BLOCK_WIDTH).
  *
+ * With `relu` set, x is the pre-activation and the kernels compute the LRN of max(x, 0),
+ * and in the backward the gradient with respect to x (zero where x <= 0): the ReLU in front
+ * of each LRN (§3.1, §3.3) folded into the same passes, bit for bit ReLU then LRN, without
+ * the ReLU's own read and write of the whole tensor each way.
+ *
  * The bf16 entry points (uint16_t storage) run the same float32 arithmetic on the widened
  * values and round each result once to nearest even: bit for bit the fp32 kernel applied
  * to x.float(), then rounded. Storage only changes; the math is shared code.
@@ -52,6 +57,18 @@ static inline float load(const void *p, long i, int bf16) {
     return bf16 ? bf16_to_float(((const uint16_t *)p)[i]) : ((const float *)p)[i];
 }
 
+/* x[i], through the ReLU when relu is set: x < 0 gives 0; -0 and NaN pass, as torch.relu. */
+static inline float load_act(const void *p, long i, int bf16, int relu) {
+    const float v = load(p, i, bf16);
+    return relu && v < 0.0f ? 0.0f : v;
+}
+
+/* The gradient g of the LRN's input, passed back through the ReLU when relu is set: zero
+ * where x <= 0, as torch's threshold_backward on the ReLU's output. */
+static inline float relu_grad(float x, float g, int relu) {
+    return relu && x <= 0.0f ? 0.0f : g;
+}
+
 static inline void store(void *p, long i, float v, int bf16) {
     if (bf16)
         ((uint16_t *)p)[i] = float_to_bf16(v);
@@ -65,10 +82,10 @@ static ALWAYS_INLINE float inv_pow_075(float d) {
     return r * sqrtf(r);
 }
 
-/* dst[i] = x[o + i]^2: a row's squares, for the window sums. */
-static ALWAYS_INLINE void squares(const void *x, long o, float *dst, int n, int bf16) {
+/* dst[i] = act(x[o + i])^2: a row's squares, for the window sums. */
+static ALWAYS_INLINE void squares(const void *x, long o, float *dst, int n, int bf16, int relu) {
     for (int i = 0; i < n; ++i) {
-        const float xi = load(x, o + i, bf16);
+        const float xi = load_act(x, o + i, bf16, relu);
         dst[i] = xi * xi;
     }
 }
@@ -159,7 +176,7 @@ static inline int block_rows(int channels) {
 /* Rows [first, first + rows) of `width` values each (whole pixels' rows back to back). */
 static ALWAYS_INLINE int forward_rows(const void *x, void *y, long first, long rows, int width,
                                       int cg, int size, float alpha, float beta, float k,
-                                      int bf16) {
+                                      int bf16, int relu) {
     const int lo = size / 2, hi = (size - 1) / 2;
     uint32_t *keep = window_masks(width, cg, size, lo);
     if (!keep) return 2;
@@ -168,19 +185,20 @@ static ALWAYS_INLINE int forward_rows(const void *x, void *y, long first, long r
     memset(pad, 0, sizeof(float) * (size_t)(width + lo + hi));
     for (long p = first; p < first + rows; ++p) {
         const long o = p * width; /* first element of this row */
-        squares(x, o, pad + lo, width, bf16);
+        squares(x, o, pad + lo, width, bf16, relu);
         if (size == 5 && beta == 0.75f) {
             /* The paper's n and beta: the window sum fused into the loop that uses it (one
              * pass over the row instead of eight), the same operations in the same order. */
             for (int i = 0; i < width; ++i) {
                 const float di = k + alpha * window_at(pad, keep, width, i, 5);
-                store(y, o + i, load(x, o + i, bf16) * inv_pow_075(di), bf16);
+                store(y, o + i, load_act(x, o + i, bf16, relu) * inv_pow_075(di), bf16);
             }
             continue;
         }
         window_sum(pad, keep, s, width, size);
         inv_pow_row(s, NULL, inv, width, k, alpha, beta);
-        for (int i = 0; i < width; ++i) store(y, o + i, load(x, o + i, bf16) * inv[i], bf16);
+        for (int i = 0; i < width; ++i)
+            store(y, o + i, load_act(x, o + i, bf16, relu) * inv[i], bf16);
     }
     free(keep);
     return 0;
@@ -188,7 +206,7 @@ static ALWAYS_INLINE int forward_rows(const void *x, void *y, long first, long r
 
 static ALWAYS_INLINE int backward_rows(const void *x, const void *grad, void *gx, long first,
                                        long rows, int width, int cg, int size, float alpha,
-                                       float beta, float k, int bf16) {
+                                       float beta, float k, int bf16, int relu) {
     const int lo = size / 2, hi = (size - 1) / 2;
     const float scale = 2.0f * beta * alpha;
     uint32_t *keep = window_masks(width, cg, size, lo);
@@ -207,7 +225,7 @@ static ALWAYS_INLINE int backward_rows(const void *x, const void *grad, void *gx
     memset(pad, 0, sizeof(float) * (size_t)(width + lo + hi));
     for (long p = first; p < first + rows; ++p) {
         const long o = p * width;
-        squares(x, o, pad + lo, width, bf16);
+        squares(x, o, pad + lo, width, bf16, relu);
         if (size == 5 && beta == 0.75f) {
             for (int i = 0; i < width; ++i) {
                 d[i] = k + alpha * window_at(pad, keep, width, i, 5);
@@ -218,19 +236,19 @@ static ALWAYS_INLINE int backward_rows(const void *x, const void *grad, void *gx
             inv_pow_row(s, d, inv, width, k, alpha, beta);
         }
         for (int i = 0; i < width; ++i)
-            pad[hi + i] = load(grad, o + i, bf16) * load(x, o + i, bf16) * inv[i] / d[i];
+            pad[hi + i] = load(grad, o + i, bf16) * load_act(x, o + i, bf16, relu) * inv[i] / d[i];
         if (size == 5) {
             for (int i = 0; i < width; ++i) {
-                const float gi = load(grad, o + i, bf16), xi = load(x, o + i, bf16);
+                const float xi = load(x, o + i, bf16), gi = load(grad, o + i, bf16);
                 const float si = window_at(pad, keep_t, width, i, 5);
-                store(gx, o + i, gi * inv[i] - scale * xi * si, bf16);
+                store(gx, o + i, relu_grad(xi, gi * inv[i] - scale * xi * si, relu), bf16);
             }
             continue;
         }
         window_sum(pad, keep_t, s, width, size);
         for (int i = 0; i < width; ++i) {
-            const float gi = load(grad, o + i, bf16), xi = load(x, o + i, bf16);
-            store(gx, o + i, gi * inv[i] - scale * xi * s[i], bf16);
+            const float xi = load(x, o + i, bf16), gi = load(grad, o + i, bf16);
+            store(gx, o + i, relu_grad(xi, gi * inv[i] - scale * xi * s[i], relu), bf16);
         }
     }
     free(keep);
@@ -240,51 +258,59 @@ static ALWAYS_INLINE int backward_rows(const void *x, const void *grad, void *gx
 
 static ALWAYS_INLINE int lrn_forward(const void *x, void *y, long rows, int channels,
                                      int groups, int size, float alpha, float beta, float k,
-                                     int bf16) {
+                                     int bf16, int relu) {
     if (bad_shape(channels, groups, size)) return 1;
     const int r = block_rows(channels), cg = channels / groups;
     const long blocks = rows / r;
     int err = 0;
-    if (blocks) err = forward_rows(x, y, 0, blocks, r * channels, cg, size, alpha, beta, k, bf16);
+    if (blocks)
+        err = forward_rows(x, y, 0, blocks, r * channels, cg, size, alpha, beta, k, bf16, relu);
     if (!err && rows > blocks * r) /* the last rows, one pixel at a time */
         err = forward_rows(x, y, blocks * r, rows - blocks * r, channels, cg, size, alpha, beta,
-                           k, bf16);
+                           k, bf16, relu);
     return err;
 }
 
 static ALWAYS_INLINE int lrn_backward(const void *x, const void *grad, void *gx, long rows,
                                       int channels, int groups, int size, float alpha,
-                                      float beta, float k, int bf16) {
+                                      float beta, float k, int bf16, int relu) {
     if (bad_shape(channels, groups, size)) return 1;
     const int r = block_rows(channels), cg = channels / groups;
     const long blocks = rows / r;
     int err = 0;
     if (blocks)
         err = backward_rows(x, grad, gx, 0, blocks, r * channels, cg, size, alpha, beta, k,
-                            bf16);
+                            bf16, relu);
     if (!err && rows > blocks * r)
         err = backward_rows(x, grad, gx, blocks * r, rows - blocks * r, channels, cg, size,
-                            alpha, beta, k, bf16);
+                            alpha, beta, k, bf16, relu);
     return err;
 }
 
+/* Entry points: one specialised copy per storage type and ReLU flag (the flags are
+ * constants in each call below, so the compiler folds them out of the loops). */
 int alexnet_lrn_forward(const float *x, float *y, long rows, int channels, int groups,
-                        int size, float alpha, float beta, float k) {
-    return lrn_forward(x, y, rows, channels, groups, size, alpha, beta, k, 0);
+                        int size, float alpha, float beta, float k, int relu) {
+    return relu ? lrn_forward(x, y, rows, channels, groups, size, alpha, beta, k, 0, 1)
+                : lrn_forward(x, y, rows, channels, groups, size, alpha, beta, k, 0, 0);
 }
 
 int alexnet_lrn_backward(const float *x, const float *grad, float *gx, long rows,
-                         int channels, int groups, int size, float alpha, float beta, float k) {
-    return lrn_backward(x, grad, gx, rows, channels, groups, size, alpha, beta, k, 0);
+                         int channels, int groups, int size, float alpha, float beta, float k,
+                         int relu) {
+    return relu ? lrn_backward(x, grad, gx, rows, channels, groups, size, alpha, beta, k, 0, 1)
+                : lrn_backward(x, grad, gx, rows, channels, groups, size, alpha, beta, k, 0, 0);
 }
 
 int alexnet_lrn_forward_bf16(const uint16_t *x, uint16_t *y, long rows, int channels,
-                             int groups, int size, float alpha, float beta, float k) {
-    return lrn_forward(x, y, rows, channels, groups, size, alpha, beta, k, 1);
+                             int groups, int size, float alpha, float beta, float k, int relu) {
+    return relu ? lrn_forward(x, y, rows, channels, groups, size, alpha, beta, k, 1, 1)
+                : lrn_forward(x, y, rows, channels, groups, size, alpha, beta, k, 1, 0);
 }
 
 int alexnet_lrn_backward_bf16(const uint16_t *x, const uint16_t *grad, uint16_t *gx, long rows,
                               int channels, int groups, int size, float alpha, float beta,
-                              float k) {
-    return lrn_backward(x, grad, gx, rows, channels, groups, size, alpha, beta, k, 1);
+                              float k, int relu) {
+    return relu ? lrn_backward(x, grad, gx, rows, channels, groups, size, alpha, beta, k, 1, 1)
+                : lrn_backward(x, grad, gx, rows, channels, groups, size, alpha, beta, k, 1, 0);
 }
