@@ -37,6 +37,12 @@ def test_model_benchmark_cli_json(capsys):
 
     for p in ("fp32", "bf16"):
         assert r["ratios"][p] == train_rate("paper", p) / train_rate("torchvision", p)
+        rounds = [
+            next(x for x in r["rows"] if (x["model"], x["precision"]) == (m, p))["train_rounds_s"]
+            for m in ("paper", "torchvision")
+        ]
+        # One round: the paired ratio is that round's ratio, the same as the medians' ratio.
+        assert r["paired_ratios"][p] == pytest.approx(rounds[1][0] / rounds[0][0])
     assert r["ratio"] == min(r["ratios"].values())
     assert "channels_last" in r["ratio_settings"] and r["machine"]["torch"]
 

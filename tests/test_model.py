@@ -514,9 +514,10 @@ def test_paper_dropout_is_the_papers_and_old_files_keep_inverted(tmp_path):
 
 
 @pytest.mark.parametrize("dtype", [None, torch.bfloat16])
-def test_relu_lrn_fusion_changes_no_bits_and_steps_aside_for_hooks(dtype):
-    # The model runs act1 -> norm1 (and act2 -> norm2) as one fused LRN call where the C
-    # kernel applies; a hook on the ReLU must still see its output, so hooks turn it off.
+def test_relu_lrn_pool_fusion_changes_no_bits_and_steps_aside_for_hooks(dtype):
+    # The model runs act1 -> norm1 -> pool1 (and act2 -> norm2 -> pool2) as one fused op
+    # where the C kernels apply; a hook on any of them must still see its layer's output, so
+    # hooks turn the fusion off for that stage.
     from alexnet.network import lrn as lrn_module
 
     if not lrn_module.fuses_relu(
@@ -526,35 +527,38 @@ def test_relu_lrn_fusion_changes_no_bits_and_steps_aside_for_hooks(dtype):
     torch.manual_seed(0)
     net = build_model(variant="small", num_classes=10).to(memory_format=torch.channels_last)
     x = torch.randn(4, 3, 32, 32).contiguous(memory_format=torch.channels_last)
-    seen: list[torch.Tensor] = []
-    fused_calls = 0
-    original = lrn_module._NativeLRNFunction.forward
+    fused: list[str] = []
+    original = lrn_module._NativeLRNPoolFunction.forward
 
     def spy(ctx, x, *args):
-        nonlocal fused_calls
-        fused_calls += bool(args[-1])
+        fused.append(f"relu={args[5]}")
         return original(ctx, x, *args)
 
     results = []
-    for hooked in (False, True):
+    seen: list[torch.Tensor] = []
+    for hooked in (None, "act1", "norm1", "pool1"):
+        fused.clear()
         handle = (
-            net.act1.register_forward_hook(lambda m, i, o: seen.append(o.detach().clone()))
+            getattr(net, hooked).register_forward_hook(lambda m, i, o: seen.append(o))
             if hooked
             else None
         )
         net.zero_grad()
         torch.manual_seed(1)  # the same dropout masks
         with pytest.MonkeyPatch.context() as mp:
-            mp.setattr(lrn_module._NativeLRNFunction, "forward", staticmethod(spy))
+            mp.setattr(lrn_module._NativeLRNPoolFunction, "forward", staticmethod(spy))
             with torch.autocast("cpu", torch.bfloat16, enabled=dtype is not None):
                 out = net(x)
         out.float().sum().backward()
         results.append((out.detach(), net.conv1.weight.grad.clone()))
         if handle:
             handle.remove()
-        if not hooked:
-            assert fused_calls == 2  # norm1 and norm2 took the ReLU in
-    assert fused_calls == 3  # with the hook only act2 -> norm2 fused
-    assert len(seen) == 1 and (seen[0] >= 0).all()
-    assert torch.equal(results[0][0], results[1][0])
-    assert torch.equal(results[0][1], results[1][1])
+        # Both stages fused without hooks. A hook on act1 leaves norm1 -> pool1 to fuse;
+        # one on norm1 or pool1 leaves stage 1 as separate ops (or ReLU -> LRN fused).
+        expected = {None: [True, True], "act1": [False, True], "norm1": [True], "pool1": [True]}
+        assert fused == [f"relu={r}" for r in expected[hooked]]
+    assert len(seen) == 3
+    assert seen[0].shape[2:] == (32, 32) and (seen[0] >= 0).all()  # act1's own output
+    assert seen[2].shape[2:] == (16, 16)  # pool1's (ceil mode: 32 -> 16)
+    for out, grad in results[1:]:
+        assert torch.equal(out, results[0][0]) and torch.equal(grad, results[0][1])

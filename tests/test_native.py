@@ -239,9 +239,12 @@ def test_lrn_path_reports_the_dtype():
     assert native.lrn_path("cuda").startswith("PyTorch banded matmul in float32 (cuda tensors;")
     if native.library() is not None:
         assert native.lrn_path("cpu", torch.bfloat16) == (
-            "fused C kernel, bfloat16, float32 math, folds in the ReLU before it"
+            "fused C kernel, bfloat16, float32 math, with the ReLU before it and the max-pool after"
         )
-        assert native.lrn_path("cpu") == "fused C kernel, float32, folds in the ReLU before it"
+        assert (
+            native.lrn_path("cpu")
+            == "fused C kernel, float32, with the ReLU before it and the max-pool after"
+        )
         assert "bfloat16" in native.status()
 
 
@@ -352,3 +355,90 @@ def test_relu_flag_on_every_path(channels_last):
     with pointwise_only():
         out = local_response_norm(x, 5, groups=2, relu=True)
     assert torch.allclose(out.double(), ref, rtol=1e-6, atol=1e-7)  # computed in float32
+
+
+@needs_native
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize(
+    "shape,groups,size,kernel,stride,ceil,relu",
+    [
+        ((3, 96, 13, 11), 2, 5, 3, 2, False, True),  # the paper's stages: 3/2 overlapping
+        ((2, 24, 7, 7), 2, 5, 3, 2, True, True),  # the small variant's ceil mode
+        ((2, 12, 9, 8), 3, 4, 2, 2, False, False),  # no ReLU (tanh models), even window
+        ((2, 10, 6, 7), 1, 3, 3, 1, True, True),  # stride 1: up to 9 windows per input
+        ((1, 96, 3, 100), 2, 5, 3, 2, False, True),  # a row wider than the kernel's buffer
+    ],
+)
+def test_lrn_and_max_pool_in_one_kernel_give_the_bits_of_the_separate_ops(
+    dtype, shape, groups, size, kernel, stride, ceil, relu
+):
+    # max_pool2d's own rules must hold bit for bit: the first of equal values wins (the
+    # ReLU's zeros tie everywhere), NaN wins, and an input's gradient is summed in the
+    # storage type over the windows whose max it is, in their order.
+    from torch import nn
+
+    from alexnet.network.lrn import LocalResponseNorm
+
+    torch.manual_seed(0)
+    x = _cl(torch.randn(shape) * 3).to(dtype)
+    x[0, :6, 0, 0] = torch.tensor([-0.0, float("nan"), 0.0, -1e-30, -2.0, 3.0]).to(dtype)
+    norm = LocalResponseNorm(size, 0.05, 0.75, 2.0, groups=groups)
+    pool = nn.MaxPool2d(kernel, stride, ceil_mode=ceil)
+    assert norm.fuses_pool(x, pool)
+    a = x.clone().requires_grad_()
+    z1 = pool(norm(torch.relu(a) if relu else a))
+    g = _cl(torch.randn(z1.shape)).to(dtype)
+    g[0, 0, 0, 0] = float("nan")
+    (g1,) = torch.autograd.grad(z1, a, g)
+    b = x.clone().requires_grad_()
+    z2 = norm.pooled(b, pool, relu=relu)
+    assert "Pool" in type(z2.grad_fn).__name__
+    (g2,) = torch.autograd.grad(z2, b, g)
+    assert z2.shape == z1.shape and z2.is_contiguous(memory_format=torch.channels_last)
+    assert _same(z1, z2) and _same(g1, g2)
+
+
+@needs_native
+def test_lrn_pool_same_bits_for_any_thread_count():
+    # Threads split output rows (forward) and input rows (backward); a thread recomputes the
+    # LRN row it shares with its neighbour rather than reading the neighbour's.
+    from torch import nn
+
+    from alexnet.network.lrn import LocalResponseNorm
+
+    torch.manual_seed(0)
+    x = _cl(torch.randn(3, 16, 15, 15)).bfloat16().requires_grad_()
+    norm, pool = LocalResponseNorm(groups=2), nn.MaxPool2d(3, 2)
+    g = _cl(torch.randn(3, 16, 7, 7)).bfloat16()
+    threads = torch.get_num_threads()
+    out = []
+    try:
+        for n in (1, 4):
+            torch.set_num_threads(n)
+            z = norm.pooled(x, pool, relu=True)
+            out.append([_bits(t) for t in (z, *torch.autograd.grad(z, x, g))])
+    finally:
+        torch.set_num_threads(threads)
+    assert torch.equal(out[0][0], out[1][0]) and torch.equal(out[0][1], out[1][1])
+
+
+def test_pools_the_fused_kernel_does_not_take_run_as_separate_ops():
+    from torch import nn
+
+    from alexnet.network.lrn import LocalResponseNorm, pool_fusable
+
+    assert pool_fusable(nn.MaxPool2d(3, 2)) == (3, 2)
+    assert pool_fusable(nn.MaxPool2d(2)) == (2, 2)  # stride defaults to the kernel
+    for other in (
+        nn.MaxPool2d(3, 2, padding=1),
+        nn.MaxPool2d((3, 2), 2),
+        nn.MaxPool2d(3, 2, dilation=2),
+        nn.MaxPool2d(3, 2, return_indices=True),
+        nn.MaxPool2d(16, 1),  # the argmax's place would not fit a byte
+        nn.AvgPool2d(3, 2),
+    ):
+        assert pool_fusable(other) is None
+    norm = LocalResponseNorm()
+    x = _cl(torch.randn(2, 8, 7, 7))
+    pool = nn.MaxPool2d(3, 2, padding=1)
+    assert torch.equal(norm.pooled(x, pool), pool(norm(x)))

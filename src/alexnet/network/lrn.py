@@ -165,6 +165,82 @@ def _native_lrn(
     return _NativeLRNFunction.apply(x, size, alpha, beta, k, groups, relu)
 
 
+class _NativeLRNPoolFunction(torch.autograd.Function):
+    """LRN (of relu(x) with ``relu``) then max pooling, one C pass each way
+    (``native/lrn.c``, "LRN followed by max pooling"): the LRN's full-size output, the
+    pooling indices (int64 in PyTorch) and the zero-filled gradient between them are never
+    made. Saves x and a byte per pooled value (the argmax's place in its window)."""
+
+    @staticmethod
+    def forward(
+        ctx,
+        x: Tensor,
+        size: int,
+        alpha: float,
+        beta: float,
+        k: float,
+        groups: int,
+        relu: bool,
+        kernel: int,
+        stride: int,
+        ceil_mode: bool,
+    ) -> Tensor:  # type: ignore[override]
+        fns = native.pool_kernels(x.dtype)
+        assert fns is not None
+        n, c, h, w = x.shape
+        ho, wo = _pooled_size(h, w, kernel, stride, ceil_mode)
+        z = torch.empty((n, c, ho, wo), dtype=x.dtype, memory_format=torch.channels_last)
+        arg = torch.empty((n, ho, wo, c), dtype=torch.uint8)
+        ints = [ctypes.c_int(v) for v in (h, w, c, groups, size)]
+        consts = (ctypes.c_float(alpha), ctypes.c_float(beta), ctypes.c_float(k))
+        pool = [ctypes.c_int(v) for v in (int(relu), kernel, stride, ho, wo)]
+        native.run_units(fns[0], n * ho, [x, z, arg], *ints, *consts, *pool)
+        ctx.save_for_backward(x, arg)
+        ctx.args = (*ints, *consts, *pool)
+        return z
+
+    @staticmethod
+    def backward(ctx, grad: Tensor):  # type: ignore[override]
+        x, arg = ctx.saved_tensors
+        fns = native.pool_kernels(x.dtype)
+        assert fns is not None
+        grad = grad.to(x.dtype).contiguous(memory_format=torch.channels_last)
+        gx = torch.empty_like(x)
+        n, _, h, _ = x.shape
+        native.run_units(fns[1], n * h, [x, grad, arg, gx], *ctx.args)
+        return (gx,) + (None,) * 9
+
+
+def _pooled_size(h: int, w: int, kernel: int, stride: int, ceil_mode: bool) -> tuple[int, int]:
+    """max_pool2d's output side (PyTorch's rule, ceil mode included), from a meta tensor."""
+    probe = torch.empty(1, 1, h, w, device="meta")
+    out = nn.functional.max_pool2d(probe, kernel, stride, ceil_mode=ceil_mode)
+    return out.shape[2], out.shape[3]
+
+
+@torch.compiler.disable  # a ctypes call, as _native_lrn
+def _native_lrn_pool(x: Tensor, *args: Any) -> Tensor:
+    return _NativeLRNPoolFunction.apply(x, *args)
+
+
+# The fused kernel keeps the argmax's place in a pooling window in one byte (native/lrn.c).
+_NATIVE_MAX_POOL_KERNEL = 15
+
+
+def pool_fusable(pool: nn.Module) -> tuple[int, int] | None:
+    """(kernel, stride) of a max pool the fused LRN + pool kernel computes (square,
+    unpadded, no dilation, no indices returned, kernel <= 15), else None."""
+    if not isinstance(pool, nn.MaxPool2d) or pool.return_indices:
+        return None
+    pair = nn.modules.utils._pair
+    k, s = pair(pool.kernel_size), pair(pool.stride or pool.kernel_size)
+    if pair(pool.padding) != (0, 0) or pair(pool.dilation) != (1, 1):
+        return None
+    if k[0] != k[1] or s[0] != s[1] or k[0] > _NATIVE_MAX_POOL_KERNEL:
+        return None
+    return k[0], s[0]
+
+
 # The C kernel's per-row buffers (native/lrn.c: MAX_CHANNELS, and 64 more for the window).
 _NATIVE_MAX_CHANNELS, _NATIVE_MAX_WINDOW_PAD = 8192, 64
 
@@ -393,6 +469,26 @@ class LocalResponseNorm(nn.Module):
     def fuses_relu(self, x: Tensor) -> bool:
         """Whether ``self(x, relu=True)`` folds the ReLU into the C kernel for input x."""
         return self.impl == "fast" and fuses_relu(x, self.size, self.groups)
+
+    def fuses_pool(self, x: Tensor, pool: nn.Module) -> bool:
+        """Whether :meth:`pooled` runs as the one fused C kernel for x and ``pool``."""
+        ks = pool_fusable(pool)
+        return (
+            ks is not None
+            and self.fuses_relu(x)
+            and native.pool_kernels(x.dtype) is not None
+            and min(x.shape[2], x.shape[3]) >= ks[0]
+        )
+
+    def pooled(self, x: Tensor, pool: nn.MaxPool2d, relu: bool = False) -> Tensor:
+        """``pool(self(x, relu=relu))``, in one pass each way where :meth:`fuses_pool`."""
+        if not self.fuses_pool(x, pool):
+            return pool(self(x, relu=relu))
+        kernel, stride = pool_fusable(pool)  # type: ignore[misc]
+        a = self.alpha / self.size if self.alpha_convention == "mean" else self.alpha
+        return _native_lrn_pool(
+            x, self.size, a, self.beta, self.k, self.groups, relu, kernel, stride, pool.ceil_mode
+        )
 
     def forward(self, x: Tensor, relu: bool = False) -> Tensor:
         """LRN of x, or of relu(x) with ``relu=True`` (see :func:`local_response_norm`)."""

@@ -238,14 +238,20 @@ def _hooked(*modules: nn.Module) -> bool:
     return any(m._forward_hooks or m._forward_pre_hooks for m in modules)
 
 
-def _fusable(layer: nn.Module, after: nn.Module | None, x: Tensor) -> bool:
-    """A ReLU whose output only feeds an LRN that can take the ReLU into its C kernel."""
-    return (
-        isinstance(layer, nn.ReLU)
-        and isinstance(after, LocalResponseNorm)
-        and after.fuses_relu(x)
-        and not _hooked(layer, after)
-    )
+def _fused(layers: list[nn.Module], x: Tensor) -> tuple[Tensor, int] | None:
+    """Run the longest of ReLU -> LRN -> max-pool, ReLU -> LRN and LRN -> max-pool at the
+    head of ``layers`` that the native kernels take as one op; returns the output and how
+    many layers it covered, or None (run layers[0] alone)."""
+    relu = isinstance(layers[0], nn.ReLU)
+    at = 1 if relu else 0
+    if len(layers) <= at or not isinstance(norm := layers[at], LocalResponseNorm):
+        return None
+    pool = layers[at + 1] if len(layers) > at + 1 else None
+    if pool is not None and norm.fuses_pool(x, pool) and not _hooked(*layers[: at + 2]):
+        return norm.pooled(x, pool, relu=relu), at + 2  # type: ignore[arg-type]
+    if relu and norm.fuses_relu(x) and not _hooked(*layers[:2]):
+        return norm(x, relu=True), 2
+    return None
 
 
 def _dropout(form: str, p: float) -> nn.Module:
@@ -326,15 +332,15 @@ class AlexNet(nn.Module):
     def _run(self, block: tuple[str, ...], x: Tensor) -> Tensor:
         i = 0
         while i < len(block):
-            layer = getattr(self, block[i])
-            after = getattr(self, block[i + 1]) if i + 1 < len(block) else None
-            if _fusable(layer, after, x):
-                # ReLU -> LRN (§3.1, §3.3) as one pass each way: the same bits, without the
-                # ReLU's own passes over conv1's and conv2's outputs.
-                x = after(x, relu=True)
-                i += 2
+            layers = [getattr(self, name) for name in block[i : i + 3]]
+            fused = _fused(layers, x)
+            if fused is not None:
+                # [ReLU ->] LRN [-> max-pool] (§3.1, §3.3, §3.4) as one C pass each way: the
+                # same bits, without the full-size tensors between them.
+                x, used = fused
+                i += used
             else:
-                x = layer(x)
+                x = layers[0](x)
                 i += 1
         return x
 

@@ -42,6 +42,12 @@ KERNELS: dict[torch.dtype, tuple[str, str]] = {
     torch.float32: ("alexnet_lrn_forward", "alexnet_lrn_backward"),
     torch.bfloat16: ("alexnet_lrn_forward_bf16", "alexnet_lrn_backward_bf16"),
 }
+# LRN then max pooling in one pass each way (forward, backward), called by output and input
+# rows: :func:`run_units`.
+POOL_KERNELS: dict[torch.dtype, tuple[str, str]] = {
+    torch.float32: ("alexnet_lrn_pool_forward", "alexnet_lrn_pool_backward"),
+    torch.bfloat16: ("alexnet_lrn_pool_bf16_forward", "alexnet_lrn_pool_bf16_backward"),
+}
 
 
 def _cache_dir() -> Path:
@@ -102,7 +108,8 @@ def library() -> ctypes.CDLL | None:
         else:
             try:
                 lib = ctypes.CDLL(str(_build(cc)))
-                for name in (n for pair in KERNELS.values() for n in pair):
+                names = [*KERNELS.values(), *POOL_KERNELS.values()]
+                for name in (n for pair in names for n in pair):
                     getattr(lib, name).restype = ctypes.c_int
                 _lib = lib
             except (OSError, RuntimeError) as exc:
@@ -120,13 +127,23 @@ def status() -> str:
     return f"native kernels ({dtypes}): {lib._name}"
 
 
+def _functions(
+    table: dict[torch.dtype, tuple[str, str]], dtype: torch.dtype
+) -> tuple[Callable[..., int], Callable[..., int]] | None:
+    lib = library()
+    if lib is None or dtype not in table:
+        return None
+    return getattr(lib, table[dtype][0]), getattr(lib, table[dtype][1])
+
+
 def kernels(dtype: torch.dtype) -> tuple[Callable[..., int], Callable[..., int]] | None:
     """The (forward, backward) C functions for ``dtype``, or None where there are none."""
-    lib = library()
-    if lib is None or dtype not in KERNELS:
-        return None
-    forward, backward = KERNELS[dtype]
-    return getattr(lib, forward), getattr(lib, backward)
+    return _functions(KERNELS, dtype)
+
+
+def pool_kernels(dtype: torch.dtype) -> tuple[Callable[..., int], Callable[..., int]] | None:
+    """The (forward, backward) LRN + max-pool C functions for ``dtype``, or None."""
+    return _functions(POOL_KERNELS, dtype)
 
 
 def lrn_path(
@@ -141,7 +158,7 @@ def lrn_path(
     dev = torch.device(device).type
     if dev == "cpu" and channels_last and kernels(dtype) is not None:
         math = ", float32 math" if dtype != torch.float32 else ""
-        return f"fused C kernel, {name}{math}, folds in the ReLU before it"
+        return f"fused C kernel, {name}{math}, with the ReLU before it and the max-pool after"
     if dev != "cpu":
         from ..lrn import compiled_lrn_status, triton_available
 
@@ -181,6 +198,18 @@ def _threads() -> ThreadPoolExecutor:
     return _pool
 
 
+def _split(total: int, call: Callable[[int, int], int], name: str, least: int) -> None:
+    """``call(lo, hi)`` over ``[0, total)`` in chunks, one per torch thread (at least
+    ``least`` units each), in parallel; raises on the kernels' error codes."""
+    n = max(1, min(torch.get_num_threads(), total // least))
+    bounds = [total * i // n for i in range(n + 1)]
+    codes = [call(0, total)] if n == 1 else list(_threads().map(call, bounds[:-1], bounds[1:]))
+    if 2 in codes:  # the kernels' code for a failed malloc
+        raise MemoryError(f"{name}: out of memory for its window masks")
+    if any(codes):
+        raise ValueError(f"{name} rejected its arguments (code {max(codes)})")
+
+
 def run_rows(
     fn: Callable[..., int], rows: int, row_bytes: int, tensors: list[torch.Tensor], *args: Any
 ) -> None:
@@ -188,8 +217,6 @@ def run_rows(
 
     Every tensor must hold ``rows`` contiguous rows of ``row_bytes`` bytes.
     """
-    n = max(1, min(torch.get_num_threads(), rows // 64))
-    bounds = [rows * i // n for i in range(n + 1)]
     ptrs = [t.data_ptr() for t in tensors]
 
     def call(lo: int, hi: int) -> int:
@@ -197,8 +224,15 @@ def run_rows(
             *(ctypes.c_void_p(p + lo * row_bytes) for p in ptrs), ctypes.c_long(hi - lo), *args
         )
 
-    codes = [call(0, rows)] if n == 1 else list(_threads().map(call, bounds[:-1], bounds[1:]))
-    if 2 in codes:  # the kernels' code for a failed malloc
-        raise MemoryError(f"{fn.__name__}: out of memory for its window masks")
-    if any(codes):
-        raise ValueError(f"{fn.__name__} rejected its arguments (code {max(codes)})")
+    _split(rows, call, fn.__name__, least=64)
+
+
+def run_units(fn: Callable[..., int], units: int, tensors: list[torch.Tensor], *args: Any) -> None:
+    """Call ``fn(ptr0, ptr1, ..., first, count, *args)`` on chunks of ``[0, units)`` in
+    parallel: kernels that find their own place in the tensors (the pooled ones)."""
+    ptrs = [ctypes.c_void_p(t.data_ptr()) for t in tensors]
+
+    def call(lo: int, hi: int) -> int:
+        return fn(*ptrs, ctypes.c_long(lo), ctypes.c_long(hi - lo), *args)
+
+    _split(units, call, fn.__name__, least=2)  # a unit is a row of an image: much work

@@ -173,33 +173,86 @@ static inline int block_rows(int channels) {
     return channels >= BLOCK_WIDTH ? 1 : BLOCK_WIDTH / channels;
 }
 
+/* Scratch rows for one call: pad (squares, then the backward's t, between window borders),
+ * s, d and inv; on the stack, MAX_CHANNELS + MAX_WINDOW_PAD floats each. */
+typedef struct {
+    float pad[MAX_CHANNELS + MAX_WINDOW_PAD], s[MAX_CHANNELS], d[MAX_CHANNELS],
+        inv[MAX_CHANNELS];
+} scratch_t;
+
+/* One row of `width` values (whole pixels' rows back to back): y[yo + i] from x[xo + i].
+ * keep: window_masks(width, cg, size, size / 2). */
+static ALWAYS_INLINE void forward_row(const void *x, long xo, void *y, long yo, int width,
+                                      const uint32_t *keep, scratch_t *w, int size, float alpha,
+                                      float beta, float k, int bf16, int relu) {
+    const int lo = size / 2;
+    squares(x, xo, w->pad + lo, width, bf16, relu);
+    if (size == 5 && beta == 0.75f) {
+        /* The paper's n and beta: the window sum fused into the loop that uses it (one
+         * pass over the row instead of eight), the same operations in the same order. */
+        for (int i = 0; i < width; ++i) {
+            const float di = k + alpha * window_at(w->pad, keep, width, i, 5);
+            store(y, yo + i, load_act(x, xo + i, bf16, relu) * inv_pow_075(di), bf16);
+        }
+        return;
+    }
+    window_sum(w->pad, keep, w->s, width, size);
+    inv_pow_row(w->s, NULL, w->inv, width, k, alpha, beta);
+    for (int i = 0; i < width; ++i)
+        store(y, yo + i, load_act(x, xo + i, bf16, relu) * w->inv[i], bf16);
+}
+
+/* One row's gradient: gx[gxo + i] from x[xo + i] and grad[go + i]. keep_t: the mirrored
+ * window's masks, window_masks(width, cg, size, (size - 1) / 2). */
+static ALWAYS_INLINE void backward_row(const void *x, long xo, const void *grad, long go,
+                                       void *gx, long gxo, int width, const uint32_t *keep,
+                                       const uint32_t *keep_t, scratch_t *w, int size,
+                                       float alpha, float beta, float k, int bf16, int relu) {
+    const int lo = size / 2, hi = (size - 1) / 2;
+    const float scale = 2.0f * beta * alpha;
+    float *pad = w->pad, *s = w->s, *d = w->d, *inv = w->inv;
+    squares(x, xo, pad + lo, width, bf16, relu);
+    if (size == 5 && beta == 0.75f) {
+        for (int i = 0; i < width; ++i) {
+            d[i] = k + alpha * window_at(pad, keep, width, i, 5);
+            inv[i] = inv_pow_075(d[i]);
+        }
+    } else {
+        window_sum(pad, keep, s, width, size);
+        inv_pow_row(s, d, inv, width, k, alpha, beta);
+    }
+    /* t[i] = g[i] x[i] d[i]^(-beta-1); channel j gathers t[i] for i in [j - hi, j + lo]:
+     * the mirrored window, whose padding offset is hi. */
+    for (int i = 0; i < width; ++i)
+        pad[hi + i] = load(grad, go + i, bf16) * load_act(x, xo + i, bf16, relu) * inv[i] / d[i];
+    if (size == 5) {
+        for (int i = 0; i < width; ++i) {
+            const float xi = load(x, xo + i, bf16), gi = load(grad, go + i, bf16);
+            const float si = window_at(pad, keep_t, width, i, 5);
+            store(gx, gxo + i, relu_grad(xi, gi * inv[i] - scale * xi * si, relu), bf16);
+        }
+        return;
+    }
+    window_sum(pad, keep_t, s, width, size);
+    for (int i = 0; i < width; ++i) {
+        const float xi = load(x, xo + i, bf16), gi = load(grad, go + i, bf16);
+        store(gx, gxo + i, relu_grad(xi, gi * inv[i] - scale * xi * s[i], relu), bf16);
+    }
+}
+
 /* Rows [first, first + rows) of `width` values each (whole pixels' rows back to back). */
 static ALWAYS_INLINE int forward_rows(const void *x, void *y, long first, long rows, int width,
                                       int cg, int size, float alpha, float beta, float k,
                                       int bf16, int relu) {
-    const int lo = size / 2, hi = (size - 1) / 2;
-    uint32_t *keep = window_masks(width, cg, size, lo);
+    uint32_t *keep = window_masks(width, cg, size, size / 2);
     if (!keep) return 2;
-    /* pad[lo + i] = x[i]^2; the lo zeros before and hi after are never written. */
-    float pad[MAX_CHANNELS + MAX_WINDOW_PAD], s[MAX_CHANNELS], inv[MAX_CHANNELS];
-    memset(pad, 0, sizeof(float) * (size_t)(width + lo + hi));
-    for (long p = first; p < first + rows; ++p) {
-        const long o = p * width; /* first element of this row */
-        squares(x, o, pad + lo, width, bf16, relu);
-        if (size == 5 && beta == 0.75f) {
-            /* The paper's n and beta: the window sum fused into the loop that uses it (one
-             * pass over the row instead of eight), the same operations in the same order. */
-            for (int i = 0; i < width; ++i) {
-                const float di = k + alpha * window_at(pad, keep, width, i, 5);
-                store(y, o + i, load_act(x, o + i, bf16, relu) * inv_pow_075(di), bf16);
-            }
-            continue;
-        }
-        window_sum(pad, keep, s, width, size);
-        inv_pow_row(s, NULL, inv, width, k, alpha, beta);
-        for (int i = 0; i < width; ++i)
-            store(y, o + i, load_act(x, o + i, bf16, relu) * inv[i], bf16);
-    }
+    /* The window borders of pad are read but masked to zero, bits and all; cleared once so
+     * that nothing uninitialised is read. */
+    scratch_t w;
+    memset(w.pad, 0, sizeof w.pad);
+    for (long p = first; p < first + rows; ++p)
+        forward_row(x, p * width, y, p * width, width, keep, &w, size, alpha, beta, k, bf16,
+                    relu);
     free(keep);
     return 0;
 }
@@ -207,49 +260,19 @@ static ALWAYS_INLINE int forward_rows(const void *x, void *y, long first, long r
 static ALWAYS_INLINE int backward_rows(const void *x, const void *grad, void *gx, long first,
                                        long rows, int width, int cg, int size, float alpha,
                                        float beta, float k, int bf16, int relu) {
-    const int lo = size / 2, hi = (size - 1) / 2;
-    const float scale = 2.0f * beta * alpha;
-    uint32_t *keep = window_masks(width, cg, size, lo);
-    /* t[i] = g[i] x[i] d[i]^(-beta-1); channel j gathers t[i] for i in [j - hi, j + lo]:
-     * the mirrored window, whose padding offset is hi. */
-    uint32_t *keep_t = window_masks(width, cg, size, hi);
+    uint32_t *keep = window_masks(width, cg, size, size / 2);
+    uint32_t *keep_t = window_masks(width, cg, size, (size - 1) / 2);
     if (!keep || !keep_t) {
         free(keep);
         free(keep_t);
         return 2;
     }
-    /* pad holds x^2 at offset lo, then t at offset hi. Whatever its borders hold, the masks
-     * zero it, bits and all, so they need no clearing. */
-    float pad[MAX_CHANNELS + MAX_WINDOW_PAD];
-    float s[MAX_CHANNELS], d[MAX_CHANNELS], inv[MAX_CHANNELS];
-    memset(pad, 0, sizeof(float) * (size_t)(width + lo + hi));
+    scratch_t w;
+    memset(w.pad, 0, sizeof w.pad);
     for (long p = first; p < first + rows; ++p) {
         const long o = p * width;
-        squares(x, o, pad + lo, width, bf16, relu);
-        if (size == 5 && beta == 0.75f) {
-            for (int i = 0; i < width; ++i) {
-                d[i] = k + alpha * window_at(pad, keep, width, i, 5);
-                inv[i] = inv_pow_075(d[i]);
-            }
-        } else {
-            window_sum(pad, keep, s, width, size);
-            inv_pow_row(s, d, inv, width, k, alpha, beta);
-        }
-        for (int i = 0; i < width; ++i)
-            pad[hi + i] = load(grad, o + i, bf16) * load_act(x, o + i, bf16, relu) * inv[i] / d[i];
-        if (size == 5) {
-            for (int i = 0; i < width; ++i) {
-                const float xi = load(x, o + i, bf16), gi = load(grad, o + i, bf16);
-                const float si = window_at(pad, keep_t, width, i, 5);
-                store(gx, o + i, relu_grad(xi, gi * inv[i] - scale * xi * si, relu), bf16);
-            }
-            continue;
-        }
-        window_sum(pad, keep_t, s, width, size);
-        for (int i = 0; i < width; ++i) {
-            const float xi = load(x, o + i, bf16), gi = load(grad, o + i, bf16);
-            store(gx, o + i, relu_grad(xi, gi * inv[i] - scale * xi * s[i], relu), bf16);
-        }
+        backward_row(x, o, grad, o, gx, o, width, keep, keep_t, &w, size, alpha, beta, k, bf16,
+                     relu);
     }
     free(keep);
     free(keep_t);
@@ -287,6 +310,184 @@ static ALWAYS_INLINE int lrn_backward(const void *x, const void *grad, void *gx,
     return err;
 }
 
+/* ---- LRN followed by max pooling (Figure 2: conv1 and conv2's stages) ------------------
+ *
+ * z = maxpool(LRN(act(x))) for an (N, H, W, C) x, kernel pk, stride ps, no padding, output
+ * (N, Ho, Wo, C); Ho and Wo come from the caller (floor or ceil mode: a last window may be
+ * cut by the edge). The LRN of each input row of W pixels goes to a small ring of rows in
+ * the storage type, exactly what the separate LRN would have written to memory, and the
+ * pooling reads it from there: the full-size LRN output, PyTorch's int64 indices and the
+ * zero-filled gradient of the backward are never made. arg[n, oh, ow, c] keeps the argmax
+ * as its offset in the window, (ih - oh ps) pk + (iw - ow ps), in one byte (pk <= 15).
+ *
+ * Same bits as torch's max_pool2d on the LRN's output: the window scanned row by row, a
+ * value taking the max when greater or NaN, the first of equal values kept; and in the
+ * backward each input's gradient summed in the storage type over the windows (oh, then
+ * ow, ascending) whose argmax it is, as max_pool2d_backward adds them. */
+
+#define MAX_POOL_KERNEL 15
+
+/* The LRN of image row (n, ih) into dst (W * channels values, storage type), in pieces of
+ * `piece` pixels; keep_a: masks for a whole piece, keep_b: for the last, shorter one. */
+static ALWAYS_INLINE void lrn_image_row(const void *x, void *dst, long n, int ih, int H, int W,
+                                        int channels, int piece, const uint32_t *keep_a,
+                                        const uint32_t *keep_b, scratch_t *w, int size,
+                                        float alpha, float beta, float k, int bf16, int relu) {
+    const long row = ((n * H + ih) * (long)W) * channels;
+    for (int p0 = 0; p0 < W; p0 += piece) {
+        const int pixels = W - p0 < piece ? W - p0 : piece;
+        const long o = (long)p0 * channels;
+        forward_row(x, row + o, dst, o, pixels * channels, pixels == piece ? keep_a : keep_b, w,
+                    size, alpha, beta, k, bf16, relu);
+    }
+}
+
+static ALWAYS_INLINE void lrn_image_row_backward(const void *x, const void *grad, void *gx,
+                                                 long n, int ih, int H, int W, int channels,
+                                                 int piece, const uint32_t *const masks[4],
+                                                 scratch_t *w, int size, float alpha,
+                                                 float beta, float k, int bf16, int relu) {
+    const long row = ((n * H + ih) * (long)W) * channels;
+    for (int p0 = 0; p0 < W; p0 += piece) {
+        const int pixels = W - p0 < piece ? W - p0 : piece, b = pixels == piece ? 0 : 2;
+        const long o = (long)p0 * channels;
+        backward_row(x, row + o, grad, o, gx, row + o, pixels * channels, masks[b],
+                     masks[b + 1], w, size, alpha, beta, k, bf16, relu);
+    }
+}
+
+static inline int bad_pool(int H, int W, int pk, int ps, int Ho, int Wo) {
+    return H < 1 || W < 1 || pk < 1 || pk > MAX_POOL_KERNEL || ps < 1 || Ho < 1 || Wo < 1 ||
+           (long)(Ho - 1) * ps >= H || (long)(Wo - 1) * ps >= W;
+}
+
+/* Masks for pieces of `piece` pixels and of the last `W % piece` (NULL when none); the
+ * mirrored ones too when `mirrored`. Returns 0, or 2 when out of memory. */
+static int piece_masks(uint32_t *m[4], int W, int channels, int cg, int size, int piece,
+                       int mirrored) {
+    const int last = W % piece;
+    m[0] = window_masks(piece * channels, cg, size, size / 2);
+    m[1] = mirrored ? window_masks(piece * channels, cg, size, (size - 1) / 2) : NULL;
+    m[2] = last ? window_masks(last * channels, cg, size, size / 2) : NULL;
+    m[3] = last && mirrored ? window_masks(last * channels, cg, size, (size - 1) / 2) : NULL;
+    if (!m[0] || (mirrored && !m[1]) || (last && (!m[2] || (mirrored && !m[3])))) return 2;
+    return 0;
+}
+
+/* Output rows u = n Ho + oh for u in [first, first + count). */
+static ALWAYS_INLINE int lrn_pool_forward(const void *x, void *z, uint8_t *arg, long first,
+                                          long count, int H, int W, int channels, int groups,
+                                          int size, float alpha, float beta, float k, int pk,
+                                          int ps, int Ho, int Wo, int bf16, int relu) {
+    if (bad_shape(channels, groups, size) || bad_pool(H, W, pk, ps, Ho, Wo)) return 1;
+    const int C = channels, piece = W < MAX_CHANNELS / C ? W : MAX_CHANNELS / C;
+    const size_t esize = bf16 ? 2 : 4, row_values = (size_t)W * C;
+    uint32_t *masks[4] = {NULL, NULL, NULL, NULL};
+    /* ring[ih % pk]: the LRN of input row ih of image tag[ih % pk] / H. */
+    char *ring = malloc(esize * row_values * (size_t)pk);
+    float *best = malloc(sizeof(float) * (size_t)Wo * C), *at = malloc(sizeof(float) * (size_t)Wo * C);
+    scratch_t *w = malloc(sizeof *w);
+    int err = piece_masks(masks, W, C, C / groups, size, piece, 0);
+    if (!ring || !best || !at || !w) err = 2;
+    if (!err) {
+        long tag[MAX_POOL_KERNEL];
+        for (int i = 0; i < pk; ++i) tag[i] = -1;
+        memset(w->pad, 0, sizeof w->pad);
+        for (long u = first; u < first + count; ++u) {
+            const long n = u / Ho;
+            const int oh = (int)(u % Ho), h0 = oh * ps, h1 = h0 + pk < H ? h0 + pk : H;
+            for (long i = 0; i < (long)Wo * C; ++i) {
+                best[i] = -INFINITY;
+                at[i] = 0.0f;
+            }
+            for (int ih = h0; ih < h1; ++ih) {
+                char *row = ring + esize * row_values * (size_t)(ih % pk);
+                if (tag[ih % pk] != n * H + ih) {
+                    lrn_image_row(x, row, n, ih, H, W, C, piece, masks[0], masks[2], w, size,
+                                  alpha, beta, k, bf16, relu);
+                    tag[ih % pk] = n * H + ih;
+                }
+                for (int ow = 0; ow < Wo; ++ow) {
+                    const int w0 = ow * ps, w1 = w0 + pk < W ? w0 + pk : W;
+                    float *b = best + (long)ow * C, *a = at + (long)ow * C;
+                    for (int iw = w0; iw < w1; ++iw) {
+                        const float t = (float)((ih - h0) * pk + (iw - w0));
+                        const long o = (long)iw * C;
+                        for (int c = 0; c < C; ++c) {
+                            const float v = load(row, o + c, bf16);
+                            const int take = v > b[c] || v != v; /* greater, or NaN */
+                            b[c] = take ? v : b[c];
+                            a[c] = take ? t : a[c];
+                        }
+                    }
+                }
+            }
+            /* best holds values read from storage: storing them again is exact. */
+            const long zo = u * (long)Wo * C;
+            for (long i = 0; i < (long)Wo * C; ++i) {
+                store(z, zo + i, best[i], bf16);
+                arg[zo + i] = (uint8_t)at[i];
+            }
+        }
+    }
+    for (int i = 0; i < 4; ++i) free(masks[i]);
+    free(ring);
+    free(best);
+    free(at);
+    free(w);
+    return err;
+}
+
+/* Input rows u = n H + ih for u in [first, first + count): gx from x, gz and arg. */
+static ALWAYS_INLINE int lrn_pool_backward(const void *x, const void *gz, const uint8_t *arg,
+                                           void *gx, long first, long count, int H, int W,
+                                           int channels, int groups, int size, float alpha,
+                                           float beta, float k, int pk, int ps, int Ho, int Wo,
+                                           int bf16, int relu) {
+    if (bad_shape(channels, groups, size) || bad_pool(H, W, pk, ps, Ho, Wo)) return 1;
+    const int C = channels, piece = W < MAX_CHANNELS / C ? W : MAX_CHANNELS / C;
+    const size_t esize = bf16 ? 2 : 4;
+    uint32_t *masks[4] = {NULL, NULL, NULL, NULL};
+    void *gy = malloc(esize * (size_t)W * C); /* the LRN output's gradient, one input row */
+    scratch_t *w = malloc(sizeof *w);
+    int err = piece_masks(masks, W, C, C / groups, size, piece, 1);
+    if (!gy || !w) err = 2;
+    if (!err) {
+        memset(w->pad, 0, sizeof w->pad);
+        for (long u = first; u < first + count; ++u) {
+            const long n = u / H;
+            const int ih = (int)(u % H);
+            memset(gy, 0, esize * (size_t)W * C);
+            /* The windows holding row ih: oh ps <= ih < oh ps + pk, oh < Ho. */
+            const int oh_lo = ih >= pk ? (ih - pk) / ps + 1 : 0;
+            const int oh_hi = ih / ps < Ho - 1 ? ih / ps : Ho - 1;
+            for (int oh = oh_lo; oh <= oh_hi; ++oh) {
+                const int r = ih - oh * ps;
+                for (int ow = 0; ow < Wo; ++ow) {
+                    const int w0 = ow * ps, w1 = w0 + pk < W ? w0 + pk : W;
+                    const long zo = ((n * Ho + oh) * (long)Wo + ow) * C;
+                    for (int iw = w0; iw < w1; ++iw) {
+                        const uint8_t t = (uint8_t)(r * pk + (iw - w0));
+                        const long o = (long)iw * C;
+                        for (int c = 0; c < C; ++c) {
+                            const float cur = load(gy, o + c, bf16);
+                            const float sum = cur + load(gz, zo + c, bf16);
+                            store(gy, o + c, arg[zo + c] == t ? sum : cur, bf16);
+                        }
+                    }
+                }
+            }
+            lrn_image_row_backward(x, gy, gx, n, ih, H, W, C, piece,
+                                   (const uint32_t *const *)masks, w, size, alpha, beta, k,
+                                   bf16, relu);
+        }
+    }
+    for (int i = 0; i < 4; ++i) free(masks[i]);
+    free(gy);
+    free(w);
+    return err;
+}
+
 /* Entry points: one specialised copy per storage type and ReLU flag (the flags are
  * constants in each call below, so the compiler folds them out of the loops). */
 int alexnet_lrn_forward(const float *x, float *y, long rows, int channels, int groups,
@@ -314,3 +515,26 @@ int alexnet_lrn_backward_bf16(const uint16_t *x, const uint16_t *grad, uint16_t 
     return relu ? lrn_backward(x, grad, gx, rows, channels, groups, size, alpha, beta, k, 1, 1)
                 : lrn_backward(x, grad, gx, rows, channels, groups, size, alpha, beta, k, 1, 0);
 }
+
+#define POOL_ENTRY(name, T, bf16)                                                               \
+    int name##_forward(const T *x, T *z, uint8_t *arg, long first, long count, int H, int W,    \
+                       int channels, int groups, int size, float alpha, float beta, float k,    \
+                       int relu, int pk, int ps, int Ho, int Wo) {                              \
+        return relu ? lrn_pool_forward(x, z, arg, first, count, H, W, channels, groups, size, \
+                                       alpha, beta, k, pk, ps, Ho, Wo, bf16, 1)                 \
+                    : lrn_pool_forward(x, z, arg, first, count, H, W, channels, groups, size, \
+                                       alpha, beta, k, pk, ps, Ho, Wo, bf16, 0);                \
+    }                                                                                           \
+    int name##_backward(const T *x, const T *gz, const uint8_t *arg, T *gx, long first,         \
+                        long count, int H, int W, int channels, int groups, int size,           \
+                        float alpha, float beta, float k, int relu, int pk, int ps, int Ho,     \
+                        int Wo) {                                                               \
+        return relu ? lrn_pool_backward(x, gz, arg, gx, first, count, H, W, channels, groups,  \
+                                        size, alpha, beta, k, pk, ps, Ho, Wo, bf16, 1)          \
+                    : lrn_pool_backward(x, gz, arg, gx, first, count, H, W, channels, groups,  \
+                                        size, alpha, beta, k, pk, ps, Ho, Wo, bf16, 0);         \
+    }
+
+/* alexnet_lrn_pool_forward, alexnet_lrn_pool_backward and their _bf16 twins. */
+POOL_ENTRY(alexnet_lrn_pool, float, 0)
+POOL_ENTRY(alexnet_lrn_pool_bf16, uint16_t, 1)
