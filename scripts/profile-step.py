@@ -1,21 +1,28 @@
-"""Where a training step's GPU time goes: the paper's net next to torchvision's alexnet.
+"""Where a training step's time goes: the paper's net next to torchvision's alexnet.
 
-    python scripts/profile-step.py [--batch 512] [--precision bf16] [--rows 20]
+    python scripts/profile-step.py [--device cuda|cpu] [--batch N] [--precision bf16] [--rows 20]
 
-Prints, per model, the kernels that take the most CUDA time over a few profiled steps
-(channels_last, autocast, SGD), after warm-up steps that let cuDNN choose its algorithms.
+Prints, per model, the kernels (GPU) or operators (CPU, self time) that take the most time
+over a few profiled steps (channels_last, autocast, SGD), after warm-up steps that let cuDNN
+choose its algorithms. On CPU the host memory is set up as the ``alexnet`` command does.
 """
 
 from __future__ import annotations
 
 import argparse
+import time
+from collections.abc import Callable
 
-import torch
-import torchvision
-from torch import nn
-from torch.profiler import ProfilerActivity, profile
+from alexnet import allocator
 
-from alexnet.network.model import build_model
+allocator.configure()  # before torch allocates: as `alexnet train` and `benchmark` run
+
+import torch  # noqa: E402
+import torchvision  # noqa: E402
+from torch import nn  # noqa: E402
+from torch.profiler import ProfilerActivity, profile  # noqa: E402
+
+from alexnet.network.model import build_model  # noqa: E402
 
 
 def dense_groups(model: nn.Module) -> nn.Module:
@@ -42,17 +49,27 @@ def dense_groups(model: nn.Module) -> nn.Module:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--batch", type=int, default=512)
+    ap.add_argument("--device", default="cuda", choices=["cuda", "cpu"])
+    ap.add_argument("--batch", type=int, help="default 512 on a GPU, 128 on CPU")
     ap.add_argument("--precision", default="bf16", choices=["bf16", "fp16", "fp32"])
     ap.add_argument("--rows", type=int, default=20)
-    ap.add_argument("--steps", type=int, default=5)
+    ap.add_argument("--steps", type=int, help="profiled steps (default 5 on a GPU, 2 on CPU)")
     args = ap.parse_args()
-    if not torch.cuda.is_available():
-        raise SystemExit("profile-step: needs a CUDA device (it profiles GPU kernels)")
+    cpu = args.device == "cpu"
+    if not cpu and not torch.cuda.is_available():
+        raise SystemExit("profile-step: no CUDA device here (use --device cpu)")
+    if cpu and args.precision == "fp16":
+        raise SystemExit("profile-step: fp16 autocast is for GPUs; use bf16 or fp32 on CPU")
+    args.batch = args.batch or (128 if cpu else 512)
+    args.steps = args.steps or (2 if cpu else 5)
+    if args.batch < 1 or args.steps < 1:
+        raise SystemExit("profile-step: --batch and --steps must be >= 1")
     torch.backends.cudnn.benchmark = True
-    dev = torch.device("cuda")
+    dev = torch.device(args.device)
     dtype = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": None}[args.precision]
-    for name in ("paper", "paper-dense-groups", "torchvision"):
+    # Dense groups is a cuDNN question (its grouped kernels are slower); not asked on CPU.
+    names = ("paper", "torchvision") if cpu else ("paper", "paper-dense-groups", "torchvision")
+    for name in names:
         torch.manual_seed(0)
         if name == "torchvision":
             model = torchvision.models.alexnet()
@@ -68,12 +85,15 @@ def main() -> None:
         y = torch.randint(0, 1000, (args.batch,), device=dev)
 
         def step() -> None:
-            with torch.autocast("cuda", dtype=dtype, enabled=dtype is not None):
+            with torch.autocast(dev.type, dtype=dtype, enabled=dtype is not None):
                 loss = nn.functional.cross_entropy(model(x).float(), y)  # noqa: B023
             opt.zero_grad(set_to_none=True)  # noqa: B023
             loss.backward()
             opt.step()  # noqa: B023
 
+        if cpu:
+            profile_cpu(name, step, args)
+            continue
         for _ in range(10):
             step()
         torch.cuda.synchronize()
@@ -98,6 +118,27 @@ def main() -> None:
                 sort_by="device_time_total", row_limit=args.rows, max_name_column_width=70
             )
             print(table)
+
+
+def profile_cpu(name: str, step: Callable[[], None], args: argparse.Namespace) -> None:
+    for _ in range(2):  # warm-up: the heap, conv_impl's decisions, the native kernels' build
+        step()
+    t0 = time.perf_counter()
+    for _ in range(args.steps):
+        step()
+    wall = (time.perf_counter() - t0) / args.steps * 1e3
+    with profile(activities=[ProfilerActivity.CPU]) as prof:
+        for _ in range(args.steps):
+            step()
+    print(
+        f"\n=== {name}: batch {args.batch}, {args.precision}, {torch.get_num_threads()} "
+        f"threads, {wall:.0f} ms per step unprofiled ({args.batch / wall * 1e3:.1f} images/s); "
+        f"profiled self CPU times below are totals over {args.steps} steps"
+    )
+    table = prof.key_averages().table(
+        sort_by="self_cpu_time_total", row_limit=args.rows, max_name_column_width=60
+    )
+    print(table)
 
 
 if __name__ == "__main__":

@@ -562,3 +562,40 @@ def test_relu_lrn_pool_fusion_changes_no_bits_and_steps_aside_for_hooks(dtype):
     assert seen[2].shape[2:] == (16, 16)  # pool1's (ceil mode: 32 -> 16)
     for out, grad in results[1:]:
         assert torch.equal(out, results[0][0]) and torch.equal(grad, results[0][1])
+
+
+def test_fusion_never_skips_backward_hooks_subclasses_or_double_backward():
+    from alexnet.network import lrn as lrn_module
+
+    if not lrn_module.fuses_relu(
+        torch.zeros(1, 8, 2, 2).contiguous(memory_format=torch.channels_last), 5, 1
+    ):
+        pytest.skip("no native LRN kernel here")
+    torch.manual_seed(0)
+    net = build_model(variant="small", num_classes=10, dropout=0.0)
+    net = net.to(memory_format=torch.channels_last)
+    x = torch.randn(2, 3, 32, 32).contiguous(memory_format=torch.channels_last)
+    called = []
+    handle = net.pool1.register_full_backward_hook(lambda m, gi, go: called.append("pool1"))
+    net(x).sum().backward()
+    handle.remove()
+    assert called == ["pool1"]
+
+    class HalfReLU(nn.ReLU):  # a subclass with its own forward must run as written
+        def forward(self, t: torch.Tensor) -> torch.Tensor:
+            return super().forward(t) * 0.5
+
+    ref = net.norm1(torch.relu(net.conv1(x)) * 0.5)
+    net.act1 = HalfReLU()
+    out = net._run(("conv1", "act1", "norm1"), x)
+    assert torch.equal(out, ref)
+
+    # The C backward has no backward of its own: a clear error, not a silent zero.
+    xr = x.clone().requires_grad_()
+    (g,) = torch.autograd.grad(
+        build_model(variant="small").to(memory_format=torch.channels_last)(xr).square().sum(),
+        xr,
+        create_graph=True,
+    )
+    with pytest.raises(RuntimeError, match="differentiate twice"):
+        g.sum().backward()

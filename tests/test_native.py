@@ -239,11 +239,11 @@ def test_lrn_path_reports_the_dtype():
     assert native.lrn_path("cuda").startswith("PyTorch banded matmul in float32 (cuda tensors;")
     if native.library() is not None:
         assert native.lrn_path("cpu", torch.bfloat16) == (
-            "fused C kernel, bfloat16, float32 math, with the ReLU before it and the max-pool after"
+            "fused C kernel, bfloat16, float32 math (with the ReLU before and max-pool after, if any)"
         )
         assert (
             native.lrn_path("cpu")
-            == "fused C kernel, float32, with the ReLU before it and the max-pool after"
+            == "fused C kernel, float32 (with the ReLU before and max-pool after, if any)"
         )
         assert "bfloat16" in native.status()
 
@@ -374,7 +374,8 @@ def test_lrn_and_max_pool_in_one_kernel_give_the_bits_of_the_separate_ops(
 ):
     # max_pool2d's own rules must hold bit for bit: the first of equal values wins (the
     # ReLU's zeros tie everywhere), NaN wins, and an input's gradient is summed in the
-    # storage type over the windows whose max it is, in their order.
+    # storage type over the windows whose max it is, in their order. (_same: NaN where the
+    # separate ops give NaN; in bf16 PyTorch rewrites NaN bit patterns, the kernel not.)
     from torch import nn
 
     from alexnet.network.lrn import LocalResponseNorm
@@ -442,3 +443,8 @@ def test_pools_the_fused_kernel_does_not_take_run_as_separate_ops():
     x = _cl(torch.randn(2, 8, 7, 7))
     pool = nn.MaxPool2d(3, 2, padding=1)
     assert torch.equal(norm.pooled(x, pool), pool(norm(x)))
+    # Bad groups: the LRN's own message, not the kernel's error code.
+    with pytest.raises(ValueError, match="8 channels do not split into 3 LRN groups"):
+        LocalResponseNorm(groups=3).pooled(x, nn.MaxPool2d(3, 2))
+    with pytest.raises(ValueError, match="groups must be >= 1"):
+        LocalResponseNorm(groups=0)

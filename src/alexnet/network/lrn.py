@@ -16,6 +16,9 @@ and the backward is the closed form
 
 with d = k + alpha' * sum a^2, so the whole op is a handful of memory passes.
 
+On that kernel's path the model also folds in the ReLU before LRN and the max-pool after
+it (``relu=True``, :meth:`LocalResponseNorm.pooled`): the same bits as the separate ops.
+
 Precision: everything is computed in float32 (or float64 for float64 inputs), never in
 autocast's lower precision. bf16 channels_last CPU tensors go to the fused C kernel, which
 reads and writes bf16 and computes in float32; other bf16/fp16 inputs are upcast for the
@@ -33,6 +36,7 @@ from typing import Any, Literal
 
 import torch
 from torch import Tensor, nn
+from torch.autograd.function import once_differentiable
 
 from . import native
 
@@ -145,6 +149,7 @@ class _NativeLRNFunction(torch.autograd.Function):
         return y
 
     @staticmethod
+    @once_differentiable  # the C backward has no backward: double backward is an error
     def backward(ctx, grad: Tensor):  # type: ignore[override]
         (x,) = ctx.saved_tensors
         fns = native.kernels(x.dtype)
@@ -200,6 +205,7 @@ class _NativeLRNPoolFunction(torch.autograd.Function):
         return z
 
     @staticmethod
+    @once_differentiable
     def backward(ctx, grad: Tensor):  # type: ignore[override]
         x, arg = ctx.saved_tensors
         fns = native.pool_kernels(x.dtype)
@@ -230,7 +236,7 @@ _NATIVE_MAX_POOL_KERNEL = 15
 def pool_fusable(pool: nn.Module) -> tuple[int, int] | None:
     """(kernel, stride) of a max pool the fused LRN + pool kernel computes (square,
     unpadded, no dilation, no indices returned, kernel <= 15), else None."""
-    if not isinstance(pool, nn.MaxPool2d) or pool.return_indices:
+    if type(pool) is not nn.MaxPool2d or pool.return_indices:  # a subclass may differ
         return None
     pair = nn.modules.utils._pair
     k, s = pair(pool.kernel_size), pair(pool.stride or pool.kernel_size)
@@ -455,6 +461,8 @@ class LocalResponseNorm(nn.Module):
             )
         if size < 1:
             raise ValueError(f"LRN size must be >= 1, got {size}")
+        if groups < 1:
+            raise ValueError(f"LRN groups must be >= 1, got {groups}")
         if alpha_convention not in ("mean", "sum"):
             raise ValueError(f"alpha_convention must be 'mean' or 'sum', got {alpha_convention!r}")
         self.size, self.alpha, self.beta, self.k = size, alpha, beta, k
@@ -482,6 +490,8 @@ class LocalResponseNorm(nn.Module):
 
     def pooled(self, x: Tensor, pool: nn.MaxPool2d, relu: bool = False) -> Tensor:
         """``pool(self(x, relu=relu))``, in one pass each way where :meth:`fuses_pool`."""
+        if x.dim() == 4 and x.shape[1] % self.groups:
+            raise ValueError(f"{x.shape[1]} channels do not split into {self.groups} LRN groups")
         if not self.fuses_pool(x, pool):
             return pool(self(x, relu=relu))
         kernel, stride = pool_fusable(pool)  # type: ignore[misc]

@@ -230,21 +230,30 @@ class PaperDropout(nn.Module):
 
 
 def _hooked(*modules: nn.Module) -> bool:
-    """Any forward hooks on these modules, or global ones: fusing two layers would hide the
-    first one's output from them."""
-    hooks = nn.modules.module
-    if hooks._global_forward_hooks or hooks._global_forward_pre_hooks:
+    """Any hooks on these modules, forward or backward, or global ones: fused layers never
+    run one by one, so no layer's hooks would be called."""
+    g = nn.modules.module
+    if (
+        g._global_forward_hooks
+        or g._global_forward_pre_hooks
+        or g._global_backward_hooks
+        or g._global_backward_pre_hooks
+    ):
         return True
-    return any(m._forward_hooks or m._forward_pre_hooks for m in modules)
+    return any(
+        m._forward_hooks or m._forward_pre_hooks or m._backward_hooks or m._backward_pre_hooks
+        for m in modules
+    )
 
 
 def _fused(layers: list[nn.Module], x: Tensor) -> tuple[Tensor, int] | None:
     """Run the longest of ReLU -> LRN -> max-pool, ReLU -> LRN and LRN -> max-pool at the
     head of ``layers`` that the native kernels take as one op; returns the output and how
     many layers it covered, or None (run layers[0] alone)."""
-    relu = isinstance(layers[0], nn.ReLU)
+    # Exact types: a subclass may compute something else in its own forward.
+    relu = type(layers[0]) is nn.ReLU
     at = 1 if relu else 0
-    if len(layers) <= at or not isinstance(norm := layers[at], LocalResponseNorm):
+    if len(layers) <= at or type(norm := layers[at]) is not LocalResponseNorm:
         return None
     pool = layers[at + 1] if len(layers) > at + 1 else None
     if pool is not None and norm.fuses_pool(x, pool) and not _hooked(*layers[: at + 2]):

@@ -158,7 +158,7 @@ def lrn_path(
     dev = torch.device(device).type
     if dev == "cpu" and channels_last and kernels(dtype) is not None:
         math = ", float32 math" if dtype != torch.float32 else ""
-        return f"fused C kernel, {name}{math}, with the ReLU before it and the max-pool after"
+        return f"fused C kernel, {name}{math} (with the ReLU before and max-pool after, if any)"
     if dev != "cpu":
         from ..lrn import compiled_lrn_status, triton_available
 

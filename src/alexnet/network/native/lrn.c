@@ -356,8 +356,9 @@ static ALWAYS_INLINE void lrn_image_row_backward(const void *x, const void *grad
     }
 }
 
-static inline int bad_pool(int H, int W, int pk, int ps, int Ho, int Wo) {
-    return H < 1 || W < 1 || pk < 1 || pk > MAX_POOL_KERNEL || ps < 1 || Ho < 1 || Wo < 1 ||
+static inline int bad_pool(long first, long count, int H, int W, int pk, int ps, int Ho,
+                           int Wo) {
+    return first < 0 || count < 0 || H < 1 || W < 1 || pk < 1 || pk > MAX_POOL_KERNEL || ps < 1 || Ho < 1 || Wo < 1 ||
            (long)(Ho - 1) * ps >= H || (long)(Wo - 1) * ps >= W;
 }
 
@@ -379,7 +380,7 @@ static ALWAYS_INLINE int lrn_pool_forward(const void *x, void *z, uint8_t *arg, 
                                           long count, int H, int W, int channels, int groups,
                                           int size, float alpha, float beta, float k, int pk,
                                           int ps, int Ho, int Wo, int bf16, int relu) {
-    if (bad_shape(channels, groups, size) || bad_pool(H, W, pk, ps, Ho, Wo)) return 1;
+    if (bad_shape(channels, groups, size) || bad_pool(first, count, H, W, pk, ps, Ho, Wo)) return 1;
     const int C = channels, piece = W < MAX_CHANNELS / C ? W : MAX_CHANNELS / C;
     const size_t esize = bf16 ? 2 : 4, row_values = (size_t)W * C;
     uint32_t *masks[4] = {NULL, NULL, NULL, NULL};
@@ -444,7 +445,7 @@ static ALWAYS_INLINE int lrn_pool_backward(const void *x, const void *gz, const 
                                            int channels, int groups, int size, float alpha,
                                            float beta, float k, int pk, int ps, int Ho, int Wo,
                                            int bf16, int relu) {
-    if (bad_shape(channels, groups, size) || bad_pool(H, W, pk, ps, Ho, Wo)) return 1;
+    if (bad_shape(channels, groups, size) || bad_pool(first, count, H, W, pk, ps, Ho, Wo)) return 1;
     const int C = channels, piece = W < MAX_CHANNELS / C ? W : MAX_CHANNELS / C;
     const size_t esize = bf16 ? 2 : 4;
     uint32_t *masks[4] = {NULL, NULL, NULL, NULL};
