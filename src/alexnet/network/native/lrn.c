@@ -323,7 +323,8 @@ static ALWAYS_INLINE int lrn_backward(const void *x, const void *grad, void *gx,
  * Same bits as torch's max_pool2d on the LRN's output: the window scanned row by row, a
  * value taking the max when greater or NaN, the first of equal values kept; and in the
  * backward each input's gradient summed in the storage type over the windows (oh, then
- * ow, ascending) whose argmax it is, as max_pool2d_backward adds them. */
+ * ow, ascending) whose argmax it is, as max_pool2d_backward adds them. (A NaN keeps its
+ * bit pattern here; PyTorch's bf16 kernels may rewrite it: still NaN.) */
 
 #define MAX_POOL_KERNEL 15
 
