@@ -589,3 +589,20 @@ def test_an_empty_split_is_an_error_not_100_percent(run, tmp_path, capsys):
     assert code == 2
     err = capsys.readouterr().err
     assert "no images in its val split" in err, err
+
+
+def test_json_dash_is_standard_output_alone(run, tmp_path, capsys, monkeypatch):
+    # `--json -` pipes: stdout holds only the JSON (the table goes to stderr), no file "-".
+    from PIL import Image
+
+    monkeypatch.chdir(tmp_path)
+    a = np.load(run / "data" / "val.images.npy")[0]
+    Image.fromarray(a[..., 0]).save(tmp_path / "one.png")
+    model = str(run / "run" / "model.safetensors")
+    assert main(["predict", model, str(tmp_path / "one.png"), "--json", "-"]) == 0
+    out = capsys.readouterr()
+    assert json.loads(out.out)[0]["path"].endswith("one.png")
+    assert "one.png" in out.err  # the table
+    assert main(["evaluate", model, "--data", str(run / "data"), "--json", "-", "--quiet"]) == 0
+    assert "top1_error" in json.loads(capsys.readouterr().out)
+    assert not (tmp_path / "-").exists()

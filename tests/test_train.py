@@ -296,7 +296,7 @@ def test_training_sums_stay_on_the_device_and_add_over_ranks(monkeypatch):
     assert stopping and not sums.any()  # the next sums start from zero
 
 
-def test_the_step_loop_reads_the_device_only_every_log_every_steps(tmp_path, fmnist, monkeypatch):
+def test_the_step_loop_reads_the_device_only_at_its_sync_points(tmp_path, fmnist, monkeypatch):
     from alexnet.engine import train as T
 
     steps, synced_after, host_reads = [0], [], []
@@ -324,7 +324,10 @@ def test_the_step_loop_reads_the_device_only_every_log_every_steps(tmp_path, fmn
     for name in ("item", "tolist", "__bool__", "__float__"):
         monkeypatch.setattr(torch.Tensor, name, reader(name))
     train(cfg_for(fmnist, "run.epochs=2", "run.log_every=3"), tmp_path / "r", quiet=True)
-    assert synced_after == [3, 4, 7, 8]  # 4 steps an epoch: step 3, and each epoch's end
+    # 4 steps an epoch: every log_every=3 steps, each tenth of the epoch (here every step:
+    # a log gets a line per 10% however short the epoch) and the epoch's end; nothing else.
+    points = sorted({3, 4} | {math.ceil(4 * k / 10) for k in range(1, 11)})
+    assert synced_after == points + [4 + p for p in points]
     # The loop itself never reads a tensor on the host; sync_sums does, at those points.
     assert {"train_one_epoch", "accumulate"}.isdisjoint(host_reads) and "sync_sums" in host_reads
 
@@ -1138,3 +1141,24 @@ def test_resume_writes_a_best_weights_file_the_stopped_run_could_not(tmp_path, f
     assert summary["best_weights"] == str(tmp_path / "r" / "best.safetensors")
     best, _ = load_weights(tmp_path / "r" / "best.safetensors")
     assert_same(best, weights(tmp_path / "r"))
+
+
+def test_plain_progress_lines_every_tenth_and_eta_since_resume(capsys, monkeypatch):
+    # In a log (no TTY): a line at each tenth of a short epoch even with a long log_every,
+    # and after a resume the ETA comes from the steps timed in this process only.
+    from alexnet.engine import train as T
+
+    monkeypatch.setattr(T.sys.stderr, "isatty", lambda: False)
+    tenths = {math.ceil(20 * k / 10) for k in range(1, 11)}
+    bar = T._Bar(20, 0, "epoch 1/1", every=50, tenths=tenths)
+    for _ in range(20):
+        bar.advance()
+        bar.report(loss=1.0, top1_err=0.5, rate=10.0)
+    assert capsys.readouterr().out.count("epoch 1/1 step") == 10
+    bar = T._Bar(100, 50, "epoch 2/2", every=10, tenths=set())
+    bar.t0 -= 10.0  # the 10 steps below took 10 s: 1 s a step
+    for _ in range(10):
+        bar.advance()
+    bar.report(loss=1.0, top1_err=0.5, rate=10.0)
+    line = capsys.readouterr().out
+    assert "step 60/100" in line and "ETA 40s" in line  # 40 steps left at 1 s each

@@ -13,7 +13,8 @@ from . import __version__
 
 
 def _print_json(obj: object, path: str | None = None) -> None:
-    if path:
+    """JSON to ``path`` (atomically), or to standard output when there is none or it is "-"."""
+    if path and path != "-":
         from .atomic import write_json
 
         write_json(path, obj)
@@ -118,7 +119,8 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     )  # fmt: skip
     if int(os.environ.get("RANK", "0")) != 0:
         return 0
-    print(format_report(report))
+    # With --json - the JSON alone goes to standard output (for a pipe), the table to stderr.
+    print(format_report(report), file=sys.stderr if args.json == "-" else sys.stdout)
     if args.json:
         _print_json(report, args.json)
     if args.csv:
@@ -133,8 +135,10 @@ def cmd_predict(args: argparse.Namespace) -> int:
         args.weights, args.inputs, args.top_k, args.views, args.batch_size, args.device
     )
     if not args.quiet:
-        print(format_table(results))
-    write_outputs(results, args.json, args.csv)
+        print(format_table(results), file=sys.stderr if args.json == "-" else sys.stdout)
+    if args.json == "-":
+        _print_json(results)
+    write_outputs(results, None if args.json == "-" else args.json, args.csv)
     if failed:
         print(
             f"alexnet predict: {failed} of {len(results)} files could not be read (see above)",
@@ -173,7 +177,7 @@ def cmd_neighbors(args: argparse.Namespace) -> int:
     r = run_neighbors(args.gallery, args.query, args.k, args.device, args.limit)
     if args.json:
         _print_json(r, args.json)
-    print(format_neighbors(r))
+    print(format_neighbors(r), file=sys.stderr if args.json == "-" else sys.stdout)
     return 0
 
 
@@ -559,7 +563,9 @@ def build_parser() -> argparse.ArgumentParser:
         "--workers", type=_workers, default="auto", help="decoding processes (default: auto)"
     )
     p.add_argument("--device", default="auto")
-    p.add_argument("--json", default=None, metavar="FILE", help="write everything as JSON")
+    p.add_argument(
+        "--json", default=None, metavar="FILE", help="write everything as JSON (- for stdout)"
+    )
     p.add_argument("--csv", default=None, metavar="FILE", help="write per-class accuracy as CSV")
     p.add_argument("--quiet", action="store_true")
     p.add_argument(
@@ -577,7 +583,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--views", default="center", choices=["center", "ten-crop"])
     p.add_argument("--batch-size", type=int, default=32)
     p.add_argument("--device", default="auto")
-    p.add_argument("--json", default=None, metavar="FILE")
+    p.add_argument("--json", default=None, metavar="FILE", help="results as JSON (- for stdout)")
     p.add_argument("--csv", default=None, metavar="FILE")
     p.add_argument("--quiet", action="store_true", help="no table on the console")
     p.set_defaults(func=cmd_predict)
@@ -612,7 +618,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-k", type=_positive_int, default=6)
     p.add_argument("--limit", type=int, default=None, help="only the first N queries")
     p.add_argument("--device", default="auto")
-    p.add_argument("--json", default=None, metavar="FILE")
+    p.add_argument("--json", default=None, metavar="FILE", help="as JSON (- for stdout)")
     p.set_defaults(func=cmd_neighbors)
 
     p = sub.add_parser(

@@ -58,8 +58,11 @@ class Prepared:
             )
         if not meta_path.is_file():
             raise DataError(
-                f"{self.root} is not a complete prepared dataset (no meta.json): run "
-                f"`alexnet prepare SRC {self.root}` (it resumes or rebuilds cleanly)"
+                f"{self.root} is not a prepared dataset (no meta.json). If it holds a "
+                f"dataset's own files (class folders, CIFAR-10 or Fashion-MNIST files), "
+                f"prepare them into a new directory, `alexnet prepare {self.root} DST`, and "
+                f"pass DST; if an `alexnet prepare ... {self.root}` was interrupted, rerun it "
+                f"(it resumes)"
             )
         meta = json.loads(meta_path.read_text())
         if meta.get("format") != FORMAT or meta.get("version") != FORMAT_VERSION:

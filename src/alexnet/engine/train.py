@@ -245,8 +245,8 @@ def train_one_epoch(
 ) -> dict[str, float]:  # fmt: skip
     """One pass over this rank's share of the epoch, from ``progress.batch`` on.
 
-    Losses and hits are read on the host every ``run.log_every`` steps and at the epoch's
-    end (:func:`sync_sums`); that is where a non-finite loss and a stop request on another
+    Losses and hits are read on the host every ``run.log_every`` steps, at each tenth of the
+    epoch and at its end (:func:`sync_sums`); that is where a non-finite loss and a stop request on another
     rank are noticed. A stop request in a world of one is honoured after the current step.
     """
     cfg = ctx.cfg
@@ -254,8 +254,11 @@ def train_one_epoch(
     scaler = ctx.scaler
     model.train()
     total = len(loader)
+    # Each tenth of the epoch is a sync point too: a log gets a line at least every 10%,
+    # however few steps an epoch has (every rank has the same total, so the same points).
+    tenths = {math.ceil(total * k / 10) for k in range(1, 11)}
     bar = (
-        _Bar(total, progress.batch, f"epoch {progress.epoch + 1}/{cfg.run.epochs}", every)
+        _Bar(total, progress.batch, f"epoch {progress.epoch + 1}/{cfg.run.epochs}", every, tenths)
         if ctx.show_progress
         else None
     )
@@ -295,6 +298,7 @@ def train_one_epoch(
             # Every rank reaches the same sync points: the all-reduce needs all of them.
             if not (
                 progress.batch % every == 0
+                or progress.batch in tenths
                 or progress.batch == total
                 or (asked and not ctx.dist.distributed)
             ):
@@ -336,8 +340,10 @@ def train_one_epoch(
 class _Bar:
     """tqdm on a TTY; plain periodic lines otherwise (logs, CI, SLURM)."""
 
-    def __init__(self, total: int, initial: int, desc: str, every: int) -> None:
+    def __init__(self, total: int, initial: int, desc: str, every: int, tenths: set[int]) -> None:
         self.total, self.n, self.desc, self.every = total, initial, desc, every
+        self.initial = initial  # steps done before this process (a resumed epoch)
+        self.tenths = tenths
         self.t0 = time.perf_counter()
         self.tqdm = None
         if sys.stderr.isatty():
@@ -359,8 +365,9 @@ class _Bar:
             self.tqdm.set_postfix(
                 loss=f"{loss:.3f}", top1_err=f"{100 * top1_err:.1f}%", img_s=f"{rate:.0f}"
             )
-        elif self.n % self.every == 0 or self.n == self.total:
-            eta = (self.total - self.n) * (time.perf_counter() - self.t0) / max(self.n, 1)
+        elif self.n % self.every == 0 or self.n in self.tenths or self.n == self.total:
+            done = max(self.n - self.initial, 1)  # the steps timed since t0
+            eta = (self.total - self.n) * (time.perf_counter() - self.t0) / done
             _log_line(
                 f"{self.desc} step {self.n}/{self.total} loss {loss:.4f} top1-err {100 * top1_err:.2f}% "
                 f"{rate:.0f} img/s ETA {eta:.0f}s"
@@ -662,6 +669,13 @@ def _train(
         f"precision {precision.name} ({precision.reason}), evaluation {eval_precision.name}; "
         f"{torch.get_num_threads()} threads, {workers} loader worker(s){decoding}"
     )
+    sched = cfg.schedule
+    if sched.kind == "onecycle" and sched.warmup_epochs >= cfg.run.epochs:
+        log(
+            f"note: schedule.warmup_epochs={sched.warmup_epochs:g} is not shorter than "
+            f"run.epochs={cfg.run.epochs}: the learning rate only climbs, never decays "
+            f"(set schedule.warmup_epochs below run.epochs)"
+        )
 
     def execution() -> dict[str, Any]:
         record = execution_record(
@@ -858,7 +872,7 @@ def format_summary(s: dict[str, Any]) -> str:
 
     return "\n".join(
         [
-            f"done: {s['epochs']} epochs in {s['wall_seconds']:.0f} s",
+            f"done: {s['epochs']} epoch{'s' * (s['epochs'] != 1)} in {s['wall_seconds']:.0f} s",
             f"best validation top-1 / top-5 error: {pct(s['best_val_top1_error'])} / {pct(s['best_val_top5_error'])} (epoch {s['best_epoch']})",
             f"run directory: {s['run_dir']}",
             f"  checkpoint   {s['checkpoint']}",
