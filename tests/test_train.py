@@ -971,9 +971,12 @@ def test_a_run_directory_is_never_overwritten_without_resume_or_force(tmp_path, 
     assert len((out / "metrics.csv").read_text().splitlines()) == 3  # header + 2 epochs
 
 
-def test_resuming_a_finished_run_keeps_its_final_validation(tmp_path, fmnist):
+def test_resuming_a_finished_run_keeps_its_final_validation(tmp_path, fmnist, capsys):
     first = train(cfg_for(fmnist, "run.epochs=1"), tmp_path / "r", quiet=True)
-    again = train(cfg_for(fmnist, "run.epochs=1"), tmp_path / "r", resume=True, quiet=True)
+    again = train(cfg_for(fmnist, "run.epochs=1"), tmp_path / "r", resume=True)
+    out = capsys.readouterr().out
+    assert "has already trained its 1 epoch: nothing to train" in out
+    assert "training " not in out
     assert first["final_val_top1_error"] is not None
     for key in ("final_val_top1_error", "final_val_top5_error", "val_images", "best_epoch"):
         assert again[key] == first[key], key

@@ -634,9 +634,17 @@ def _train(
                 # file (e.g. a full disk): these are those weights.
                 export_weights(best_path, model.state_dict(), dataclasses.asdict(cfg.model), prep)
         set_rng_state(state["rng"])
-        log(
-            f"resumed {out} at epoch {progress.epoch + 1}, step {progress.batch} (global step {progress.global_step})"
-        )
+        if progress.epoch >= cfg.run.epochs and progress.batch == 0:
+            log(
+                f"{out} has already trained its {cfg.run.epochs} epoch"
+                f"{'s' * (cfg.run.epochs != 1)}: nothing to train "
+                f"(to train longer: --resume --set run.epochs=N); writing its summary again"
+            )
+        else:
+            log(
+                f"resumed {out} at epoch {progress.epoch + 1}, step {progress.batch} "
+                f"(global step {progress.global_step})"
+            )
         history = state.get("precision_history") or []
         before = history[-1]["precision"] if history else None
         if before and before != precision.name:
@@ -657,11 +665,13 @@ def _train(
         save_yaml(cfg, out / "config.yaml")
     n_train = len(data.split("train"))
     limited = f" of {n_train:,}" if train_loader.sampler.n < n_train else ""
-    log(
-        f"training {cfg.model.variant} ({sum(p.numel() for p in model.parameters()):,} params) on "
-        f"{train_loader.sampler.n:,}{limited} images, {dist.world_size} rank(s), device {dev}, "
-        f"batch {cfg.run.batch_size} -> {out}"
-    )
+    left = progress.epoch < cfg.run.epochs  # False when resuming a finished run
+    if left:
+        log(
+            f"training {cfg.model.variant} ({sum(p.numel() for p in model.parameters()):,} params) on "
+            f"{train_loader.sampler.n:,}{limited} images, {dist.world_size} rank(s), device {dev}, "
+            f"batch {cfg.run.batch_size} -> {out}"
+        )
     decoding = f", JPEG decoding on {decode} ({decode_reason})"
     if train_loader.loader is None:  # array data: batches are gathered in this process
         workers, decoding = 0, ""
@@ -670,7 +680,7 @@ def _train(
         f"{torch.get_num_threads()} threads, {workers} loader worker(s){decoding}"
     )
     sched = cfg.schedule
-    if sched.kind == "onecycle" and sched.warmup_epochs >= cfg.run.epochs:
+    if left and sched.kind == "onecycle" and sched.warmup_epochs >= cfg.run.epochs:
         log(
             f"note: schedule.warmup_epochs={sched.warmup_epochs:g} is not shorter than "
             f"run.epochs={cfg.run.epochs}: the learning rate only climbs, never decays "
