@@ -2,6 +2,7 @@ import csv
 import dataclasses
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -228,6 +229,9 @@ def test_missing_directory_is_clear(tmp_path):
     with pytest.raises(DataError, match="not found"):
         open_source(str(tmp_path / "nope"))
     with pytest.raises(DataError, match=r"no meta\.json"):
+        Prepared(tmp_path)
+    # A raw dataset folder: prepare it into a new directory, never into itself.
+    with pytest.raises(DataError, match=rf"`alexnet prepare {re.escape(str(tmp_path))} DST`"):
         Prepared(tmp_path)
 
 

@@ -417,6 +417,7 @@ def test_lrn_pool_same_bits_for_any_thread_count():
         for n in (1, 4):
             torch.set_num_threads(n)
             z = norm.pooled(x, pool, relu=True)
+            assert "Pool" in type(z.grad_fn).__name__  # the fused kernel, not the fallback
             out.append([_bits(t) for t in (z, *torch.autograd.grad(z, x, g))])
     finally:
         torch.set_num_threads(threads)

@@ -971,6 +971,17 @@ def test_a_run_directory_is_never_overwritten_without_resume_or_force(tmp_path, 
     assert len((out / "metrics.csv").read_text().splitlines()) == 3  # header + 2 epochs
 
 
+def test_a_warm_up_as_long_as_the_run_is_pointed_out(tmp_path, fmnist, capsys):
+    cfg = cfg_for(fmnist, "run.epochs=1", "schedule.kind=onecycle", "schedule.warmup_epochs=1")
+    train(cfg, tmp_path / "a")
+    assert "note: schedule.warmup_epochs=1 is not shorter than run.epochs=1" in (
+        capsys.readouterr().out
+    )
+    cfg = cfg_for(fmnist, "run.epochs=2", "schedule.kind=onecycle", "schedule.warmup_epochs=1")
+    train(cfg, tmp_path / "b")
+    assert "warmup_epochs" not in capsys.readouterr().out
+
+
 def test_resuming_a_finished_run_keeps_its_final_validation(tmp_path, fmnist, capsys):
     first = train(cfg_for(fmnist, "run.epochs=1"), tmp_path / "r", quiet=True)
     again = train(cfg_for(fmnist, "run.epochs=1"), tmp_path / "r", resume=True)

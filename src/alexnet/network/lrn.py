@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
+import functools
 import os
 import warnings
 from collections.abc import Iterator
@@ -79,6 +80,16 @@ def _inv_pow_(d: Tensor, beta: float, out: Tensor) -> Tensor:
         torch.rsqrt(d, out=out)
         return out.mul_(torch.sqrt(out))
     return torch.pow(d, -beta, out=out)
+
+
+def _check_groups(x: Tensor, groups: int) -> None:
+    if x.shape[1] % groups:
+        raise ValueError(f"{x.shape[1]} channels do not split into {groups} LRN groups")
+
+
+def _alpha_per_term(alpha: float, size: int, convention: AlphaConvention) -> float:
+    """alpha' of the formula: alpha / n under "mean", alpha as printed under "sum"."""
+    return alpha / size if convention == "mean" else alpha
 
 
 def _autocast_off(device: torch.device) -> contextlib.AbstractContextManager[object]:
@@ -217,6 +228,7 @@ class _NativeLRNPoolFunction(torch.autograd.Function):
         return (gx,) + (None,) * 9
 
 
+@functools.lru_cache(maxsize=64)  # called every forward: the few shapes a model sees
 def _pooled_size(h: int, w: int, kernel: int, stride: int, ceil_mode: bool) -> tuple[int, int]:
     """max_pool2d's output side (PyTorch's rule, ceil mode included), from a meta tensor."""
     probe = torch.empty(1, 1, h, w, device="meta")
@@ -418,9 +430,8 @@ def local_response_norm(
         raise ValueError(f"local_response_norm expects (N, C, H, W), got shape {tuple(x.shape)}")
     if alpha_convention not in ("mean", "sum"):
         raise ValueError(f"alpha_convention must be 'mean' or 'sum', got {alpha_convention!r}")
-    if x.shape[1] % groups:
-        raise ValueError(f"{x.shape[1]} channels do not split into {groups} LRN groups")
-    a = alpha / size if alpha_convention == "mean" else alpha
+    _check_groups(x, groups)
+    a = _alpha_per_term(alpha, size, alpha_convention)
     if relu and not (impl == "fast" and fuses_relu(x, size, groups)):
         x = torch.relu(x)
     if _POINTWISE_ONLY:
@@ -490,22 +501,20 @@ class LocalResponseNorm(nn.Module):
 
     def pooled(self, x: Tensor, pool: nn.MaxPool2d, relu: bool = False) -> Tensor:
         """``pool(self(x, relu=relu))``, in one pass each way where :meth:`fuses_pool`."""
-        if x.dim() == 4 and x.shape[1] % self.groups:
-            raise ValueError(f"{x.shape[1]} channels do not split into {self.groups} LRN groups")
+        if x.dim() == 4:
+            _check_groups(x, self.groups)
         if not self.fuses_pool(x, pool):
             return pool(self(x, relu=relu))
         kernel, stride = pool_fusable(pool)  # type: ignore[misc]
-        a = self.alpha / self.size if self.alpha_convention == "mean" else self.alpha
+        a = _alpha_per_term(self.alpha, self.size, self.alpha_convention)
         return _native_lrn_pool(
             x, self.size, a, self.beta, self.k, self.groups, relu, kernel, stride, pool.ceil_mode
         )
 
     def forward(self, x: Tensor, relu: bool = False) -> Tensor:
         """LRN of x, or of relu(x) with ``relu=True`` (see :func:`local_response_norm`)."""
-        if relu and not self.fuses_relu(x):
-            x = torch.relu(x)
-            relu = False
         if self.impl == "torch":
+            x = torch.relu(x) if relu else x
             n = self.size
             alpha = self.alpha if self.alpha_convention == "mean" else self.alpha * n
             if self.groups > 1:

@@ -205,7 +205,7 @@ def _split(total: int, call: Callable[[int, int], int], name: str, least: int) -
     bounds = [total * i // n for i in range(n + 1)]
     codes = [call(0, total)] if n == 1 else list(_threads().map(call, bounds[:-1], bounds[1:]))
     if 2 in codes:  # the kernels' code for a failed malloc
-        raise MemoryError(f"{name}: out of memory for its window masks")
+        raise MemoryError(f"{name}: out of memory for its buffers (window masks, rows)")
     if any(codes):
         raise ValueError(f"{name} rejected its arguments (code {max(codes)})")
 
