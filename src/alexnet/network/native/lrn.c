@@ -173,8 +173,9 @@ static inline int block_rows(int channels) {
     return channels >= BLOCK_WIDTH ? 1 : BLOCK_WIDTH / channels;
 }
 
-/* Scratch rows for one call: pad (squares, then the backward's t, between window borders),
- * s, d and inv; on the stack, MAX_CHANNELS + MAX_WINDOW_PAD floats each. */
+/* Scratch rows for one call: pad (squares, then the backward's t, between window borders;
+ * MAX_CHANNELS + MAX_WINDOW_PAD floats), s, d and inv (MAX_CHANNELS each). On the stack in
+ * the plain kernels, malloc'd in the pooled ones. */
 typedef struct {
     float pad[MAX_CHANNELS + MAX_WINDOW_PAD], s[MAX_CHANNELS], d[MAX_CHANNELS],
         inv[MAX_CHANNELS];
@@ -323,8 +324,9 @@ static ALWAYS_INLINE int lrn_backward(const void *x, const void *grad, void *gx,
  * Same bits as torch's max_pool2d on the LRN's output: the window scanned row by row, a
  * value taking the max when greater or NaN, the first of equal values kept; and in the
  * backward each input's gradient summed in the storage type over the windows (oh, then
- * ow, ascending) whose argmax it is, as max_pool2d_backward adds them. (A NaN keeps its
- * bit pattern here; PyTorch's bf16 kernels may rewrite it: still NaN.) */
+ * ow, ascending) whose argmax it is, as max_pool2d_backward adds them. (A NaN stays NaN; its
+ * bit pattern may differ from PyTorch's, whose bf16 kernels rewrite NaNs, and where two
+ * NaNs are added which payload survives is the compiler's choice, as in C generally.) */
 
 #define MAX_POOL_KERNEL 15
 
