@@ -20,6 +20,7 @@ import yaml
 
 from ..atomic import write_text
 from ..data.transforms import views_label
+from ..engine.card import epochs_text
 
 FIGURES = ["Training curves", "conv1 filters", "Sample predictions", "Nearest neighbours"]
 SECTIONS = ["Result", *FIGURES, "Environment", "Execution", "All metrics", "Configuration"]
@@ -31,10 +32,6 @@ def _duration(seconds: float) -> str:
     if h:
         return f"{h} h {rem // 60:02d} min"
     return f"{rem // 60} min {rem % 60:02d} s" if rem >= 60 else f"{rem} s"
-
-
-def _epochs(n: Any) -> str:
-    return f"{n} epoch" + ("" if n == 1 else "s")
 
 
 def _image_hw(data_dir: str) -> tuple[int, int] | None:
@@ -83,7 +80,9 @@ def headline(cfg: dict[str, Any], summary: dict[str, Any], test: dict[str, Any])
     ex = summary.get("execution") or {}
     data = (cfg.get("data") or {}).get("path", "?")
     hardware = ex.get("device_name") or ex.get("device") or summary.get("device", "?")
-    took = f"{_epochs(summary.get('epochs', '?'))} in {_duration(summary.get('wall_seconds', 0))}"
+    took = (
+        f"{epochs_text(summary.get('epochs', '?'))} in {_duration(summary.get('wall_seconds', 0))}"
+    )
     if summary.get("unfinished"):
         took += " (unfinished: no summary.json yet)"
     precision = (

@@ -99,7 +99,8 @@ def _reproduce(data_path: str | None) -> str:
     )
 
 
-def _epochs(n: Any) -> str:
+def epochs_text(n: Any) -> str:
+    """'1 epoch', '30 epochs'."""
     return f"{n} epoch" + ("" if n == 1 else "s")
 
 
@@ -144,7 +145,7 @@ def render_card(card: dict[str, Any], weights: str) -> str:
             + (f", {d['train_images']:,} training images" if d.get("train_images") else "")
             + (f", {d['val_images']:,} validation images" if d.get("val_images") else "")
             + ".",
-            f"- {_epochs(run.get('epochs'))} at batch {run.get('batch_size')}; SGD ({optim.get('form')} "
+            f"- {epochs_text(run.get('epochs'))} at batch {run.get('batch_size')}; SGD ({optim.get('form')} "
             f"form) lr {optim.get('lr')}, momentum {optim.get('momentum')}, weight decay "
             f"{optim.get('weight_decay')}; schedule {sched.get('kind')}.",
             f"- Augmentation: random {dcfg.get('crop')} px crops"

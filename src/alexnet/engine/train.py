@@ -32,7 +32,7 @@ from ..data.preprocess import Preprocessing
 from ..network.fourier import conv_decisions
 from ..network.model import AlexNet, build_model
 from . import distributed as D
-from .card import card_facts, write_card
+from .card import card_facts, epochs_text, write_card
 from .checkpoint import atomic_save, export_weights, load_checkpoint, load_matching, load_weights
 from .execution import (
     available_precisions,
@@ -636,8 +636,7 @@ def _train(
         set_rng_state(state["rng"])
         if progress.epoch >= cfg.run.epochs and progress.batch == 0:
             log(
-                f"{out} has already trained its {cfg.run.epochs} epoch"
-                f"{'s' * (cfg.run.epochs != 1)}: nothing to train "
+                f"{out} has already trained its {epochs_text(cfg.run.epochs)}: nothing to train "
                 f"(to train longer: --resume --set run.epochs=N); writing its summary again"
             )
         else:
@@ -882,7 +881,7 @@ def format_summary(s: dict[str, Any]) -> str:
 
     return "\n".join(
         [
-            f"done: {s['epochs']} epoch{'s' * (s['epochs'] != 1)} in {s['wall_seconds']:.0f} s",
+            f"done: {epochs_text(s['epochs'])} in {s['wall_seconds']:.0f} s",
             f"best validation top-1 / top-5 error: {pct(s['best_val_top1_error'])} / {pct(s['best_val_top5_error'])} (epoch {s['best_epoch']})",
             f"run directory: {s['run_dir']}",
             f"  checkpoint   {s['checkpoint']}",
