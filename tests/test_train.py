@@ -323,10 +323,12 @@ def test_the_step_loop_reads_the_device_only_at_its_sync_points(tmp_path, fmnist
     monkeypatch.setattr(T, "sync_sums", recording_sync)
     for name in ("item", "tolist", "__bool__", "__float__"):
         monkeypatch.setattr(torch.Tensor, name, reader(name))
-    train(cfg_for(fmnist, "run.epochs=2", "run.log_every=3"), tmp_path / "r", quiet=True)
-    # 4 steps an epoch: every log_every=3 steps, each tenth of the epoch (here every step:
-    # a log gets a line per 10% however short the epoch) and the epoch's end; nothing else.
-    assert synced_after == [1, 2, 3, 4, 5, 6, 7, 8]
+    cfg = cfg_for(fmnist, "run.epochs=2", "run.log_every=5", "run.batch_size=2")
+    train(cfg, tmp_path / "r", quiet=True)
+    # 32 steps an epoch: every log_every=5 steps, each tenth of the epoch (steps 4, 7, 10,
+    # 13, 16, 20, 23, 26, 29, 32) and the epoch's end; nothing else (not every step).
+    epoch = [4, 5, 7, 10, 13, 15, 16, 20, 23, 25, 26, 29, 30, 32]
+    assert synced_after == epoch + [32 + s for s in epoch]
     # The loop itself never reads a tensor on the host; sync_sums does, at those points.
     assert {"train_one_epoch", "accumulate"}.isdisjoint(host_reads) and "sync_sums" in host_reads
 
