@@ -776,6 +776,10 @@ def test_prepare_deletes_only_its_own_files(tmp_path):
     with pytest.raises(DataError, match="inside SRC"):
         prepare(str(src), src / "prepared", workers=1, progress=False)
     assert not (src / "prepared").exists()
+    (tmp_path / "notes.txt").write_text("mine")
+    with pytest.raises(DataError, match="is a file, not a directory"):
+        prepare(str(src), tmp_path / "notes.txt", workers=1, progress=False)
+    assert (tmp_path / "notes.txt").read_text() == "mine"
 
 
 def test_symlinks_out_of_src_are_skipped_and_reported(tmp_path):

@@ -312,6 +312,10 @@ def test_torchvision_weights_on_prepared_images(tmp_path):
 def test_bad_weights_file(tmp_path, capsys):
     (tmp_path / "junk.pt").write_bytes(b"junk")
     assert main(["predict", str(tmp_path / "junk.pt"), str(tmp_path)]) == 2
+    err = capsys.readouterr().err
+    assert "not a weights file" in err and "weights_only" not in err
+    (tmp_path / "zip.pt").write_bytes(b"PK\x03\x04 not really a zip")
+    assert main(["predict", str(tmp_path / "zip.pt"), str(tmp_path)]) == 2
     assert "not a loadable checkpoint" in capsys.readouterr().err
     photo(10, 10, 0).save(tmp_path / "a.png")
     from safetensors.torch import save_file
@@ -606,3 +610,48 @@ def test_json_dash_is_standard_output_alone(run, tmp_path, capsys, monkeypatch):
     assert main(["evaluate", model, "--data", str(run / "data"), "--json", "-", "--quiet"]) == 0
     assert "top1_error" in json.loads(capsys.readouterr().out)
     assert not (tmp_path / "-").exists()
+
+
+@pytest.mark.parametrize(
+    "argv, message",
+    [
+        (["predict", "w.pt", "x.png", "--batch-size", "-1"], "--batch-size: must be >= 1"),
+        (["predict", "w.pt", "x.png", "--batch-size", "0"], "--batch-size: must be >= 1"),
+        (["evaluate", "w.pt", "--data", "d", "--batch-size", "0"], "--batch-size: must be >= 1"),
+        (
+            ["features", "w.pt", "--data", "d", "--out", "f.npz", "--batch-size", "0"],
+            "must be >= 1",
+        ),
+        (
+            ["evaluate", "w.pt", "--data", "d", "--device", "tpu"],
+            "choose auto, cpu, cuda or cuda:N",
+        ),
+        (["predict", "w.pt", "x.png", "--device", "foo"], "choose auto, cpu, cuda or cuda:N"),
+        (["features", "w.pt", "--data", "d", "--out", "f.npz", "--device", "gpu"], "cuda:N"),
+        (["neighbors", "--gallery", "g.npz", "--device", "cuda:x"], "cuda:N"),
+        (["neighbors", "--gallery", "g.npz", "--limit", "0"], "--limit: must be >= 1"),
+        (["info", "--device", "tpu"], "choose auto, cpu, cuda or cuda:N"),
+    ],
+)
+def test_bad_batch_sizes_and_devices_are_usage_errors(argv, message, capsys):
+    with pytest.raises(SystemExit) as stop:
+        main(argv)
+    assert stop.value.code == 2 and message in capsys.readouterr().err
+
+
+def test_a_gallery_that_is_not_a_features_file(tmp_path, capsys):
+    np.save(tmp_path / "a.npy", np.zeros(3))
+    np.savez(tmp_path / "other.npz", x=np.zeros(3))
+    (tmp_path / "t.txt").write_text("hi")
+    for name in ("a.npy", "other.npz", "t.txt"):
+        assert main(["neighbors", "--gallery", str(tmp_path / name)]) == 2
+        err = capsys.readouterr().err
+        assert f"{name} is not a features file" in err and "allow_pickle" not in err
+
+
+def test_features_out_that_is_a_folder_is_refused_before_the_work(run, tmp_path, capsys):
+    (tmp_path / "feats").mkdir()
+    argv = ["features", str(run / "run" / "model.safetensors"), "--data", str(run / "data")]
+    assert main([*argv, "--out", str(tmp_path / "feats")]) == 2
+    assert "is a folder; give a file such as" in capsys.readouterr().err
+    assert list((tmp_path / "feats").iterdir()) == []

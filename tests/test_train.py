@@ -367,6 +367,21 @@ def test_init_from_reports_mismatches_by_layer(tmp_path, fmnist, capsys):
     assert "fc8.weight: file (7, 64) vs model (10, 64)" in out and "re-initialised" in out
 
 
+def test_init_from_that_fits_nothing_is_an_error(tmp_path, fmnist):
+    # A paper-variant file into the small model: only fc8's bias (10 classes) fits.
+    paper = build_model(variant="paper", num_classes=10)
+    torch.save({"model": paper.state_dict()}, tmp_path / "w.pt")
+    with pytest.raises(ConfigError, match="none of its weights fits this model"):
+        train(cfg_for(fmnist, "run.epochs=1", f"init_from={tmp_path / 'w.pt'}"), tmp_path / "run")
+
+
+def test_out_that_is_a_file_is_refused(tmp_path, fmnist):
+    (tmp_path / "notes.txt").write_text("mine")
+    with pytest.raises(ConfigError, match="is a file, not a directory"):
+        train(cfg_for(fmnist, "run.epochs=1"), tmp_path / "notes.txt", quiet=True)
+    assert (tmp_path / "notes.txt").read_text() == "mine"
+
+
 def test_exact_resume_is_bit_identical(tmp_path, fmnist):
     common = ["schedule.kind=step", "schedule.step_epochs=2"]
     train(cfg_for(fmnist, "run.epochs=3", *common), tmp_path / "straight", quiet=True)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -50,8 +51,6 @@ def cmd_info(args: argparse.Namespace) -> int:
 
     info = summary_dict(build_model(**overrides))
     dev = args.device
-    if dev != "auto" and dev != "cpu" and not dev.startswith("cuda"):
-        raise ValueError(f"--device: {dev!r} is not allowed; choose auto, cpu, cuda or cuda:N")
     if dev.startswith("cuda") and not torch.cuda.is_available():
         raise ValueError(f"--device {dev}: no CUDA device is available here; use cpu or auto")
     info["execution"] = execution_plan(resolve_device(dev))
@@ -452,6 +451,13 @@ def _positive_int(text: str) -> int:
     return _int_at_least(1, text)
 
 
+def _device(text: str) -> str:
+    """auto, cpu, cuda or cuda:N; whether a CUDA device exists is checked where it is used."""
+    if re.fullmatch(r"auto|cpu|cuda(:\d+)?", text):
+        return text
+    raise argparse.ArgumentTypeError(f"{text!r} is not allowed; choose auto, cpu, cuda or cuda:N")
+
+
 def _nonnegative_int(text: str) -> int:
     return _int_at_least(0, text)
 
@@ -470,7 +476,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--in-channels", type=int, default=None)
     p.add_argument("--input-size", type=int, default=None, help="square input side in pixels")
     p.add_argument(
-        "--device", default="auto", help="whose execution settings to show: auto | cpu | cuda[:N]"
+        "--device",
+        type=_device,
+        default="auto",
+        help="whose execution settings to show: auto | cpu | cuda[:N]",
     )
     p.add_argument(
         "--json",
@@ -558,11 +567,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--precision", default="fp32", help="fp32 (default), bf16 or fp16 where the device runs it"
     )
-    p.add_argument("--batch-size", type=int, default=128)
+    p.add_argument("--batch-size", type=_positive_int, default=128)
     p.add_argument(
         "--workers", type=_workers, default="auto", help="decoding processes (default: auto)"
     )
-    p.add_argument("--device", default="auto")
+    p.add_argument("--device", type=_device, default="auto")
     p.add_argument(
         "--json", default=None, metavar="FILE", help="write everything as JSON (- for stdout)"
     )
@@ -581,8 +590,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("inputs", nargs="+", help="image files and/or directories")
     p.add_argument("--top-k", type=_positive_int, default=5)
     p.add_argument("--views", default="center", choices=["center", "ten-crop"])
-    p.add_argument("--batch-size", type=int, default=32)
-    p.add_argument("--device", default="auto")
+    p.add_argument("--batch-size", type=_positive_int, default=32)
+    p.add_argument("--device", type=_device, default="auto")
     p.add_argument("--json", default=None, metavar="FILE", help="results as JSON (- for stdout)")
     p.add_argument("--csv", default=None, metavar="FILE")
     p.add_argument("--quiet", action="store_true", help="no table on the console")
@@ -596,11 +605,11 @@ def build_parser() -> argparse.ArgumentParser:
         "--out", required=True, help="output .npz (see alexnet.apps.retrieval for the format)"
     )
     p.add_argument("--dtype", default="float16", choices=["float16", "float32"])
-    p.add_argument("--batch-size", type=int, default=128)
+    p.add_argument("--batch-size", type=_positive_int, default=128)
     p.add_argument(
         "--workers", type=_workers, default="auto", help="decoding processes (default: auto)"
     )
-    p.add_argument("--device", default="auto")
+    p.add_argument("--device", type=_device, default="auto")
     p.add_argument("--quiet", action="store_true")
     p.add_argument(
         "--allow-mismatch",
@@ -616,8 +625,8 @@ def build_parser() -> argparse.ArgumentParser:
         "--query", default=None, help="features .npz of the queries (default: the gallery itself)"
     )
     p.add_argument("-k", type=_positive_int, default=6)
-    p.add_argument("--limit", type=int, default=None, help="only the first N queries")
-    p.add_argument("--device", default="auto")
+    p.add_argument("--limit", type=_positive_int, default=None, help="only the first N queries")
+    p.add_argument("--device", type=_device, default="auto")
     p.add_argument("--json", default=None, metavar="FILE", help="as JSON (- for stdout)")
     p.set_defaults(func=cmd_neighbors)
 

@@ -17,6 +17,7 @@ top-k over gallery chunks.
 
 from __future__ import annotations
 
+import zipfile
 from pathlib import Path
 from typing import Any
 
@@ -39,6 +40,8 @@ def extract_features(
     from ..engine.inference import load_model
     from ..engine.metrics import model_outputs
 
+    if Path(out).is_dir() or out.endswith(("/", "\\")):  # checked before the work, not after
+        raise ValueError(f"--out {out} is a folder; give a file such as {Path(out) / split}.npz")
     dev = resolve_device(device)
     lm = load_model(weights, dev)
     data = Prepared(data_dir)
@@ -82,8 +85,15 @@ def load_features(path: str) -> dict[str, np.ndarray]:
     p = Path(path)
     if not p.is_file():
         raise FileNotFoundError(f"features file not found: {p} (make one with `alexnet features`)")
-    with np.load(p, allow_pickle=False) as z:
-        return {k: z[k] for k in z.files}
+    not_ours = f"{p} is not a features file (the .npz that `alexnet features` writes)"
+    try:
+        with np.load(p, allow_pickle=False) as z:  # a .npy gives an array: TypeError here
+            data = {k: z[k] for k in z.files}
+    except (TypeError, ValueError, OSError, EOFError, zipfile.BadZipFile):
+        raise ValueError(not_ours) from None
+    if "features" not in data:
+        raise ValueError(f"{not_ours}: it has no 'features' array")
+    return data
 
 
 def nearest(

@@ -479,6 +479,8 @@ def prepare(
     if size != "native" and not (size is None or (isinstance(size, int) and size >= 1)):
         raise DataError(f"--size must be a positive number of pixels or 'native', got {size!r}")
     dst = Path(dst)
+    if dst.exists() and not dst.is_dir():
+        raise DataError(f"DST {dst} is a file, not a directory; choose a new or existing folder")
     named = src in ("fashion-mnist", "cifar10")
     if not named and Path(src).is_dir() and dst.resolve().is_relative_to(Path(src).resolve()):
         raise DataError(

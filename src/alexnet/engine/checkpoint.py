@@ -39,6 +39,14 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"checkpoint not found: {path}")
+    with open(path, "rb") as f:
+        head = f.read(4)
+    # torch.save writes a zip archive (or, before torch 1.6, a pickle: protocol byte 0x80).
+    if not (head.startswith(b"PK\x03\x04") or head[:1] == b"\x80"):
+        raise ValueError(
+            f"{path}: not a weights file (a training checkpoint .pt, an alexnet .safetensors "
+            "export or a torchvision .pth)"
+        )
     try:
         return torch.load(path, map_location=map_location, weights_only=True)
     except Exception as err:  # unpickling errors come in several types

@@ -101,6 +101,13 @@ def apply_init_from(model: AlexNet, path: str, log: Any) -> dict[str, Any]:
     Returns the file's metadata."""
     state, meta = load_weights(path)
     report = load_matching(model, state)
+    # A bias or two fitting by chance is still training from scratch.
+    if not any(key.endswith("weight") for key in report["loaded"]):
+        raise ConfigError(
+            f"--init-from {path}: none of its weights fits this model (variant "
+            f"{model.cfg.variant!r}, towers={model.cfg.towers}); "
+            "it holds weights of another network: check model.variant and model.towers"
+        )
     log(f"init from {path}: loaded {len(report['loaded'])} tensors")
     for line in report["shape_mismatch"]:
         log(f"  not loaded (shape): {line} — re-initialised")
