@@ -655,3 +655,10 @@ def test_features_out_that_is_a_folder_is_refused_before_the_work(run, tmp_path,
     assert main([*argv, "--out", str(tmp_path / "feats")]) == 2
     assert "is a folder; give a file such as" in capsys.readouterr().err
     assert list((tmp_path / "feats").iterdir()) == []
+
+
+def test_predict_quiet_still_names_the_unreadable_files(run, tmp_path, capsys):
+    (tmp_path / "bad.png").write_bytes(b"\x89PNG not really")
+    assert main(["predict", str(run / "run" / "model.safetensors"), str(tmp_path), "--quiet"]) == 1
+    err = capsys.readouterr().err
+    assert "bad.png" in err and "1 of 1 files could not be read (see above)" in err

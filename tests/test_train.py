@@ -1191,3 +1191,13 @@ def test_plain_progress_lines_every_tenth_and_eta_since_resume(capsys, monkeypat
     bar.report(loss=1.0, top1_err=0.5, rate=10.0)
     line = capsys.readouterr().out
     assert "step 60/100" in line and "ETA 40s" in line  # 40 steps left at 1 s each
+
+
+def test_summary_without_a_validation_error_says_so():
+    from alexnet.engine.train import format_summary
+
+    s = {"epochs": 1, "wall_seconds": 3.0, "best_val_top1_error": None, "best_val_top5_error": None,
+         "best_epoch": None, "run_dir": "r", "checkpoint": "r/c", "weights": "r/w",
+         "metrics": "r/m", "summary": "r/s", "config": "r/y"}  # fmt: skip
+    text = format_summary(s)
+    assert "no validation error measured" in text and "None" not in text

@@ -139,6 +139,10 @@ def cmd_predict(args: argparse.Namespace) -> int:
         _print_json(results)
     write_outputs(results, None if args.json == "-" else args.json, args.csv)
     if failed:
+        if args.quiet:  # no table, but the unreadable files are still named
+            for r in results:
+                if "error" in r:
+                    print(f"  {r['path']}: {r['error']}", file=sys.stderr)
         print(
             f"alexnet predict: {failed} of {len(results)} files could not be read (see above)",
             file=sys.stderr,

@@ -889,7 +889,9 @@ def format_summary(s: dict[str, Any]) -> str:
     return "\n".join(
         [
             f"done: {epochs_text(s['epochs'])} in {s['wall_seconds']:.0f} s",
-            f"best validation top-1 / top-5 error: {pct(s['best_val_top1_error'])} / {pct(s['best_val_top5_error'])} (epoch {s['best_epoch']})",
+            f"best validation top-1 / top-5 error: {pct(s['best_val_top1_error'])} / {pct(s['best_val_top5_error'])} (epoch {s['best_epoch']})"
+            if s["best_epoch"] is not None
+            else "no validation error measured (no val split, or no epoch evaluated)",
             f"run directory: {s['run_dir']}",
             f"  checkpoint   {s['checkpoint']}",
             f"  weights      {s['weights']}",
