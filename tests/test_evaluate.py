@@ -655,6 +655,10 @@ def test_features_out_that_is_a_folder_is_refused_before_the_work(run, tmp_path,
     assert main([*argv, "--out", str(tmp_path / "feats")]) == 2
     assert "is a folder; give a file such as" in capsys.readouterr().err
     assert list((tmp_path / "feats").iterdir()) == []
+    # Before the work: refused ahead of loading the weights, which here do not exist.
+    missing = ["features", str(tmp_path / "missing.pt"), "--data", str(run / "data")]
+    assert main([*missing, "--out", str(tmp_path / "feats")]) == 2
+    assert "is a folder; give a file such as" in capsys.readouterr().err
 
 
 def test_predict_quiet_still_names_the_unreadable_files(run, tmp_path, capsys):

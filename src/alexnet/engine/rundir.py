@@ -88,14 +88,14 @@ class RunDirLock:
             raise refused
 
     def _lock(self) -> None:
+        if self.path.parent.exists() and not self.path.parent.is_dir():  # on every system
+            raise ConfigError(
+                f"--out {self.path.parent} is a file, not a directory; choose a folder"
+            )
         try:
             import fcntl
         except ImportError:  # pragma: no cover - not Unix
             return
-        if self.path.parent.exists() and not self.path.parent.is_dir():
-            raise ConfigError(
-                f"--out {self.path.parent} is a file, not a directory; choose a folder"
-            )
         self.path.parent.mkdir(parents=True, exist_ok=True)
         fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o666)
         try:
