@@ -1,6 +1,8 @@
 import json
 import subprocess
 
+import pytest
+
 from alexnet import __version__
 from alexnet.cli import main
 
@@ -76,3 +78,11 @@ def test_progress_off_a_terminal_is_a_line_per_tenth(capsys):
     quiet.update(200)
     quiet.close()
     assert capsys.readouterr().err == ""
+
+
+def test_prepare_size_names_native_when_refused(capsys, tmp_path):
+    with pytest.raises(SystemExit) as stopped:
+        main(["prepare", str(tmp_path), str(tmp_path / "out"), "--size", "abc"])
+    assert stopped.value.code == 2
+    err = capsys.readouterr().err
+    assert "'native'" in err and "'abc'" in err

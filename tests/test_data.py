@@ -7,6 +7,7 @@ import signal
 import subprocess
 import sys
 import time
+import types
 from pathlib import Path
 
 import numpy as np
@@ -163,6 +164,18 @@ def test_cifar10_batches(tmp_path):
     assert data.image_size == (32, 32, 3)
     assert len(data.split("train")) == 100 and len(data.split("val")) == 20
     assert data.names[3] == "cat"
+
+
+def test_cifar10_is_never_downloaded_into_a_folder_of_other_files(tmp_path):
+    src = make_folder_dataset(tmp_path / "photos", classes=2, per_class=2)
+    before = sorted(p.name for p in src.iterdir())
+    with pytest.raises(DataError, match="leave out --kind cifar10"):
+        open_source(str(src), kind="cifar10")  # download allowed, but not here
+    assert sorted(p.name for p in src.iterdir()) == before
+    part = make_cifar10(tmp_path / "c") / "cifar-10-batches-py"
+    (part / "test_batch").unlink()  # found as CIFAR-10 (data_batch_1), but incomplete
+    with pytest.raises(DataError, match=r"only part of CIFAR-10's batches \(no test_batch"):
+        open_source(str(tmp_path / "c"))
 
 
 def test_cifar10_refuses_foreign_pickles(tmp_path):
@@ -893,3 +906,62 @@ def test_decoding_whole_batches_in_the_main_process_gives_the_workers_inputs(
     for (xa, ya), (xb, yb) in zip(batches["cpu"], batches["cuda"], strict=True):
         assert torch.equal(ya, yb) and xa.shape == xb.shape
         assert (xa - xb).abs().max() <= 3  # decoder rounding, in 0..255 units
+
+
+def test_no_usable_image_leaves_only_the_report(tmp_path):
+    src = tmp_path / "src"
+    for c in ("a", "b"):
+        (src / c).mkdir(parents=True)
+        for i in range(3):
+            (src / c / f"{i}.jpg").write_bytes(b"not an image")
+    dst = tmp_path / "dst"
+    with pytest.raises(DataError, match="no usable training images"):
+        prepare(str(src), dst, workers=1, progress=False)
+    assert sorted(p.name for p in dst.iterdir()) == [".alexnet-prepare.json", "report.csv"]
+    assert len((dst / "report.csv").read_text().splitlines()) == 7  # header + 6 files
+    # The same command, once the files are fixed, writes there without --force.
+    for c in ("a", "b"):
+        for i in range(3):
+            photo(40, 30, seed=i).save(src / c / f"{i}.jpg")
+    out = prepare(str(src), dst, workers=1, progress=False)
+    assert out["splits"]["train"]["count"] + out["splits"]["val"]["count"] == 6
+    assert not (dst / "train.jpg").exists()  # nothing of the failed run's kind is left
+
+
+def test_a_sigterm_python_drops_in_a_finalizer_still_stops_prepare(tmp_path, monkeypatch):
+    # Python prints and drops an exception raised in a __del__ (zipfile's runs as np.savez
+    # returns): a SIGTERM handled there must still stop prepare before meta.json.
+    from alexnet.interrupts import raising
+
+    finished = []
+
+    class SignalInFinalizer:
+        def __del__(self):
+            os.kill(os.getpid(), signal.SIGTERM)
+            for _ in range(10_000):  # the handler runs here, inside __del__
+                pass
+            finished.append(True)
+
+    original = PixelStats.save
+
+    def save_then_finalize(self, path):
+        original(self, path)
+        SignalInFinalizer()  # made and finalized at once
+
+    monkeypatch.setattr(PixelStats, "save", save_then_finalize)
+    src = make_folder_dataset(tmp_path / "src", classes=2, per_class=5)
+    dst = tmp_path / "dst"
+    dropped = []
+    monkeypatch.setattr(sys, "unraisablehook", lambda u: dropped.append(u.exc_type))
+    with raising():
+        with pytest.raises(KeyboardInterrupt):
+            prepare(str(src), dst, workers=1, val_fraction=0.2, progress=False)
+        # The handler raised inside __del__ (which never finished), where Python drops
+        # the exception; raising() keeps its "Exception ignored" traceback quiet.
+        assert finished == [] and dropped == []
+        sys.unraisablehook(types.SimpleNamespace(exc_type=ValueError))
+    assert dropped == [ValueError]  # any other dropped exception is still reported
+    assert not (dst / "meta.json").exists()
+    monkeypatch.setattr(PixelStats, "save", original)
+    out = prepare(str(src), dst, workers=1, val_fraction=0.2, progress=False)
+    assert out["splits"]["train"].get("resumed") is True  # the finished split was kept

@@ -666,3 +666,27 @@ def test_predict_quiet_still_names_the_unreadable_files(run, tmp_path, capsys):
     assert main(["predict", str(run / "run" / "model.safetensors"), str(tmp_path), "--quiet"]) == 1
     err = capsys.readouterr().err
     assert "bad.png" in err and "1 of 1 files could not be read (see above)" in err
+
+
+def test_the_report_leaves_out_top5_where_five_guesses_cover_every_class(run):
+    from alexnet.apps.evaluate import format_report
+
+    r = run_evaluation([str(run / "run" / "checkpoint.pt")], str(run / "data"), progress=False)
+    assert "top-5 error" in format_report(r)  # 10 classes
+    five = {**r, "per_class": r["per_class"][:5]}
+    text = format_report(five)
+    assert "top-5 error" not in text and "no top-5 with 5 classes" in text
+
+
+def test_predict_passes_over_hidden_files_as_prepare_does(tmp_path):
+    from alexnet.apps.predict import collect_files
+
+    photo(40, 30, seed=0).save(tmp_path / "a.jpg")
+    (tmp_path / "._a.jpg").write_bytes(b"AppleDouble")  # macOS's resource fork beside a.jpg
+    (tmp_path / ".thumbs").mkdir()
+    photo(40, 30, seed=0).save(tmp_path / ".thumbs" / "t.jpg")
+    (tmp_path / "sub").mkdir()
+    photo(40, 30, seed=0).save(tmp_path / "sub" / "b.png")
+    assert collect_files([str(tmp_path)]) == [tmp_path / "a.jpg", tmp_path / "sub" / "b.png"]
+    # A file named on the command line is taken as given, hidden or not.
+    assert collect_files([str(tmp_path / "._a.jpg")]) == [tmp_path / "._a.jpg"]

@@ -1,4 +1,6 @@
+import contextlib
 import csv
+import io
 import itertools
 import json
 import math
@@ -1201,3 +1203,79 @@ def test_summary_without_a_validation_error_says_so():
          "metrics": "r/m", "summary": "r/s", "config": "r/y"}  # fmt: skip
     text = format_summary(s)
     assert "no validation error measured" in text and "None" not in text
+
+
+def test_a_run_that_fails_at_start_leaves_no_folder_it_made(tmp_path, fmnist, capsys):
+    # The lock creates --out (and its parents) first; a start-up failure takes them away
+    # again, but never a folder the user made, nor one that holds anything else.
+    args = ["train", "--preset", "fashion-mnist", "--data", str(fmnist), "--init-from",
+            str(tmp_path / "missing.pt")]  # fmt: skip
+    assert main([*args, "--out", str(tmp_path / "new" / "run")]) == 2
+    assert "weights file not found" in capsys.readouterr().err
+    assert not (tmp_path / "new").exists()
+    mine = tmp_path / "mine"
+    mine.mkdir()
+    assert main([*args, "--out", str(mine)]) == 2
+    assert mine.is_dir()
+
+
+def test_a_lock_taken_as_a_failed_run_removes_its_folder_is_taken_again(tmp_path, monkeypatch):
+    # Run A fails at start-up and removes the folder it made while run B is between opening
+    # the lock file and locking it: B must not end up holding a lock on a deleted file.
+    import fcntl
+
+    from alexnet.engine.distributed import DistInfo
+    from alexnet.engine.rundir import RunDirLock
+
+    out = tmp_path / "new" / "run"
+    a, b = RunDirLock(out), RunDirLock(out)
+    a.acquire(DistInfo())
+    real_flock, calls = fcntl.flock, []
+
+    def flock_after_a_fails(fd, op):
+        calls.append(fd)
+        if len(calls) == 1:
+            a.release()  # the file B opened is deleted, and its folders with it
+            assert not out.exists()
+        return real_flock(fd, op)
+
+    monkeypatch.setattr(fcntl, "flock", flock_after_a_fails)
+    b.acquire(DistInfo())
+    assert len(calls) == 2  # the first lock was on the deleted file: taken again
+    held = os.fstat(b._fd)
+    assert (held.st_dev, held.st_ino) == (
+        os.stat(out / "train.lock").st_dev,
+        os.stat(out / "train.lock").st_ino,
+    )
+    b.release()
+    assert not (tmp_path / "new").exists()
+
+
+def test_the_log_says_what_the_data_replaced_and_what_each_epoch_leaves_out(tmp_path, fmnist):
+    from alexnet.data.dataset import Prepared
+    from alexnet.engine.train import configure_model_from_data
+
+    lines: list[str] = []
+    cfg = configure_model_from_data(
+        cfg_for(fmnist, "model.num_classes=3"), Prepared(fmnist), lines.append
+    )
+    assert cfg.model.num_classes == 10
+    assert lines == [f"from the data ({fmnist}): model.num_classes=10 (the config said 3)"]
+    s = io.StringIO()
+    with contextlib.redirect_stderr(s), contextlib.redirect_stdout(s):
+        train(cfg_for(fmnist, "run.epochs=1", "run.batch_size=24"), tmp_path / "r")
+    # 64 images in batches of 24: 2 steps, 16 left out
+    assert (
+        "2 steps an epoch of whole batches: each epoch leaves out a different random 16 images"
+        in s.getvalue()
+    )
+
+
+def test_the_summary_leaves_out_top5_for_five_classes_or_fewer():
+    from alexnet.engine.train import format_summary
+
+    s = {"epochs": 2, "wall_seconds": 3.0, "best_val_top1_error": 0.25, "best_val_top5_error": 0.0,
+         "best_epoch": 2, "run_dir": "r", "checkpoint": "c", "weights": "w", "metrics": "m"}  # fmt: skip
+    assert "top-1 / top-5 error: 25.00% / 0.00%" in format_summary({**s, "num_classes": 10})
+    text = format_summary({**s, "num_classes": 5})
+    assert "best validation top-1 error: 25.00% (epoch 2)" in text and "top-5" not in text

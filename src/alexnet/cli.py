@@ -59,18 +59,17 @@ def cmd_info(args: argparse.Namespace) -> int:
 
 
 def cmd_prepare(args: argparse.Namespace) -> int:
-    import signal
-
     from .data.prepare import format_summary, prepare
+    from .interrupts import raising
 
     # SIGTERM (a cluster or `kill`) stops like Ctrl-C: nothing half-written looks complete.
-    signal.signal(signal.SIGTERM, signal.default_int_handler)
-    summary = prepare(
-        args.src, args.dst, kind=args.kind, workers=args.workers, size=args.size,
-        quality=args.quality, val_fraction=args.val_fraction, seed=args.seed,
-        val_labels=args.val_labels, max_pixels=args.max_pixels, force=args.force,
-        download=not args.no_download, progress=not args.quiet,
-    )  # fmt: skip
+    with raising():
+        summary = prepare(
+            args.src, args.dst, kind=args.kind, workers=args.workers, size=args.size,
+            quality=args.quality, val_fraction=args.val_fraction, seed=args.seed,
+            val_labels=args.val_labels, max_pixels=args.max_pixels, force=args.force,
+            download=not args.no_download, progress=not args.quiet,
+        )  # fmt: skip
     _emit(summary, format_summary, args.json)
     return 0
 
@@ -250,13 +249,14 @@ def cmd_experiment(args: argparse.Namespace) -> int:
     import signal
 
     from .engine.train import EXIT_INTERRUPTED, EXIT_PREEMPTED, TrainingStopped
+    from .interrupts import raising
 
     # SIGTERM between runs stops like Ctrl-C (inside a run, training's own handler saves a
     # checkpoint first); both leave every finished run in place.
-    previous = signal.signal(signal.SIGTERM, signal.default_int_handler)
     resume = "finished runs (and a cut run's checkpoint) are kept: rerun the same command to resume"
     try:
-        return _experiment(args)
+        with raising((signal.SIGTERM,)):
+            return _experiment(args)
     except TrainingStopped as stopped:
         hint = f"; {resume}" if stopped.code in (EXIT_PREEMPTED, EXIT_INTERRUPTED) else ""
         print(f"alexnet experiment: {stopped}{hint}", file=sys.stderr)
@@ -264,8 +264,6 @@ def cmd_experiment(args: argparse.Namespace) -> int:
     except KeyboardInterrupt:
         print(f"alexnet experiment: interrupted; {resume}", file=sys.stderr)
         return EXIT_INTERRUPTED
-    finally:
-        signal.signal(signal.SIGTERM, previous)
 
 
 def _experiment(args: argparse.Namespace) -> int:
@@ -438,7 +436,12 @@ def _workers(text: str) -> int | str:
 def _size(text: str) -> int | str:
     if text.strip().lower() == "native":
         return "native"
-    return _positive_int(text)
+    try:
+        return _positive_int(text)
+    except argparse.ArgumentTypeError:
+        raise argparse.ArgumentTypeError(
+            f"must be a side in pixels >= 1 or 'native', got {text!r}"
+        ) from None
 
 
 def _int_at_least(lowest: int, text: str) -> int:

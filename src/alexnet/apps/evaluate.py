@@ -187,11 +187,21 @@ def _report(
 
 def format_report(r: dict[str, Any]) -> str:
     kind = f"ensemble of {len(r['models'])} models" if r["ensemble"] else r["models"][0]
+    classes = len(r["per_class"])
+    if classes > 5:
+        errors = (
+            f"  top-1 error {100 * r['top1_error']:.2f}%   top-5 error {100 * r['top5_error']:.2f}%"
+            f"   (accuracy {100 * r['top1_accuracy']:.2f}% / {100 * r['top5_accuracy']:.2f}%)"
+        )
+    else:  # five guesses cover every class: a top-5 error of 0 would say nothing
+        errors = (
+            f"  top-1 error {100 * r['top1_error']:.2f}%   (accuracy "
+            f"{100 * r['top1_accuracy']:.2f}%; no top-5 with {classes} classes)"
+        )
     lines = [
         f"{kind} on {r['data']} [{r['split']}], {r.get('views_label', r['views'] + ' views')}, {r['images']:,} images, "
         f"{r.get('precision', 'fp32')}",
-        f"  top-1 error {100 * r['top1_error']:.2f}%   top-5 error {100 * r['top5_error']:.2f}%"
-        f"   (accuracy {100 * r['top1_accuracy']:.2f}% / {100 * r['top5_accuracy']:.2f}%)",
+        errors,
         f"  {r['images_per_s'] or 0:,.0f} images/s",
     ]
     lines += [f"  --allow-mismatch: {note}" for note in r.get("mismatch_notes") or []]

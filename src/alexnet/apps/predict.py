@@ -19,13 +19,18 @@ from ..progress import bar as progress_bar
 
 
 def collect_files(inputs: list[str]) -> list[Path]:
-    """Files as given, and every image-like file under given directories (sorted)."""
+    """Files as given, and every image-like file under given directories (sorted). Hidden
+    names (``.DS_Store``, macOS's ``._photo.jpg``, ``.git/``) are passed over, as prepare does."""
     files: list[Path] = []
     for item in inputs:
         p = Path(item)
         if p.is_dir():
             files += sorted(
-                f for f in p.rglob("*") if f.is_file() and f.suffix.lower() in IMAGE_EXTENSIONS
+                f
+                for f in p.rglob("*")
+                if f.is_file()
+                and f.suffix.lower() in IMAGE_EXTENSIONS
+                and not any(part.startswith(".") for part in f.relative_to(p).parts)
             )
         else:
             files.append(p)  # missing files are reported per file, not fatal

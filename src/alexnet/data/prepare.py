@@ -35,6 +35,7 @@ from typing import Any
 import numpy as np
 
 from ..atomic import atomic_path, write_json, write_text
+from ..interrupts import check as check_interrupt
 from ..progress import bar as progress_bar
 from .dataset import FORMAT, FORMAT_VERSION, INDEX_DTYPE
 from .images import GRAYSCALE_MODES, ImageError, encode_jpeg, load_image, probe, resize_to
@@ -269,6 +270,7 @@ def _write_file_split(
                     stats.merge(res["stats"])
                 bar.update(len(chunk))
                 bar.set_postfix(skipped=len(problems), MB=f"{offset / 1e6:.0f}")
+                check_interrupt()
     finally:
         bar.close()
     write_text(dst / f"{name}.paths.txt", "".join(p.replace("\n", " ") + "\n" for p in kept_paths))
@@ -310,6 +312,7 @@ def _write_native_split(
                 paths += res["paths"]
                 problems += res["problems"]
                 bar.update(len(chunk))
+                check_interrupt()
     finally:
         bar.close()
     if shape is None:
@@ -579,8 +582,17 @@ def prepare(
             "bytes": res.bytes,
             "class_counts": class_counts(split_labels, n_classes),
         }
+        check_interrupt()  # this split is kept; a stop asked while saving it stops here
     _write_report(dst / "report.csv", problems)
     if stats is None or stats.count == 0:
+        # Nothing usable: leave the report (and the marker, which lets a rerun write here),
+        # not empty splits a rerun would keep.
+        record = _read_marker(dst)
+        record.pop("done", None)  # first: no split may be kept once its files go
+        write_json(dst / MARKER, record, indent=1)
+        for n in OUTPUTS:
+            if n not in ("report.csv", MARKER):
+                (dst / n).unlink(missing_ok=True)
         raise DataError(f"no usable training images in {src}; see {dst / 'report.csv'}")
     layout = list(getattr(source, "layout", []))
     warnings = []
@@ -620,6 +632,7 @@ def prepare(
         "skipped": len([p for p in problems if "kept" not in p[2]]),
         "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
     }
+    check_interrupt()  # meta.json says the data is complete: not after a stop was asked
     write_json(dst / "meta.json", meta, indent=1)
     elapsed = time.time() - t0
     written = sum(s["count"] for s in splits.values())

@@ -526,6 +526,28 @@ def find_cifar10(directory: Path, download: bool = True) -> Path:
     for d in (directory, directory / "cifar-10-batches-py"):
         if (d / "data_batch_1").is_file() and (d / "test_batch").is_file():
             return d
+    batches = [*(f"data_batch_{i}" for i in range(1, 6)), "test_batch"]
+    for d in (directory, directory / "cifar-10-batches-py"):
+        have = [b for b in batches if (d / b).is_file()]
+        if have:
+            raise DataError(
+                f"{d} holds only part of CIFAR-10's batches (no "
+                f"{', '.join(b for b in batches if b not in have)}); unpack "
+                "cifar-10-python.tar.gz there again"
+            )
+    # The download goes into the directory: never into a folder of the user's own files.
+    own = [p.name for p in directory.iterdir()] if directory.is_dir() else []
+    own = [
+        n
+        for n in own
+        if not n.startswith(".") and n not in ("cifar-10-python.tar.gz", "cifar-10-batches-py")
+    ]
+    if download and own:
+        raise DataError(
+            f"CIFAR-10 not found in {directory}, which holds other files ({', '.join(sorted(own)[:3])}"
+            f"{', ...' if len(own) > 3 else ''}): to prepare them as image class folders leave "
+            "out --kind cifar10; to download CIFAR-10, pass a new or empty directory"
+        )
     if download:
         try:
             from torchvision.datasets import CIFAR10

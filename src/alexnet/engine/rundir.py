@@ -68,6 +68,7 @@ class RunDirLock:
     def __init__(self, out: Path) -> None:
         self.path = out / LOCK_FILE
         self._fd: int | None = None
+        self._made: list[Path] = []  # folders the lock created, deepest first (removable again)
 
     def acquire(self, dist: D.DistInfo) -> None:
         """Lock, or raise a ConfigError naming the directory and the holder's PID; every
@@ -88,32 +89,62 @@ class RunDirLock:
             raise refused
 
     def _lock(self) -> None:
-        if self.path.parent.exists() and not self.path.parent.is_dir():  # on every system
+        folder = Path(os.path.abspath(self.path.parent))
+        if folder.exists() and not folder.is_dir():  # on every system
             raise ConfigError(
                 f"--out {self.path.parent} is a file, not a directory; choose a folder"
             )
+        self._make(folder)
         try:
             import fcntl
         except ImportError:  # pragma: no cover - not Unix
             return
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o666)
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            holder = os.read(fd, 32).decode(errors="replace").strip() or "unknown"
+        while True:
+            try:
+                fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o666)
+            except FileNotFoundError:  # the folder went with a failed run's release
+                self._make(folder)
+                continue
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                holder = os.read(fd, 32).decode(errors="replace").strip() or "unknown"
+                os.close(fd)
+                raise ConfigError(
+                    f"{self.path.parent} is in use by another `alexnet train` (PID {holder}); "
+                    "wait for it to end or stop it, or choose another --out"
+                ) from None
+            # A run that failed at start-up removes its lock file (release): if that
+            # happened between our open and flock, we hold a lock on a deleted file.
+            try:
+                st, now = os.fstat(fd), os.stat(self.path)
+                if (st.st_dev, st.st_ino) == (now.st_dev, now.st_ino):
+                    break
+            except FileNotFoundError:
+                self._make(folder)
             os.close(fd)
-            raise ConfigError(
-                f"{self.path.parent} is in use by another `alexnet train` (PID {holder}); "
-                "wait for it to end or stop it, or choose another --out"
-            ) from None
         os.ftruncate(fd, 0)
         os.write(fd, f"{os.getpid()}\n".encode())
         self._fd = fd
 
+    def _make(self, folder: Path) -> None:
+        """Create ``folder`` and its missing parents, remembering which were made here."""
+        made = [p for p in (folder, *folder.parents) if not p.exists()]
+        folder.mkdir(parents=True, exist_ok=True)
+        self._made = made or self._made
+
     def release(self) -> None:
+        # A run that stopped before writing anything leaves no folder it created behind
+        # (a run that opened the lock file meanwhile notices, in _lock); otherwise the lock
+        # file stays, so the next run locks the same file.
+        with contextlib.suppress(OSError):
+            if self._made and [p.name for p in self._made[0].iterdir()] in ([LOCK_FILE], []):
+                self.path.unlink(missing_ok=True)
+                for folder in self._made:  # stops at the first one that is not empty
+                    folder.rmdir()
+        self._made = []
         if self._fd is not None:
-            os.close(self._fd)  # the file stays: removing it would race the next run's lock
+            os.close(self._fd)
             self._fd = None
 
 

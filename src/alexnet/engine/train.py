@@ -85,7 +85,10 @@ def configure_model_from_data(cfg: TrainConfig, data: Prepared, log: Any) -> Tra
     if (cfg.model.input_size or crop) != crop:
         changes["input_size"] = crop
     if changes:
-        log(f"from the data: model {', '.join(f'{k}={v}' for k, v in changes.items())}")
+        said = ", ".join(
+            f"model.{k}={v} (the config said {getattr(cfg.model, k)})" for k, v in changes.items()
+        )
+        log(f"from the data ({data.root}): {said}")
     model_cfg = dataclasses.replace(cfg.model, **{"input_size": crop, **changes})
     if cfg.data.cutout > crop:
         raise ConfigError(
@@ -678,6 +681,12 @@ def _train(
             f"{train_loader.sampler.n:,}{limited} images, {dist.world_size} rank(s), device {dev}, "
             f"batch {cfg.run.batch_size} -> {out}"
         )
+        spare = train_loader.sampler.n - len(train_loader) * cfg.run.batch_size
+        if spare:  # whole batches only, as the paper's fixed-size batches
+            log(
+                f"{len(train_loader):,} steps an epoch of whole batches: each epoch leaves out "
+                f"a different random {spare:,} images"
+            )
     decoding = f", JPEG decoding on {decode} ({decode_reason})"
     if train_loader.loader is None:  # array data: batches are gathered in this process
         workers, decoding = 0, ""
@@ -800,11 +809,14 @@ def _train(
             progress.seen = 0
             row["wall_seconds"] = time.perf_counter() - t_start
             rows.append({k: row[k] for k in METRICS_FIELDS if k in row})
-            val_txt = (
-                f", val top-1/top-5 error {100 * row['val_top1_error']:.2f}% / {100 * row['val_top5_error']:.2f}%"
-                if "val_top1_error" in row
-                else ""
-            )
+            val_txt = ""
+            if "val_top1_error" in row and cfg.model.num_classes > 5:
+                val_txt = (
+                    f", val top-1/top-5 error {100 * row['val_top1_error']:.2f}% / "
+                    f"{100 * row['val_top5_error']:.2f}%"
+                )
+            elif "val_top1_error" in row:  # five guesses cover every class: no top-5
+                val_txt = f", val top-1 error {100 * row['val_top1_error']:.2f}%"
             log(
                 f"epoch {epoch + 1}/{cfg.run.epochs}: train loss {row['train_loss']:.4f}, train top-1 error "
                 f"{100 * row['train_top1_error']:.2f}%{val_txt}, lr {lr:.2g}, {row['images_per_s']:.0f} img/s"
@@ -854,6 +866,7 @@ def _train(
         "final_val_top1_error": last_val.get("top1_error"),
         "final_val_top5_error": last_val.get("top5_error"),
         "val_images": last_val.get("images"),
+        "num_classes": cfg.model.num_classes,
         "epochs": progress.epoch,
         "global_steps": progress.global_step,
         "wall_seconds": wall,
@@ -889,7 +902,11 @@ def format_summary(s: dict[str, Any]) -> str:
     return "\n".join(
         [
             f"done: {epochs_text(s['epochs'])} in {s['wall_seconds']:.0f} s",
-            f"best validation top-1 / top-5 error: {pct(s['best_val_top1_error'])} / {pct(s['best_val_top5_error'])} (epoch {s['best_epoch']})"
+            (
+                f"best validation top-1 / top-5 error: {pct(s['best_val_top1_error'])} / {pct(s['best_val_top5_error'])} (epoch {s['best_epoch']})"
+                if s.get("num_classes", 1000) > 5
+                else f"best validation top-1 error: {pct(s['best_val_top1_error'])} (epoch {s['best_epoch']})"
+            )
             if s["best_epoch"] is not None
             else "no validation error measured (no val split, or no epoch evaluated)",
             f"run directory: {s['run_dir']}",
