@@ -965,3 +965,48 @@ def test_a_sigterm_python_drops_in_a_finalizer_still_stops_prepare(tmp_path, mon
     monkeypatch.setattr(PixelStats, "save", original)
     out = prepare(str(src), dst, workers=1, val_fraction=0.2, progress=False)
     assert out["splits"]["train"].get("resumed") is True  # the finished split was kept
+
+
+def test_atomic_writes_never_replace_a_link_a_pipe_or_a_device(tmp_path):
+    # `predict --csv /dev/stdout` once replaced /dev/stdout (a symlink) with a file.
+    import threading
+
+    from alexnet.atomic import write_text
+
+    target = tmp_path / "real.csv"
+    target.write_text("old\n")
+    link = tmp_path / "link.csv"
+    link.symlink_to(target)
+    write_text(link, "new\n")
+    assert link.is_symlink() and target.read_text() == "new\n"
+    fifo = tmp_path / "pipe"
+    os.mkfifo(fifo)
+    got = []
+    reader = threading.Thread(target=lambda: got.append(fifo.read_text()))
+    reader.start()
+    write_text(fifo, "through the pipe\n")
+    reader.join(timeout=30)
+    assert got == ["through the pipe\n"] and fifo.is_fifo()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["link.csv", "pipe", "real.csv"]
+
+
+def test_workers_killed_from_outside_never_hang_the_pool(tmp_path, cli_env):
+    # SIGTERM to the whole process group (`timeout`, `docker stop`) can kill an idle worker
+    # while it holds the task queue's lock; Pool.terminate() then waited for it forever.
+    script = (
+        "import multiprocessing, os, signal, time\n"
+        "from alexnet.data.prepare import _chunk_results\n"
+        "try:\n"
+        "    with _chunk_results(abs, [1, -2, 3, -4], 2) as results:\n"
+        "        assert list(results) == [1, 2, 3, 4]\n"
+        "        time.sleep(0.5)  # both idle now: one blocks in the queue, holding its lock\n"
+        "        for p in multiprocessing.active_children():\n"
+        "            os.kill(p.pid, signal.SIGKILL)\n"
+        "        time.sleep(0.2)\n"
+        "        raise KeyboardInterrupt\n"
+        "except KeyboardInterrupt:\n"
+        "    print('ended', flush=True)\n"
+    )
+    done = subprocess.run([sys.executable, "-c", script], env=cli_env, capture_output=True,
+                          text=True, timeout=60)  # fmt: skip
+    assert done.stdout.strip() == "ended", done.stderr

@@ -46,8 +46,17 @@ def fsync_dir(path: Path) -> None:
 @contextlib.contextmanager
 def atomic_path(path: str | Path) -> Iterator[Path]:
     """Yields a temporary path beside ``path`` (same suffix, so numpy and safetensors
-    keep it); when the block succeeds the file is fsynced and renamed over ``path``."""
+    keep it); when the block succeeds the file is fsynced and renamed over ``path``. A
+    symlink is followed (the link stays); a path that exists and is not a regular file
+    (a device, a pipe) is yielded as it is and written in place."""
     path = Path(path)
+    if path.exists() and not path.is_file():
+        # A device, pipe or terminal (--csv /dev/stdout), through any links: written in
+        # place, never replaced. (A folder fails in open() with its own message.)
+        yield path
+        return
+    if path.is_symlink():  # a link to a file: write the file, the link stays
+        path = Path(os.path.realpath(path))
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.stem}.{os.getpid()}.tmp{path.suffix}")
     try:

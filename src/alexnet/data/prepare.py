@@ -24,6 +24,7 @@ import json
 import os
 import re
 import signal
+import threading
 import time
 from collections import Counter
 from collections.abc import Callable, Iterator
@@ -228,8 +229,23 @@ def _chunk_results(
         yield pool.imap(fn, args) if pool else map(fn, args)
     finally:
         if pool:
-            pool.terminate()
-            pool.join()
+            _end_pool(pool)
+
+
+def _end_pool(pool: Any) -> None:
+    """``pool.terminate()``, but never forever. A worker killed from outside (SIGTERM to
+    the whole process group: ``timeout``, ``docker stop``, systemd) can die holding the
+    task queue's lock, which terminate() then waits for; the workers are killed instead."""
+    workers = list(pool._pool)  # private, but the only handle on the processes
+    ender = threading.Thread(target=pool.terminate, daemon=True)
+    ender.start()
+    ender.join(3)  # it takes well under a second; killing workers a little early is harmless
+    if ender.is_alive():
+        for p in {*workers, *pool._pool}:  # with any the pool started meanwhile
+            p.kill()
+            p.join(5)
+    else:
+        pool.join()
 
 
 @dataclass
