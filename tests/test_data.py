@@ -982,7 +982,8 @@ def test_atomic_writes_never_replace_a_link_a_pipe_or_a_device(tmp_path):
     fifo = tmp_path / "pipe"
     os.mkfifo(fifo)
     got = []
-    reader = threading.Thread(target=lambda: got.append(fifo.read_text()))
+    # daemon: if the write replaced the pipe, the reader waits forever; the test must fail, not hang
+    reader = threading.Thread(target=lambda: got.append(fifo.read_text()), daemon=True)
     reader.start()
     write_text(fifo, "through the pipe\n")
     reader.join(timeout=30)

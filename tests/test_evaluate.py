@@ -690,3 +690,22 @@ def test_predict_passes_over_hidden_files_as_prepare_does(tmp_path):
     assert collect_files([str(tmp_path)]) == [tmp_path / "a.jpg", tmp_path / "sub" / "b.png"]
     # A file named on the command line is taken as given, hidden or not.
     assert collect_files([str(tmp_path / "._a.jpg")]) == [tmp_path / "._a.jpg"]
+
+
+def test_cards_and_reports_leave_out_top5_for_five_classes_or_fewer():
+    from alexnet.apps.report import headline
+    from alexnet.engine.card import render_card
+
+    results = {"weights_val_top1_error": 0.25, "weights_val_top5_error": 0.0, "weights_epoch": 2,
+               "best_val_top1_error": 0.2, "best_val_top5_error": 0.0, "best_epoch": 1}  # fmt: skip
+    for classes, shown in ((10, True), (3, False)):
+        card = {"model": {"variant": "small", "parameters": 1, "classes": classes, "input": "x"},
+                "results": results}  # fmt: skip
+        text = render_card(card, "m.safetensors")
+        assert ("top-1 / top-5 error 25.00% / 0.00%" in text) is shown
+        assert ("validation top-1 error 25.00%" in text) is not shown
+        assert ("Best validation epoch: 1, top-1 error 20.00%" in text) is not shown
+        cfg = {"model": {"num_classes": classes}, "data": {"path": "d"}}
+        summary = {"best_val_top1_error": 0.2, "best_val_top5_error": 0.0, "best_epoch": 1}
+        facts = dict(headline(cfg, summary, {})["facts"])
+        assert ("top-1 / top-5 error" in facts) is shown and ("top-1 error" in facts) is not shown

@@ -10,7 +10,7 @@ from torch import Tensor
 
 from ..atomic import atomic_path
 from ..data.transforms import views_label
-from ..engine.metrics import model_outputs, topk_correct
+from ..engine.metrics import has_top5, model_outputs, topk_correct
 from ..progress import bar as progress_bar
 
 
@@ -188,12 +188,12 @@ def _report(
 def format_report(r: dict[str, Any]) -> str:
     kind = f"ensemble of {len(r['models'])} models" if r["ensemble"] else r["models"][0]
     classes = len(r["per_class"])
-    if classes > 5:
+    if has_top5(classes):
         errors = (
             f"  top-1 error {100 * r['top1_error']:.2f}%   top-5 error {100 * r['top5_error']:.2f}%"
             f"   (accuracy {100 * r['top1_accuracy']:.2f}% / {100 * r['top5_accuracy']:.2f}%)"
         )
-    else:  # five guesses cover every class: a top-5 error of 0 would say nothing
+    else:
         errors = (
             f"  top-1 error {100 * r['top1_error']:.2f}%   (accuracy "
             f"{100 * r['top1_accuracy']:.2f}%; no top-5 with {classes} classes)"

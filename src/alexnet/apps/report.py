@@ -21,6 +21,7 @@ import yaml
 from ..atomic import write_text
 from ..data.transforms import views_label
 from ..engine.card import epochs_text
+from ..engine.metrics import has_top5
 
 FIGURES = ["Training curves", "conv1 filters", "Sample predictions", "Nearest neighbours"]
 SECTIONS = ["Result", *FIGURES, "Environment", "Execution", "All metrics", "Configuration"]
@@ -114,9 +115,12 @@ def headline(cfg: dict[str, Any], summary: dict[str, Any], test: dict[str, Any])
     crop = (cfg.get("data") or {}).get("crop") or (cfg.get("model") or {}).get("input_size")
     protocol = views_label(views, _image_hw(data), crop)
     errors = f"{100 * top1:.2f}% / " + (f"{100 * top5:.2f}%" if top5 is not None else "n/a")
+    error_fact = ("top-1 / top-5 error", errors)
+    if not has_top5((cfg.get("model") or {}).get("num_classes")):
+        error_fact = ("top-1 error", f"{100 * top1:.2f}%")
     facts = [
         ("accuracy", f"{100 * (1 - top1):.2f}%"),
-        ("top-1 / top-5 error", errors),
+        error_fact,
         ("measured on", f"{what} of {data}; {protocol}"),
         *training,
     ]

@@ -19,6 +19,7 @@ from .. import __version__
 from ..atomic import atomic_path
 from ..data.preprocess import Preprocessing
 from ..data.transforms import views_label
+from .metrics import has_top5
 
 PAPER = (
     "Krizhevsky, Sutskever, Hinton. ImageNet Classification with Deep Convolutional Neural "
@@ -174,16 +175,22 @@ def render_card(card: dict[str, Any], weights: str) -> str:
             r.get("final_val_top5_error"),
             r.get("epochs"),
         )
+    top5 = has_top5(m.get("classes"))
+
+    def errors(top1: Any, top5_error: Any) -> str:
+        if top5:
+            return f"top-1 / top-5 error {_pct(top1)} / {_pct(top5_error)}"
+        return f"top-1 error {_pct(top1)}"
+
     if mine is not None:  # the file's own weights lead; the best epoch may be other weights
         lines.append(
-            f"- These weights (epoch {epoch}): validation top-1 / top-5 error "
-            f"{_pct(mine)} / {_pct(mine5)} ({protocol})."
+            f"- These weights (epoch {epoch}): validation {errors(mine, mine5)} ({protocol})."
         )
     if r.get("best_val_top1_error") is not None:
         if r.get("best_epoch") != epoch or mine is None:
             lines.append(
-                f"- Best validation epoch: {r.get('best_epoch')}, top-1 / top-5 error "
-                f"{_pct(r.get('best_val_top1_error'))} / {_pct(r.get('best_val_top5_error'))} "
+                f"- Best validation epoch: {r.get('best_epoch')}, "
+                f"{errors(r.get('best_val_top1_error'), r.get('best_val_top5_error'))} "
                 f"({protocol}; the run's best.safetensors holds those weights)."
             )
         lines.append(

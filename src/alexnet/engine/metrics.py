@@ -43,6 +43,12 @@ def view_probabilities(models: list[nn.Module], x: Tensor) -> Tensor:
     return total / len(models)
 
 
+def has_top5(num_classes: int | None) -> bool:
+    """Whether a top-5 error says anything: with 5 classes or fewer, five guesses cover
+    them all and it is always 0. (Unknown: shown.)"""
+    return num_classes is None or num_classes > 5
+
+
 def topk_correct(probs: Tensor, labels: Tensor, k: int = 5) -> tuple[Tensor, Tensor]:
     """(top-1 correct, top-k correct) boolean vectors."""
     k = min(k, probs.shape[1])

@@ -42,7 +42,7 @@ from .execution import (
     resolve_threads,
     resolve_workers,
 )
-from .metrics import autocast_context, evaluate_model, topk_correct
+from .metrics import autocast_context, evaluate_model, has_top5, topk_correct
 from .optim import LRSchedule, build_optimizer, freeze_layers, set_lr
 from .rundir import RunDirLock, StopFlag, check_run_dir
 
@@ -810,12 +810,12 @@ def _train(
             row["wall_seconds"] = time.perf_counter() - t_start
             rows.append({k: row[k] for k in METRICS_FIELDS if k in row})
             val_txt = ""
-            if "val_top1_error" in row and cfg.model.num_classes > 5:
+            if "val_top1_error" in row and has_top5(cfg.model.num_classes):
                 val_txt = (
                     f", val top-1/top-5 error {100 * row['val_top1_error']:.2f}% / "
                     f"{100 * row['val_top5_error']:.2f}%"
                 )
-            elif "val_top1_error" in row:  # five guesses cover every class: no top-5
+            elif "val_top1_error" in row:
                 val_txt = f", val top-1 error {100 * row['val_top1_error']:.2f}%"
             log(
                 f"epoch {epoch + 1}/{cfg.run.epochs}: train loss {row['train_loss']:.4f}, train top-1 error "
@@ -904,7 +904,7 @@ def format_summary(s: dict[str, Any]) -> str:
             f"done: {epochs_text(s['epochs'])} in {s['wall_seconds']:.0f} s",
             (
                 f"best validation top-1 / top-5 error: {pct(s['best_val_top1_error'])} / {pct(s['best_val_top5_error'])} (epoch {s['best_epoch']})"
-                if s.get("num_classes", 1000) > 5
+                if has_top5(s.get("num_classes"))
                 else f"best validation top-1 error: {pct(s['best_val_top1_error'])} (epoch {s['best_epoch']})"
             )
             if s["best_epoch"] is not None
