@@ -86,3 +86,8 @@ def test_prepare_size_names_native_when_refused(capsys, tmp_path):
     assert stopped.value.code == 2
     err = capsys.readouterr().err
     assert "'native'" in err and "'abc'" in err
+    for size, said in (("1e9", "a whole number of pixels"), ("0", "at least 1 pixel"),
+                       ("100000", "at most 8192 pixels")):  # fmt: skip
+        with pytest.raises(SystemExit):
+            main(["prepare", str(tmp_path), str(tmp_path / "out"), "--size", size])
+        assert said in capsys.readouterr().err

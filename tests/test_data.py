@@ -176,6 +176,13 @@ def test_cifar10_is_never_downloaded_into_a_folder_of_other_files(tmp_path):
     (part / "test_batch").unlink()  # found as CIFAR-10 (data_batch_1), but incomplete
     with pytest.raises(DataError, match=r"only part of CIFAR-10's batches \(no test_batch"):
         open_source(str(tmp_path / "c"))
+    (tmp_path / "notes.txt").write_text("mine")  # a file, not a folder: said so, no download
+    for kind, name in (("cifar10", "CIFAR-10"), ("fashion-mnist", "Fashion-MNIST")):
+        with pytest.raises(
+            DataError, match=f"is a file, not a folder: pass the folder that holds {name}"
+        ):
+            open_source(str(tmp_path / "notes.txt"), kind=kind)
+    assert (tmp_path / "notes.txt").read_text() == "mine"
 
 
 def test_cifar10_refuses_foreign_pickles(tmp_path):
@@ -808,6 +815,17 @@ def test_symlinks_out_of_src_are_skipped_and_reported(tmp_path):
     prepare(str(src), tmp_path / "out", workers=1, val_fraction=0.0, progress=False)
     report = (tmp_path / "out" / "report.csv").read_text()
     assert "linked_class" in report and "linked.jpg" in report and "outside SRC" in report
+    # A broken link is reported too, not passed over without a word.
+    (src / "class_1" / "gone.jpg").symlink_to(tmp_path / "nowhere.jpg")
+    (src / "gone_class").symlink_to(tmp_path / "no_folder", target_is_directory=True)
+    prepare(str(src), tmp_path / "out2", workers=1, val_fraction=0.0, progress=False)
+    report = (tmp_path / "out2" / "report.csv").read_text()
+    lines = [ln for ln in report.splitlines() if "broken symlink" in ln]
+    assert (
+        len(lines) == 2
+        and "gone.jpg" in lines[0] + lines[1]
+        and "gone_class" in lines[0] + lines[1]
+    )
 
 
 def test_16_bit_png_is_scaled_not_white(tmp_path):

@@ -1,3 +1,5 @@
+import csv
+import io
 import json
 import os
 import shutil
@@ -514,7 +516,11 @@ def test_allow_mismatch_is_the_explicit_override_for_transfer(run, tmp_path, cap
     meta["classes"] = meta["names"] = meta["classes"][:7]
     meta_path.write_text(json.dumps(meta))
     feats = ["features", weights, *base, "--split", "val", "--out", str(out), "--allow-mismatch"]
-    assert main(feats) == 0
+    before = out.read_bytes()
+    assert main(feats) == 2  # as export: an existing file is replaced only with --force
+    assert f"{out} exists; pass --force" in capsys.readouterr().err
+    assert out.read_bytes() == before
+    assert main([*feats, "--force"]) == 0
 
 
 def test_allow_mismatch_adapts_the_mean_to_another_size_and_never_the_channels(run):
@@ -709,3 +715,105 @@ def test_cards_and_reports_leave_out_top5_for_five_classes_or_fewer():
         summary = {"best_val_top1_error": 0.2, "best_val_top5_error": 0.0, "best_epoch": 1}
         facts = dict(headline(cfg, summary, {})["facts"])
         assert ("top-1 / top-5 error" in facts) is shown and ("top-1 error" in facts) is not shown
+
+
+def test_predict_csv_to_stdout_quiet_escaped_names_and_broken_links(run, tmp_path, capsys):
+    # --csv - is standard output (as --json -), the table goes to stderr; --quiet prints no
+    # progress; a name with a newline is one escaped line; a broken symlink is a per-file
+    # error, not silently passed over.
+    from PIL import Image
+
+    d = tmp_path / "imgs"
+    d.mkdir()
+    for i, a in enumerate(np.load(run / "data" / "val.images.npy")[:12]):
+        Image.fromarray(a[..., 0]).save(d / f"ok{i:02d}.png")
+    Image.fromarray(np.zeros((28, 28), np.uint8)).save(d / "two\nlines.png")
+    (d / "gone.png").symlink_to(tmp_path / "nowhere.png")
+    weights = str(run / "run" / "model.safetensors")
+    assert main(["predict", weights, str(d), "--csv", "-", "--top-k", "1"]) == 1
+    out, err = capsys.readouterr()
+    rows = list(csv.reader(io.StringIO(out)))
+    assert rows[0][0] == "path" and len(rows) == 1 + 13 + 1  # header, 13 images, the link
+    broken = [r for r in rows if r[0].endswith("gone.png")]
+    assert "broken symlink" in broken[0][-1]
+    assert "two\\nlines.png" in err and "two\nlines.png" not in err  # the table, escaped
+    assert [r[0] for r in rows[1:]] == sorted(r[0] for r in rows[1:])  # in path order
+    assert main(["predict", weights, str(d), "--quiet"]) == 1
+    out, err = capsys.readouterr()
+    assert out == ""
+    assert err.splitlines() == [
+        f"  {d}/gone.png: broken symlink (to {tmp_path / 'nowhere.png'})",
+        "alexnet predict: 1 of 14 files could not be read (see above)",
+    ]  # only the failures: no progress lines
+    assert main(["predict", weights, str(d), "--csv", "-", "--json", "-"]) == 2
+    assert "both ask for standard output" in capsys.readouterr().err
+
+
+def test_evaluate_csv_to_stdout(run, capsys):
+    assert main(["evaluate", str(run / "run" / "model.safetensors"), "--data",
+                 str(run / "data"), "--workers", "0", "--csv", "-"]) == 0  # fmt: skip
+    out, err = capsys.readouterr()
+    assert out.startswith("index,class,name,images") and "top-1 error" in err
+
+
+def test_shown_names_are_one_line_and_never_alike():
+    from alexnet.apps.predict import shown
+
+    assert shown("café photo.jpg") == "café photo.jpg"  # printable: as it is
+    assert shown("two\nlines.jpg") == "two\\nlines.jpg"
+    assert shown("a\\b\n.jpg") == "a\\\\b\\n.jpg"  # a literal backslash is doubled
+    assert shown("a\\nb.jpg") != shown("a\nb.jpg")  # a backslash and n is not a newline
+    assert shown("x\u202ey.jpg") == "x\\u202ey.jpg"  # a right-to-left override
+    assert shown("bad\udcff.jpg") == "bad\\udcff.jpg"  # an undecodable byte
+    assert "\n" not in shown("x\u2028y\r")
+
+
+def test_predict_carries_on_past_a_folder_it_cannot_read(run, tmp_path, monkeypatch, capsys):
+    from pathlib import Path
+
+    from PIL import Image
+
+    (tmp_path / "ok").mkdir()
+    (tmp_path / "locked").mkdir()
+    Image.fromarray(np.zeros((28, 28), np.uint8)).save(tmp_path / "ok" / "a.png")
+    iterdir = Path.iterdir
+
+    def refuse(self):
+        if self.name == "locked":
+            raise PermissionError(13, "Permission denied", str(self))
+        return iterdir(self)
+
+    (tmp_path / "noexec").mkdir()  # listed, but its entries cannot be looked at
+    Image.fromarray(np.zeros((28, 28), np.uint8)).save(tmp_path / "noexec" / "b.png")
+    is_symlink = Path.is_symlink
+
+    def no_entry(self):
+        if self.parent.name == "noexec":
+            raise PermissionError(13, "Permission denied", str(self))
+        return is_symlink(self)
+
+    monkeypatch.setattr(Path, "iterdir", refuse)
+    monkeypatch.setattr(Path, "is_symlink", no_entry)
+    assert main(["predict", str(run / "run" / "model.safetensors"), str(tmp_path),
+                 "--json", str(tmp_path / "p.json")]) == 1  # fmt: skip
+    results = json.loads((tmp_path / "p.json").read_text())
+    assert [r["path"].rsplit("/", 1)[-1] for r in results] == ["a.png", "locked", "b.png"]
+    assert "predictions" in results[0]
+    assert all("cannot be read (Permission denied)" in r["error"] for r in results[1:])
+
+
+def test_csv_keeps_the_bytes_of_names_that_are_not_utf8(tmp_path, monkeypatch):
+    import sys
+
+    from alexnet.atomic import text_output
+
+    name = "bad\udcff.png"  # the byte 0xff, as Python decodes it from a file name
+    with text_output(tmp_path / "p.csv", newline="") as f:
+        f.write(name)
+    assert (tmp_path / "p.csv").read_bytes() == b"bad\xff.png"
+    buf = io.BytesIO()
+    stdout = io.TextIOWrapper(buf, encoding="utf-8", errors="strict")
+    monkeypatch.setattr(sys, "stdout", stdout)
+    with text_output("-") as f:
+        f.write(name)
+    assert buf.getvalue() == b"bad\xff.png" and stdout.errors == "strict"  # restored

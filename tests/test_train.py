@@ -1215,8 +1215,17 @@ def test_a_run_that_fails_at_start_leaves_no_folder_it_made(tmp_path, fmnist, ca
     assert not (tmp_path / "new").exists()
     mine = tmp_path / "mine"
     mine.mkdir()
+    (mine / "notes.txt").write_text("the user's")
     assert main([*args, "--out", str(mine)]) == 2
-    assert mine.is_dir()
+    assert [p.name for p in mine.iterdir()] == ["notes.txt"]  # no train.lock left behind
+    # --force replaces an old run only once the new one can start: nothing is lost here.
+    old = tmp_path / "old"
+    old.mkdir()
+    for name in ("config.yaml", "metrics.csv", "model.safetensors"):
+        (old / name).write_text(f"the old run's {name}")
+    assert main([*args, "--out", str(old), "--force"]) == 2
+    for name in ("config.yaml", "metrics.csv", "model.safetensors"):
+        assert (old / name).read_text() == f"the old run's {name}"
 
 
 def test_a_lock_taken_as_a_failed_run_removes_its_folder_is_taken_again(tmp_path, monkeypatch):
@@ -1249,6 +1258,26 @@ def test_a_lock_taken_as_a_failed_run_removes_its_folder_is_taken_again(tmp_path
     )
     b.release()
     assert not (tmp_path / "new").exists()
+
+
+def test_only_the_run_that_held_the_lock_removes_its_lock_file(tmp_path):
+    # A lock this process never held (refused, or never tried, as on ranks > 0) is never
+    # removed, even from a folder that holds nothing else; the holder's own is.
+    from alexnet.config import ConfigError
+    from alexnet.engine.distributed import DistInfo
+    from alexnet.engine.rundir import RunDirLock
+
+    out = tmp_path / "mine"
+    out.mkdir()
+    holder, refused, bystander = RunDirLock(out), RunDirLock(out), RunDirLock(out)
+    holder.acquire(DistInfo())
+    with pytest.raises(ConfigError, match="in use by another"):
+        refused.acquire(DistInfo())
+    refused.release()
+    bystander.release()
+    assert [p.name for p in out.iterdir()] == ["train.lock"]
+    holder.release()
+    assert list(out.iterdir()) == []
 
 
 def test_the_log_says_what_the_data_replaced_and_what_each_epoch_leaves_out(tmp_path, fmnist):

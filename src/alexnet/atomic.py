@@ -13,9 +13,10 @@ import contextlib
 import errno
 import json
 import os
+import sys
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, TextIO
 
 
 def _fsync_file(path: Path) -> None:
@@ -88,6 +89,26 @@ def _disk_full(err: Exception, folder: Path) -> bool:
     except (OSError, AttributeError):  # pragma: no cover - no statvfs (Windows)
         return False
     return st.f_bavail * st.f_frsize < 1 << 20
+
+
+@contextlib.contextmanager
+def text_output(path: str | Path, newline: str | None = None) -> Iterator[TextIO]:
+    """An open text file that :func:`atomic_path` puts in place, or standard output for "-".
+    File names that are not valid UTF-8 (surrogate escapes) are written as their bytes."""
+    if str(path) == "-":
+        errors = getattr(sys.stdout, "errors", None)
+        reconfigure = getattr(sys.stdout, "reconfigure", None)
+        if reconfigure and errors:
+            reconfigure(errors="surrogateescape")
+        try:
+            yield sys.stdout
+            sys.stdout.flush()
+        finally:
+            if reconfigure and errors:
+                reconfigure(errors=errors)
+        return
+    with atomic_path(path) as tmp, open(tmp, "w", newline=newline, errors="surrogateescape") as f:
+        yield f
 
 
 def write_bytes(path: str | Path, data: bytes) -> Path:

@@ -23,6 +23,14 @@ def _print_json(obj: object, path: str | None = None) -> None:
         print(json.dumps(obj, indent=2, default=str))
 
 
+def _stdout_owner(args: argparse.Namespace) -> str | None:
+    """Which of --json/--csv writes to standard output ("-"), so the table goes to stderr."""
+    claim = [opt for opt in ("json", "csv") if getattr(args, opt, None) == "-"]
+    if len(claim) > 1:
+        raise ValueError("--json - and --csv - both ask for standard output: give one a file name")
+    return claim[0] if claim else None
+
+
 def _emit(result: dict, formatter: Callable[[dict], str], as_json: bool) -> None:
     """A command's result: JSON for machines, the formatted table for people."""
     if as_json:
@@ -111,14 +119,16 @@ def cmd_demo(args: argparse.Namespace) -> int:
 def cmd_evaluate(args: argparse.Namespace) -> int:
     from .apps.evaluate import format_report, run_evaluation, write_csv
 
+    table_out = sys.stderr if _stdout_owner(args) else sys.stdout
     report = run_evaluation(
         args.weights, args.data, args.split, args.views, args.batch_size, args.workers, args.device,
         progress=not args.quiet, precision=args.precision, allow_mismatch=args.allow_mismatch,
     )  # fmt: skip
     if int(os.environ.get("RANK", "0")) != 0:
         return 0
-    # With --json - the JSON alone goes to standard output (for a pipe), the table to stderr.
-    print(format_report(report), file=sys.stderr if args.json == "-" else sys.stdout)
+    # With --json - (or --csv -) that alone goes to standard output (for a pipe), the table
+    # to stderr.
+    print(format_report(report), file=table_out)
     if args.json:
         _print_json(report, args.json)
     if args.csv:
@@ -127,13 +137,15 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 
 
 def cmd_predict(args: argparse.Namespace) -> int:
-    from .apps.predict import format_table, run, write_outputs
+    from .apps.predict import format_table, run, shown, write_outputs
 
+    table_out = sys.stderr if _stdout_owner(args) else sys.stdout
     results, failed = run(
-        args.weights, args.inputs, args.top_k, args.views, args.batch_size, args.device
-    )
+        args.weights, args.inputs, args.top_k, args.views, args.batch_size, args.device,
+        progress=not args.quiet,
+    )  # fmt: skip
     if not args.quiet:
-        print(format_table(results), file=sys.stderr if args.json == "-" else sys.stdout)
+        print(format_table(results), file=table_out)
     if args.json == "-":
         _print_json(results)
     write_outputs(results, None if args.json == "-" else args.json, args.csv)
@@ -141,7 +153,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
         if args.quiet:  # no table, but the unreadable files are still named
             for r in results:
                 if "error" in r:
-                    print(f"  {r['path']}: {r['error']}", file=sys.stderr)
+                    print(f"  {shown(r['path'])}: {shown(r['error'])}", file=sys.stderr)
         print(
             f"alexnet predict: {failed} of {len(results)} files could not be read (see above)",
             file=sys.stderr,
@@ -164,6 +176,7 @@ def cmd_features(args: argparse.Namespace) -> int:
         args.dtype,
         not args.quiet,
         args.allow_mismatch,
+        args.force,
     )
     for note in r["mismatch_notes"]:
         print(f"alexnet features: note: {note}", file=sys.stderr)
@@ -433,15 +446,23 @@ def _workers(text: str) -> int | str:
     return value
 
 
+MAX_SIZE = 8192  # a shorter side past this is a typo, not a dataset (and would exhaust memory)
+
+
 def _size(text: str) -> int | str:
     if text.strip().lower() == "native":
         return "native"
     try:
-        return _positive_int(text)
-    except argparse.ArgumentTypeError:
+        side = int(text)
+    except ValueError:
         raise argparse.ArgumentTypeError(
-            f"must be a side in pixels >= 1 or 'native', got {text!r}"
+            f"must be a whole number of pixels (e.g. 256) or 'native', got {text!r}"
         ) from None
+    if side < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1 pixel, got {side}")
+    if side > MAX_SIZE:
+        raise argparse.ArgumentTypeError(f"must be at most {MAX_SIZE} pixels, got {side}")
+    return side
 
 
 def _int_at_least(lowest: int, text: str) -> int:
@@ -582,7 +603,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--json", default=None, metavar="FILE", help="write everything as JSON (- for stdout)"
     )
-    p.add_argument("--csv", default=None, metavar="FILE", help="write per-class accuracy as CSV")
+    p.add_argument(
+        "--csv", default=None, metavar="FILE", help="write per-class accuracy as CSV (- for stdout)"
+    )
     p.add_argument("--quiet", action="store_true")
     p.add_argument(
         "--allow-mismatch",
@@ -600,8 +623,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--batch-size", type=_positive_int, default=32)
     p.add_argument("--device", type=_device, default="auto")
     p.add_argument("--json", default=None, metavar="FILE", help="results as JSON (- for stdout)")
-    p.add_argument("--csv", default=None, metavar="FILE")
-    p.add_argument("--quiet", action="store_true", help="no table on the console")
+    p.add_argument("--csv", default=None, metavar="FILE", help="results as CSV (- for stdout)")
+    p.add_argument("--quiet", action="store_true", help="no table and no progress on the console")
     p.set_defaults(func=cmd_predict)
 
     p = sub.add_parser("features", help="fc7 (4096-d) vectors for every image of a prepared split")
@@ -624,6 +647,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="deliberate transfer: run on data prepared at another size or with other class "
         "names (the model's per-channel mean replaces its mean image; labels by index)",
     )
+    p.add_argument("--force", action="store_true", help="replace --out if it exists")
     p.set_defaults(func=cmd_features)
 
     p = sub.add_parser("neighbors", help="exact k nearest gallery images by Euclidean fc7 distance")

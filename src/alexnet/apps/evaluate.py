@@ -8,7 +8,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from ..atomic import atomic_path
+from ..atomic import text_output
 from ..data.transforms import views_label
 from ..engine.metrics import has_top5, model_outputs, topk_correct
 from ..progress import bar as progress_bar
@@ -223,7 +223,7 @@ def format_report(r: dict[str, Any]) -> str:
 def write_csv(r: dict[str, Any], path: str) -> None:
     import csv
 
-    with atomic_path(path) as tmp, open(tmp, "w", newline="") as f:
+    with text_output(path, newline="") as f:
         w = csv.writer(f)
         w.writerow(["index", "class", "name", "images", "top1_accuracy", "top5_accuracy"])
         for c in r["per_class"]:

@@ -31,10 +31,12 @@ from ..progress import bar as progress_bar
 def extract_features(
     weights: str, data_dir: str, split: str, out: str, batch_size: int = 128, workers: int | str = "auto",
     device: str = "auto", dtype: str = "float16", progress: bool = True, allow_mismatch: bool = False,
+    force: bool = False,
 ) -> dict[str, Any]:  # fmt: skip
     """fc7 features of every image of a prepared split, written atomically to ``out``
-    (.npz). ``allow_mismatch``: data the model was not prepared for (see
-    :meth:`Preprocessing.for_data`); the notes are returned."""
+    (.npz); an existing ``out`` is replaced only with ``force``. ``allow_mismatch``: data
+    the model was not prepared for (see :meth:`Preprocessing.for_data`); the notes are
+    returned."""
     from ..data.dataset import Prepared, make_loader
     from ..engine.distributed import resolve_device
     from ..engine.inference import load_model
@@ -42,6 +44,8 @@ def extract_features(
 
     if Path(out).is_dir() or out.endswith(("/", "\\")):  # checked before the work, not after
         raise ValueError(f"--out {out} is a folder; give a file such as {Path(out) / split}.npz")
+    if Path(out).exists() and not force:  # as export: hours of features are never lost silently
+        raise ValueError(f"{out} exists; pass --force to replace it")
     dev = resolve_device(device)
     lm = load_model(weights, dev)
     data = Prepared(data_dir)

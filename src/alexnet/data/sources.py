@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import csv
 import gzip
+import os
 import pickle
 import random
 import re
@@ -119,18 +120,57 @@ def _skip_outside(path: Path, top: Path, problems: list[tuple[str, str]]) -> boo
     return False
 
 
+def _broken(path: Path, problems: list[tuple[str, str]]) -> bool:
+    """``path`` is a symlink to nothing: noted in ``problems``."""
+    if path.is_symlink() and not path.exists():
+        problems.append((str(path), f"broken symlink (to {os.readlink(path)}); skipped"))
+        return True
+    return False
+
+
+def _listing(folder: Path, problems: list[tuple[str, str]]) -> list[Path]:
+    """The visible entries of ``folder``, sorted; a folder that cannot be read is noted in
+    ``problems`` and gives none (one locked ``lost+found`` never stops a whole job)."""
+    try:
+        return sorted(f for f in folder.iterdir() if not f.name.startswith("."))
+    except OSError as err:
+        problems.append((str(folder), f"cannot be read ({err.strerror or err}); skipped"))
+        return []
+
+
+def _kind(path: Path, problems: list[tuple[str, str]]) -> str | None:
+    """ "broken" (a symlink to nothing), "dir" or "file"; None for anything else (a device,
+    a socket) and for an entry that cannot be looked at (noted in ``problems``)."""
+    try:
+        if path.is_symlink() and not path.exists():
+            return "broken"
+        return "dir" if path.is_dir() else "file" if path.is_file() else None
+    except OSError as err:  # a folder that can be listed but not entered
+        problems.append((str(path), f"cannot be read ({err.strerror or err}); skipped"))
+        return None
+
+
 def _subdirs(root: Path, top: Path, problems: list[tuple[str, str]]) -> list[Path]:
-    """Visible subfolders of ``root``; symlinked ones that lead outside ``top`` are skipped."""
-    return sorted(
-        d
-        for d in root.iterdir()
-        if d.is_dir() and not d.name.startswith(".") and not _skip_outside(d, top, problems)
-    )
+    """Visible subfolders of ``root``; symlinked ones that lead outside ``top`` are skipped,
+    broken ones noted."""
+    out = []
+    for d in _listing(root, problems):
+        kind = _kind(d, problems)
+        if kind == "broken":
+            _broken(d, problems)
+        elif kind == "dir" and not _skip_outside(d, top, problems):
+            out.append(d)
+    return out
 
 
-def _walk_files(d: Path, top: Path, problems: list[tuple[str, str]]) -> list[Path]:
-    """Files under ``d`` (recursively, in sorted order), never following a symlink out of
-    ``top`` and never visiting a folder twice (symlink loops)."""
+def walk_files(
+    d: Path, problems: list[tuple[str, str]], top: Path | None = None, broken_too: bool = False
+) -> list[Path]:
+    """Files under ``d`` (recursively, in sorted order), passing over hidden names and
+    never visiting a folder twice (symlink loops). With ``top`` (resolved), symlinks that
+    lead outside it are not followed; without, links are followed wherever they lead.
+    Broken symlinks (listed among the files instead with ``broken_too``), unreadable
+    folders and the links passed over are added to ``problems`` as (path, why)."""
     out: list[Path] = []
     seen: set[Path] = set()
     stack = [d]
@@ -141,12 +181,18 @@ def _walk_files(d: Path, top: Path, problems: list[tuple[str, str]]) -> list[Pat
             continue
         seen.add(real)
         subdirs = []
-        for f in sorted(cur.iterdir()):
-            if f.name.startswith(".") or _skip_outside(f, top, problems):
+        for f in _listing(cur, problems):
+            kind = _kind(f, problems)
+            if kind == "broken":
+                if broken_too:
+                    out.append(f)
+                else:
+                    _broken(f, problems)
+            elif kind is None or (top is not None and _skip_outside(f, top, problems)):
                 continue
-            if f.is_dir():
+            elif kind == "dir":
                 subdirs.append(f)
-            elif f.is_file():
+            else:
                 out.append(f)
         stack.extend(reversed(subdirs))
     return sorted(out)
@@ -159,7 +205,7 @@ def _scan_class_dirs(
     classes: dict[str, list[Path]] = {}
     for d in _subdirs(root, top, problems):
         files = []
-        for f in _walk_files(d, top, problems):
+        for f in walk_files(d, problems, top):
             if _is_image(f):
                 files.append(f)
             else:
@@ -361,6 +407,8 @@ def folder_source(
     if kind == "imagenet":
         table = imagenet_class_names()
         names = [table.get(c, c) for c in classes]
+    # One row per problem, however often a folder was looked at (layout detection, scan).
+    problems = list(dict.fromkeys(problems))
     return FileSource(kind, root, classes, names, splits, problems, layout)
 
 
@@ -425,8 +473,24 @@ def read_idx(path: Path) -> np.ndarray:
     return body.reshape(shape)
 
 
+def _folder_or_new(directory: Path, dataset: str) -> None:
+    """A dataset kind's SRC must be a folder (or not exist yet, to download into)."""
+    if directory.is_symlink() and not directory.exists():
+        raise DataError(
+            f"{directory} is a broken symlink (to {os.readlink(directory)}): pass the folder "
+            f"that holds {dataset}'s files, or a new folder to download them into"
+        )
+    if directory.exists() and not directory.is_dir():
+        raise DataError(
+            f"{directory} is a file, not a folder: pass the folder that holds {dataset}'s "
+            "files, or a new folder to download them into"
+        )
+
+
 def find_fashion_mnist(directory: Path | None = None, download: bool = True) -> Path:
     """A directory with the four Fashion-MNIST IDX files: the one given, Debian's, else a download."""
+    if directory is not None:
+        _folder_or_new(directory, "Fashion-MNIST")
     needed = [f for pair in FASHION_MNIST_FILES.values() for f in pair]
     candidates = [directory] if directory else list(FASHION_MNIST_DIRS)
     for d in candidates:
@@ -523,6 +587,7 @@ def _read_cifar_batch(path: Path) -> tuple[np.ndarray, np.ndarray]:
 
 
 def find_cifar10(directory: Path, download: bool = True) -> Path:
+    _folder_or_new(directory, "CIFAR-10")
     for d in (directory, directory / "cifar-10-batches-py"):
         if (d / "data_batch_1").is_file() and (d / "test_batch").is_file():
             return d

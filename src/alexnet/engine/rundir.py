@@ -69,6 +69,8 @@ class RunDirLock:
         self.path = out / LOCK_FILE
         self._fd: int | None = None
         self._made: list[Path] = []  # folders the lock created, deepest first (removable again)
+        self._before: set[str] | None = None  # what the folder held before _lock made it
+        self._flock = True  # whether the lock is a real flock (False where there is no fcntl)
 
     def acquire(self, dist: D.DistInfo) -> None:
         """Lock, or raise a ConfigError naming the directory and the holder's PID; every
@@ -98,6 +100,7 @@ class RunDirLock:
         try:
             import fcntl
         except ImportError:  # pragma: no cover - not Unix
+            self._flock = False
             return
         while True:
             try:
@@ -128,17 +131,27 @@ class RunDirLock:
         self._fd = fd
 
     def _make(self, folder: Path) -> None:
-        """Create ``folder`` and its missing parents, remembering which were made here."""
+        """Create ``folder`` and its missing parents, remembering which were made here and
+        what the folder already held."""
         made = [p for p in (folder, *folder.parents) if not p.exists()]
         folder.mkdir(parents=True, exist_ok=True)
         self._made = made or self._made
+        try:
+            self._before = {p.name for p in folder.iterdir()}
+        except OSError:  # a folder that can be written but not listed: never cleaned up
+            self._before = None
 
     def release(self) -> None:
-        # A run that stopped before writing anything leaves no folder it created behind
-        # (a run that opened the lock file meanwhile notices, in _lock); otherwise the lock
-        # file stays, so the next run locks the same file.
+        # A run that held the lock and left no new file but its lock file behind removes
+        # that file and the folders it created (a run that opened the lock file meanwhile
+        # notices, in _lock). Otherwise the lock file stays, so the next run locks the same
+        # file; a lock this run never held (refused, never tried: other ranks) is never
+        # touched.
         with contextlib.suppress(OSError):
-            if self._made and [p.name for p in self._made[0].iterdir()] in ([LOCK_FILE], []):
+            before = self._before
+            held = self._fd is not None if self._flock else before is not None
+            new = {p.name for p in self.path.parent.iterdir()} - (before or set())
+            if held and before is not None and LOCK_FILE not in before and new <= {LOCK_FILE}:
                 self.path.unlink(missing_ok=True)
                 for folder in self._made:  # stops at the first one that is not empty
                     folder.rmdir()

@@ -542,12 +542,6 @@ def _train(
     if decode == "cuda" and cfg.data.workers == "auto":
         workers = min(workers, 4)  # they only read the files: a few keep up
     best_path = out / "best.safetensors"  # the best validation epoch's weights
-    if dist.is_main:
-        out.mkdir(parents=True, exist_ok=True)
-        for name in replaced:  # --force: no file of the old run outlives it
-            (out / name).unlink(missing_ok=True)
-        if replaced:
-            log(f"--force: removed the previous run's {', '.join(replaced)} from {out}")
     if dev.type == "cuda":
         torch.backends.cudnn.benchmark = True
         torch.backends.cuda.matmul.allow_tf32 = True
@@ -671,6 +665,12 @@ def _train(
         precision_history.append({"from_step": progress.global_step, "precision": precision.name})
 
     if dist.is_main:
+        # --force: no file of the old run outlives it, and none goes before every check
+        # above (--init-from, the loaders, the batch size) has passed.
+        for name in replaced:
+            (out / name).unlink(missing_ok=True)
+        if replaced:
+            log(f"--force: removed the previous run's {', '.join(replaced)} from {out}")
         save_yaml(cfg, out / "config.yaml")
     n_train = len(data.split("train"))
     limited = f" of {n_train:,}" if train_loader.sampler.n < n_train else ""
