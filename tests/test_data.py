@@ -229,20 +229,52 @@ def test_imagenet_flat_val_with_csv(tmp_path):
     assert src.splits["val"].labels == [0, 1, 0, 1]
 
 
-def test_imagenet_devkit_ground_truth(tmp_path):
-    wnids = ["n01440764", "n01443537"]
-    for w in wnids:
-        (tmp_path / "train" / w).mkdir(parents=True)
-        photo(50, 40, seed=0).save(tmp_path / "train" / w / "a.JPEG")
-    val = tmp_path / "val"
+def _devkit_tree(root, val_images, ground_truth):
+    """Two ImageNet classes in train/, flat val/ images ILSVRC2012_val_<i+1> for i in
+    ``val_images``, and the devkit's ground truth with its wnid order beside it."""
+    for w in ("n01440764", "n01443537"):
+        (root / "train" / w).mkdir(parents=True)
+        photo(50, 40, seed=0).save(root / "train" / w / "a.JPEG")
+    val = root / "val"
     val.mkdir()
-    for i in range(3):
+    for i in val_images:
         photo(50, 40, seed=i).save(val / f"ILSVRC2012_val_{i + 1:08d}.JPEG")
     # The devkit's ID order differs from sorted wnid order: ID 1 = n01443537 here.
-    (tmp_path / "wnids.txt").write_text("n01443537\nn01440764\n")
-    (tmp_path / "ILSVRC2012_validation_ground_truth.txt").write_text("1\n2\n1\n")
+    (root / "wnids.txt").write_text("n01443537\nn01440764\n")
+    (root / "ILSVRC2012_validation_ground_truth.txt").write_text(ground_truth)
+    return val
+
+
+def test_imagenet_devkit_ground_truth(tmp_path):
+    _devkit_tree(tmp_path, range(3), "1\n2\n1\n")
     src = open_source(str(tmp_path))
     assert src.splits["val"].labels == [1, 0, 1]
+
+
+def test_broken_links_in_flat_imagenet_folders_are_reported_and_keep_the_labels(tmp_path):
+    """A broken val link still holds its place in the devkit's file-name order (the labels of
+    the others stay aligned) and is reported; so is one in a flat <wnid>_<name> folder."""
+    val = _devkit_tree(tmp_path, (0, 2), "1\n2\n2\n")
+    (val / "ILSVRC2012_val_00000002.JPEG").symlink_to(tmp_path / "gone.JPEG")
+    src = open_source(str(tmp_path))
+    assert [p.name for p in src.splits["val"].paths] == [
+        "ILSVRC2012_val_00000001.JPEG",
+        "ILSVRC2012_val_00000003.JPEG",
+    ]
+    assert src.splits["val"].labels == [1, 0]  # IDs 1 and 2 of files 1 and 3
+    assert [why for path, why in src.problems if path.endswith("_00000002.JPEG")] == [
+        f"broken symlink (to {tmp_path / 'gone.JPEG'}); skipped"
+    ]
+
+    flat = tmp_path / "flat"
+    flat.mkdir()
+    photo(50, 40, seed=0).save(flat / "n01440764_1.JPEG")
+    (flat / "n01443537_2.JPEG").symlink_to(tmp_path / "gone.JPEG")
+    (flat / "._n01440764_1.JPEG").write_bytes(b"macOS metadata")  # hidden: passed over
+    (flat / ".ipynb_checkpoints").mkdir()  # a hidden folder keeps the folder flat
+    src = open_source(str(flat))
+    assert src.kind == "imagenet" and src.classes == ["n01440764"]
+    assert [Path(p).name for p, _ in src.problems] == ["n01443537_2.JPEG"]
 
 
 def test_missing_directory_is_clear(tmp_path):

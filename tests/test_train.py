@@ -1,4 +1,5 @@
 import contextlib
+import copy
 import csv
 import io
 import itertools
@@ -357,6 +358,125 @@ def test_best_epoch_weights_are_kept(tmp_path, fmnist, monkeypatch):
     final, final_meta = load_weights(tmp_path / "r" / "model.safetensors")
     assert_same(final, evaluated[2])
     assert meta["model_config"] == final_meta["model_config"] and meta["classes"]
+
+
+def test_average_epochs_keeps_the_mean_of_the_last_epochs_weights(tmp_path, fmnist, monkeypatch):
+    from alexnet.engine import train as T
+
+    errors, evaluated = iter([0.5, 0.4, 0.3, 0.35, 0.25]), []  # the 5th: the mean weights
+
+    def scripted(model, loader, device, autocast_dtype=None, progress=None):
+        evaluated.append({k: v.clone() for k, v in model.state_dict().items()})
+        e = next(errors)
+        return {"loss": 1.0, "top1_error": e, "top5_error": e / 2, "images": 32}
+
+    monkeypatch.setattr(T, "evaluate_model", scripted)
+    out = tmp_path / "r"
+    s = train(cfg_for(fmnist, "run.epochs=4", "optim.average_epochs=2"), out, quiet=True)
+    assert len(evaluated) == 5
+    mean, meta = load_weights(out / "average.safetensors")
+    for k, v in mean.items():
+        expected = (evaluated[2][k].float() + evaluated[3][k].float()) / 2
+        assert torch.equal(v, expected), k
+        assert torch.equal(evaluated[4][k], v), k  # the model validated at the end
+    assert_same(load_weights(out / "model.safetensors")[0], evaluated[3])  # still the last
+    summary = json.loads((out / "summary.json").read_text())
+    assert (
+        summary["average"]
+        == s["average"]
+        == {
+            "weights": str(out / "average.safetensors"),
+            "epochs": [3, 4],
+            "val_top1_error": 0.25,
+            "val_top5_error": 0.125,
+        }
+    )
+    assert summary["final_val_top1_error"] == 0.35  # the last epoch's weights
+    card = meta["card"]["results"]
+    assert card["weights_epoch"] == "3-4, averaged" and card["weights_val_top1_error"] == 0.25
+
+
+def test_average_epochs_survives_resume_and_restarts_when_the_run_grows(tmp_path, fmnist):
+    """A run of 2 epochs resumed to 4 averages epochs 3-4 exactly as a straight 4-epoch run
+    (the first run's sums, epochs 1-2, belong to another window and are dropped)."""
+    common = ["optim.average_epochs=2", "schedule.kind=step", "schedule.step_epochs=2"]
+    train(cfg_for(fmnist, "run.epochs=4", *common), tmp_path / "straight", quiet=True)
+    train(cfg_for(fmnist, "run.epochs=2", *common), tmp_path / "split", quiet=True)
+    first = load_weights(tmp_path / "split" / "average.safetensors")[0]
+    s = train(cfg_for(fmnist, "run.epochs=4", *common), tmp_path / "split", resume=True, quiet=True)
+    assert s["average"]["epochs"] == [3, 4]
+    a = load_weights(tmp_path / "straight" / "average.safetensors")[0]
+    b = load_weights(tmp_path / "split" / "average.safetensors")[0]
+    assert_same(a, b)
+    assert not torch.equal(a["conv1.weight"], first["conv1.weight"])
+
+
+def test_average_epochs_sums_travel_in_the_checkpoint(tmp_path, fmnist, monkeypatch):
+    """Stopped after epoch 3 of 4 with the window 2-4, the resumed run's mean equals a
+    straight run's: the sums of epochs 2 and 3 came back from checkpoint.pt."""
+    from alexnet.engine import train as T
+
+    common = ["run.epochs=4", "optim.average_epochs=3", "schedule.kind=step"]
+    train(cfg_for(fmnist, *common), tmp_path / "straight", quiet=True)
+    real, calls = T.train_one_epoch, []
+
+    def stop_in_epoch_4(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == 4:
+            raise TrainingStopped("stopped by SIGTERM", EXIT_PREEMPTED)
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(T, "train_one_epoch", stop_in_epoch_4)
+    with pytest.raises(TrainingStopped):
+        train(cfg_for(fmnist, *common), tmp_path / "split", quiet=True)
+    saved = load_checkpoint(tmp_path / "split" / "checkpoint.pt")["average"]
+    assert saved["first"] == 2 and saved["epochs"] == [2, 3]
+    monkeypatch.setattr(T, "train_one_epoch", real)
+    s = train(cfg_for(fmnist, *common), tmp_path / "split", resume=True, quiet=True)
+    assert s["average"]["epochs"] == [2, 4]
+    assert_same(
+        load_weights(tmp_path / "straight" / "average.safetensors")[0],
+        load_weights(tmp_path / "split" / "average.safetensors")[0],
+    )
+
+
+def test_weight_average_state_round_trips_within_its_window():
+    from alexnet.engine.optim import WeightAverage
+
+    w = [{"w": torch.full((2,), float(i)), "n": torch.tensor(i)} for i in range(1, 6)]
+    straight = WeightAverage(3, 5)
+    for e in range(1, 6):
+        straight.add(w[e - 1], e)
+    part = WeightAverage(3, 5)
+    for e in range(1, 5):
+        part.add(w[e - 1], e)
+    resumed = WeightAverage(3, 5)
+    resumed.load_state_dict(copy.deepcopy(part.state_dict()))  # as from a checkpoint
+    resumed.add(w[4], 5)
+    assert resumed.epochs == straight.epochs == [3, 4, 5]
+    mean = resumed.average(w[0])
+    assert torch.equal(mean["w"], torch.full((2,), 4.0)) and mean["n"].item() == 5
+    other = WeightAverage(2, 5)  # another window: the saved sums are dropped
+    other.load_state_dict(part.state_dict())
+    assert other.epochs == [] and other.sums == {}
+
+
+@pytest.mark.parametrize(
+    "extra, match",
+    [
+        (
+            ["optim.average_epochs=5", "run.epochs=4"],
+            r"average_epochs=5 is more than run\.epochs=4",
+        ),
+        (["optim.average_epochs=2", "schedule.kind=plateau"], "not plateau"),
+        (["optim.average_epochs=2", "model.norm=batchnorm"], "batchnorm"),
+        (["optim.average_epochs=-1"], r"whole number >= 0"),
+    ],
+)
+def test_bad_average_epochs_is_refused_before_anything_is_written(tmp_path, fmnist, extra, match):
+    with pytest.raises(ConfigError, match=match):
+        train(cfg_for(fmnist, "run.epochs=4", *extra), tmp_path / "r", quiet=True)
+    assert not (tmp_path / "r").exists()
 
 
 def test_init_from_reports_mismatches_by_layer(tmp_path, fmnist, capsys):

@@ -329,8 +329,16 @@ class OptimConfig:
     # Rescale the gradient when its global L2 norm exceeds this (0 = off; the paper has no
     # clipping). Keeps short, high-lr recipes from blowing up in their first steps.
     clip_grad_norm: float = 0.0
+    # Also keep the mean of the weights at the end of each of the last N epochs (0 = off):
+    # the run's average.safetensors, evaluated on the val split at the end (not in the
+    # paper; Polyak averaging over epochs, as SWA does, on the run's own schedule).
+    average_epochs: int = 0
 
     def __post_init__(self) -> None:
+        if isinstance(self.average_epochs, bool) or self.average_epochs < 0:
+            raise ConfigError(
+                f"optim.average_epochs must be a whole number >= 0 (0 = off), got {self.average_epochs}"
+            )
         if self.clip_grad_norm < 0:
             raise ConfigError(f"optim.clip_grad_norm must be >= 0, got {self.clip_grad_norm}")
         if self.lr <= 0:

@@ -218,16 +218,23 @@ def _scan_class_dirs(
     return classes
 
 
-def _flat_val_labels(val_dir: Path, labels_file: Path, classes: list[str]) -> FileSplit:
+def _flat_val_labels(
+    val_dir: Path, labels_file: Path, classes: list[str], problems: list[tuple[str, str]]
+) -> FileSplit:
     """Flat ILSVRC2012 val images with a labels file.
 
     Accepted: a ``LOC_val_solution.csv``-style CSV (``ImageId,PredictionString`` whose first
     token is the wnid), a text file of ``<file name> <wnid>`` lines, or the devkit's
     ``ILSVRC2012_validation_ground_truth.txt`` (one 1-based ILSVRC2012_ID per line, in
     file-name order) when a ``wnids.txt``/``synsets.txt`` beside it lists the wnids in
-    ILSVRC2012_ID order.
+    ILSVRC2012_ID order. Broken symlinks are noted in ``problems`` and skipped (they still
+    count in the devkit's file-name order, so the labels of the others stay aligned); hidden
+    names (macOS's ``._*`` files) are passed over.
     """
     index = {c: i for i, c in enumerate(classes)}
+    # Images by name, broken links included; kind "file" or "broken" only.
+    entries = [(f, k) for f in _listing(val_dir, problems) if _is_image(f)
+               for k in [_kind(f, problems)] if k in ("file", "broken")]  # fmt: skip
     mapping: dict[str, str] = {}
     text = labels_file.read_text()
     if labels_file.suffix.lower() == ".csv":
@@ -254,7 +261,7 @@ def _flat_val_labels(val_dir: Path, labels_file: Path, classes: list[str]) -> Fi
                     f"line, ID 1 first) in {labels_file.parent / 'wnids.txt'}"
                 )
             order = [ln.split()[0] for ln in order_file.read_text().splitlines() if ln.strip()]
-            files = sorted(f for f in val_dir.iterdir() if f.is_file() and _is_image(f))
+            files = [f for f, _ in entries]
             if len(files) != len(lines):
                 raise DataError(
                     f"{labels_file} has {len(lines)} labels but {val_dir} holds {len(files)} images"
@@ -268,8 +275,9 @@ def _flat_val_labels(val_dir: Path, labels_file: Path, classes: list[str]) -> Fi
                     )
                 mapping[Path(ln[0]).stem] = ln[1]
     paths, labels = [], []
-    for f in sorted(val_dir.iterdir()):
-        if not f.is_file() or not _is_image(f):
+    for f, kind in entries:
+        if kind == "broken":
+            _broken(f, problems)
             continue
         wnid = mapping.get(f.stem)
         if wnid is None:
@@ -347,7 +355,7 @@ def folder_source(
         raise DataError(f"--val-fraction must be in [0, 1), got {val_fraction}")
     problems: list[tuple[str, str]] = []
     layout: list[str] = []
-    flat = flat_wnid_files(root)
+    flat = flat_wnid_files(root, problems)
     if flat is not None:
         return flat
     top = root.resolve()
@@ -383,7 +391,7 @@ def folder_source(
                         "--val-labels FILE (LOC_val_solution.csv, '<file> <wnid>' lines, or the "
                         "devkit's ILSVRC2012_validation_ground_truth.txt with wnids.txt beside it)"
                     )
-                splits["val"] = _flat_val_labels(val_dir, labels_file, classes)
+                splits["val"] = _flat_val_labels(val_dir, labels_file, classes, problems)
         else:
             layout.append(
                 f"val split: {val_fraction:.0%} of each class of {train_dir} (--val-fraction)"
@@ -415,12 +423,19 @@ def folder_source(
 FLAT_WNID_FILE = re.compile(r"^(n\d{8})_.*$")
 
 
-def flat_wnid_files(root: Path) -> FileSource | None:
+def flat_wnid_files(root: Path, problems: list[tuple[str, str]]) -> FileSource | None:
     """A flat folder of ``<wnid>_<name>.JPEG`` files (like shared/data/imagenet-samples):
-    every file is a training image of its wnid's class; names come from the file names."""
-    if any(p.is_dir() for p in root.iterdir()):
+    every file is a training image of its wnid's class; names come from the file names.
+    Broken symlinks among them are noted in ``problems`` and skipped; hidden names (macOS's
+    ``._*`` files, ``.ipynb_checkpoints``) are passed over, as everywhere else."""
+    found: list[tuple[str, str]] = []  # kept only if this is the layout
+    entries = [(p, _kind(p, found)) for p in _listing(root, found)]
+    if any(k == "dir" for _, k in entries):
         return None
-    files = sorted(p for p in root.iterdir() if p.is_file() and _is_image(p))
+    files = [p for p, k in entries if k == "file" and _is_image(p)]
+    for p, k in entries:
+        if k == "broken" and _is_image(p):
+            _broken(p, found)
     matches = [FLAT_WNID_FILE.match(p.stem) for p in files]
     if not files or not all(matches):
         return None
@@ -430,7 +445,12 @@ def flat_wnid_files(root: Path) -> FileSource | None:
     names = {m.group(1): m.string[len(m.group(1)) + 1 :] for m in matches if m}
     split = FileSplit(files, [index[m.group(1)] for m in matches if m])
     return FileSource(
-        "imagenet", root, wnids, [table.get(w, names[w]) for w in wnids], {"train": split}, []
+        "imagenet",
+        root,
+        wnids,
+        [table.get(w, names[w]) for w in wnids],
+        {"train": split},
+        list(dict.fromkeys([*problems, *found])),
     )
 
 

@@ -192,3 +192,50 @@ class LRSchedule:
 def set_lr(optimizer: torch.optim.Optimizer, lr: float) -> None:
     for group in optimizer.param_groups:
         group["lr"] = lr * group.get("lr_mult", 1.0)
+
+
+class WeightAverage:
+    """The mean of the weights at the end of each of the last ``n`` of ``epochs`` epochs
+    (``optim.average_epochs``): Polyak averaging over epochs, as SWA (Izmailov et al., 2018)
+    does, but on the run's own schedule. Not in the paper. Sums are kept in fp32 on the
+    weights' devices and travel in the checkpoint, so a resumed run averages the same
+    epochs; a longer resumed run (``run.epochs`` raised) moves the window and starts over."""
+
+    def __init__(self, n: int, epochs: int) -> None:
+        self.first = max(1, epochs - n + 1)  # the first epoch (1-based) averaged
+        self.sums: dict[str, torch.Tensor] = {}
+        self.epochs: list[int] = []  # the epochs in the sums
+
+    def add(self, state: dict[str, torch.Tensor], epoch: int) -> None:
+        """Add the weights at the end of ``epoch`` (1-based) if it is in the window."""
+        if epoch < self.first:
+            return
+        if any(e < self.first or e >= epoch for e in self.epochs):  # a moved window
+            self.sums, self.epochs = {}, []
+        for name, value in state.items():
+            if not value.is_floating_point():  # counters: the last one is kept
+                self.sums[name] = value.detach().clone()
+            elif name in self.sums:
+                self.sums[name].add_(value.detach().float())
+            else:
+                self.sums[name] = value.detach().float().clone()
+        self.epochs.append(epoch)
+
+    def average(self, like: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """The mean weights, in the dtypes of ``like`` (the model's state dict)."""
+        n = len(self.epochs)
+        return {
+            k: (v / n).to(like[k].dtype) if v.is_floating_point() else v.clone()
+            for k, v in self.sums.items()
+        }
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"first": self.first, "epochs": list(self.epochs), "sums": self.sums}
+
+    def load_state_dict(self, state: dict[str, Any] | None) -> None:
+        """A checkpoint's sums; those of another window (run.epochs or the count changed)
+        are dropped, and averaging starts again at this window's first epoch."""
+        if not state or state.get("first") != self.first:
+            return
+        self.epochs = list(state["epochs"])
+        self.sums = dict(state["sums"])

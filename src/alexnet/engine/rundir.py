@@ -18,7 +18,7 @@ from . import distributed as D
 # What a run writes into its directory: one of these there means the directory holds a run.
 RUN_FILES = (
     "config.yaml", "metrics.csv", "model.safetensors", "best.safetensors", "summary.json",
-    "MODEL_CARD.md",
+    "MODEL_CARD.md", "average.safetensors",
     "checkpoint.pt",
 )  # fmt: skip
 LOCK_FILE = "train.lock"  # flock'ed while a run uses the directory; holds the holder's PID

@@ -12,6 +12,7 @@ best validation epoch's weights are kept as ``best.safetensors``.
 
 from __future__ import annotations
 
+import copy
 import csv
 import dataclasses
 import math
@@ -43,7 +44,7 @@ from .execution import (
     resolve_workers,
 )
 from .metrics import autocast_context, evaluate_model, has_top5, topk_correct
-from .optim import LRSchedule, build_optimizer, freeze_layers, set_lr
+from .optim import LRSchedule, WeightAverage, build_optimizer, freeze_layers, set_lr
 from .rundir import RunDirLock, StopFlag, check_run_dir
 
 EXIT_PREEMPTED = 75  # EX_TEMPFAIL: stopped on request, resume to continue
@@ -516,6 +517,7 @@ def _train(
             f"but {data.root} has no val split: prepare the data with one (`alexnet prepare "
             "... --val-fraction 0.1`) or choose another schedule (--set schedule.kind=step)"
         )
+    check_average(cfg)
     ckpt_path = out / "checkpoint.pt"
     # Array data (Fashion-MNIST, CIFAR-10 batches) has no JPEG decoding to place.
     decode, decode_reason = (
@@ -595,8 +597,15 @@ def _train(
     last_val: dict[str, float] = {}  # the latest validation result
 
     precision_history: list[dict[str, Any]] = []  # [{from_step, precision}], one per change
+    average = (
+        WeightAverage(cfg.optim.average_epochs, cfg.run.epochs)
+        if cfg.optim.average_epochs
+        else None
+    )
     if state is not None:
         model.load_state_dict(state["model"])
+        if average is not None:
+            average.load_state_dict(state.get("average"))
 
     train_model: nn.Module = model
     sync = lambda: None  # noqa: E731 - copies tower weights back into `model` when split
@@ -729,6 +738,7 @@ def _train(
             ckpt = {
                 **ckpt, "execution": execution(), "precision_history": precision_history,
                 "metrics": rows, "last_val": last_val, "card": card(final=False),
+                "average": average.state_dict() if average is not None else None,
             }  # fmt: skip
             atomic_save(ckpt, ckpt_path)
         D.barrier()
@@ -786,6 +796,9 @@ def _train(
                 raise
             lr = optimizer.param_groups[0]["lr"] / optimizer.param_groups[0].get("lr_mult", 1.0)
             row: dict[str, Any] = {"epoch": epoch + 1, "lr": lr, **stats}
+            if average is not None:  # before the checkpoint below, which holds the sums
+                sync()
+                average.add(model.state_dict(), epoch + 1)
             is_last = epoch + 1 == cfg.run.epochs
             if val_loader is not None and (
                 (epoch + 1) % cfg.run.eval_every == 0 or is_last or cfg.schedule.kind == "plateau"
@@ -856,6 +869,19 @@ def _train(
         if writer is not None:
             writer.close()
 
+    averaged = None
+    if average is not None and progress.epoch == cfg.run.epochs:
+        if average.epochs:
+            averaged = finish_average(
+                average, model, val_loader, dev, eval_precision.autocast_dtype, log
+            )
+        else:  # e.g. a finished run resumed with optim.average_epochs newly set
+            log(
+                f"note: nothing averaged: the checkpoint this run resumed from holds no sums "
+                f"for epochs {average.first}-{cfg.run.epochs} and no epoch of them was trained "
+                f"after it (an average.safetensors already in {out} is from before; its model "
+                "card says which epochs it averages)"
+            )
     wall = time.perf_counter() - t_start
     summary = {
         "run_dir": str(out),
@@ -880,19 +906,111 @@ def _train(
         "world_size": dist.world_size,
         "execution": execution(),
     }
+    if averaged is not None:
+        summary["average"] = {
+            "weights": str(out / "average.safetensors"),
+            "epochs": averaged["epochs"],
+            "val_top1_error": averaged["val"].get("top1_error"),
+            "val_top5_error": averaged["val"].get("top5_error"),
+        }
     if dist.is_main:
         final_card = card(final=True)
         export_weights(
             out / "model.safetensors", model.state_dict(), dataclasses.asdict(cfg.model), prep,
             final_card,
         )  # fmt: skip
+        if averaged is not None:
+            export_weights(
+                out / "average.safetensors", averaged["state"], dataclasses.asdict(cfg.model),
+                prep, average_card(final_card, averaged),
+            )  # fmt: skip
         write_json(out / "summary.json", summary)
         write_card(
             final_card,
             out / "MODEL_CARD.md",
-            "model.safetensors (last epoch), best.safetensors (best epoch)",
+            "model.safetensors (last epoch), best.safetensors (best epoch)"
+            + (f", average.safetensors (mean of epochs {averaged['span']})" if averaged else ""),
         )
     return summary
+
+
+def check_average(cfg: TrainConfig) -> None:
+    """``optim.average_epochs`` needs a run of known length and weights whose mean is a
+    model: refused with a plateau schedule (its length is not known in advance), batch
+    norm (its running statistics would not match the mean weights) and beyond run.epochs."""
+    n = cfg.optim.average_epochs
+    if not n:
+        return
+    if n > cfg.run.epochs:
+        raise ConfigError(
+            f"optim.average_epochs={n} is more than run.epochs={cfg.run.epochs}; "
+            f"average at most the {cfg.run.epochs} epochs the run trains"
+        )
+    if cfg.schedule.kind == "plateau":
+        raise ConfigError(
+            "optim.average_epochs averages the last epochs of a run of known length: use it with "
+            "schedule.kind=onecycle, step or constant, not plateau"
+        )
+    if cfg.model.norm == "batchnorm":
+        raise ConfigError(
+            "optim.average_epochs cannot be used with model.norm=batchnorm: batch norm's "
+            "running statistics would not match the averaged weights"
+        )
+
+
+def finish_average(
+    average: WeightAverage, model: AlexNet, val_loader: Any, dev: torch.device,
+    autocast: torch.dtype | None, log: Any,
+) -> dict[str, Any]:  # fmt: skip
+    """The averaged weights, and their validation result where there is a val split."""
+    state = average.average(model.state_dict())
+    first, last = average.epochs[0], average.epochs[-1]
+    span = f"{first}-{last}" if last > first else str(first)
+    asked = last - average.first + 1
+    if len(average.epochs) < asked:  # resumed inside the window without the earlier sums
+        log(
+            f"note: only epochs {span} are averaged, not the last {asked}: the checkpoint this "
+            f"run resumed from (after epoch {first - 1}) held no sums for epochs "
+            f"{average.first}-{first - 1} (optim.average_epochs or run.epochs changed, or a "
+            "checkpoint from a version without averaging)"
+        )
+    val: dict[str, float] = {}
+    if val_loader is not None:
+        mean_model = copy.deepcopy(model)
+        mean_model.load_state_dict(state)
+        val = evaluate_model(mean_model, val_loader, dev, autocast)
+        del mean_model
+        log(
+            f"mean weights of epochs {span}: val top-1 error {100 * val['top1_error']:.2f}%"
+            + (
+                f" / top-5 {100 * val['top5_error']:.2f}%"
+                if has_top5(model.cfg.num_classes)
+                else ""
+            )
+        )
+    return {"state": state, "epochs": [first, last], "span": span, "val": val}
+
+
+def average_card(card: dict[str, Any], averaged: dict[str, Any]) -> dict[str, Any]:
+    """The run's model card, describing the averaged weights instead of the last epoch's."""
+    results = dict(card.get("results") or {})
+    results["weights_epoch"] = f"{averaged['span']}, averaged"
+    results["weights_val_top1_error"] = averaged["val"].get("top1_error")
+    results["weights_val_top5_error"] = averaged["val"].get("top5_error")
+    results["notes"] = [
+        *(results.get("notes") or []),
+        f"These weights are the mean of the weights at the end of epochs {averaged['span']} "
+        f"(optim.average_epochs); model.safetensors holds the last epoch's.",
+    ]
+    return {**card, "results": results}
+
+
+def _average_text(a: dict[str, Any]) -> str:
+    first, last = a["epochs"]
+    text = f"epochs {first}-{last}" if last > first else f"epoch {first}"
+    if a.get("val_top1_error") is not None:
+        text += f", val top-1 error {100 * a['val_top1_error']:.2f}%"
+    return text
 
 
 def format_summary(s: dict[str, Any]) -> str:
@@ -913,6 +1031,11 @@ def format_summary(s: dict[str, Any]) -> str:
             f"  checkpoint   {s['checkpoint']}",
             f"  weights      {s['weights']}",
             *([f"  best weights {s['best_weights']}"] if s.get("best_weights") else []),
+            *(
+                [f"  mean weights {s['average']['weights']} ({_average_text(s['average'])})"]
+                if s.get("average")
+                else []
+            ),
             f"  metrics      {s['metrics']}",
             f"  summary      {os.path.join(s['run_dir'], 'summary.json')}",
         ]
