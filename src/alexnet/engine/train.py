@@ -878,7 +878,7 @@ def _train(
         else:  # e.g. a finished run resumed with optim.average_epochs newly set
             log(
                 f"note: nothing averaged: the checkpoint this run resumed from holds no sums "
-                f"for epochs {average.first}-{cfg.run.epochs} and no epoch of them was trained "
+                f"for {_span(average.first, cfg.run.epochs)} and none of it was trained "
                 f"after it (an average.safetensors already in {out} is from before; its model "
                 "card says which epochs it averages)"
             )
@@ -929,7 +929,7 @@ def _train(
             final_card,
             out / "MODEL_CARD.md",
             "model.safetensors (last epoch), best.safetensors (best epoch)"
-            + (f", average.safetensors (mean of epochs {averaged['span']})" if averaged else ""),
+            + (f", average.safetensors (mean of {averaged['what']})" if averaged else ""),
         )
     return summary
 
@@ -965,13 +965,14 @@ def finish_average(
     """The averaged weights, and their validation result where there is a val split."""
     state = average.average(model.state_dict())
     first, last = average.epochs[0], average.epochs[-1]
-    span = f"{first}-{last}" if last > first else str(first)
+    what = _span(first, last)  # "epochs 46-50" or "epoch 50"
+    span = what.split()[-1]
     asked = last - average.first + 1
     if len(average.epochs) < asked:  # resumed inside the window without the earlier sums
         log(
-            f"note: only epochs {span} are averaged, not the last {asked}: the checkpoint this "
-            f"run resumed from (after epoch {first - 1}) held no sums for epochs "
-            f"{average.first}-{first - 1} (optim.average_epochs or run.epochs changed, or a "
+            f"note: only {what} averaged, not the last {asked}: the checkpoint this "
+            f"run resumed from (after epoch {first - 1}) held no sums for "
+            f"{_span(average.first, first - 1)} (optim.average_epochs or run.epochs changed, or a "
             "checkpoint from a version without averaging)"
         )
     val: dict[str, float] = {}
@@ -981,14 +982,14 @@ def finish_average(
         val = evaluate_model(mean_model, val_loader, dev, autocast)
         del mean_model
         log(
-            f"mean weights of epochs {span}: val top-1 error {100 * val['top1_error']:.2f}%"
+            f"mean weights of {what}: val top-1 error {100 * val['top1_error']:.2f}%"
             + (
                 f" / top-5 {100 * val['top5_error']:.2f}%"
                 if has_top5(model.cfg.num_classes)
                 else ""
             )
         )
-    return {"state": state, "epochs": [first, last], "span": span, "val": val}
+    return {"state": state, "epochs": [first, last], "span": span, "what": what, "val": val}
 
 
 def average_card(card: dict[str, Any], averaged: dict[str, Any]) -> dict[str, Any]:
@@ -999,15 +1000,18 @@ def average_card(card: dict[str, Any], averaged: dict[str, Any]) -> dict[str, An
     results["weights_val_top5_error"] = averaged["val"].get("top5_error")
     results["notes"] = [
         *(results.get("notes") or []),
-        f"These weights are the mean of the weights at the end of epochs {averaged['span']} "
+        f"These weights are the mean of the weights at the end of {averaged['what']} "
         f"(optim.average_epochs); model.safetensors holds the last epoch's.",
     ]
     return {**card, "results": results}
 
 
+def _span(first: int, last: int) -> str:
+    return f"epochs {first}-{last}" if last > first else f"epoch {first}"
+
+
 def _average_text(a: dict[str, Any]) -> str:
-    first, last = a["epochs"]
-    text = f"epochs {first}-{last}" if last > first else f"epoch {first}"
+    text = _span(*a["epochs"])
     if a.get("val_top1_error") is not None:
         text += f", val top-1 error {100 * a['val_top1_error']:.2f}%"
     return text
