@@ -981,14 +981,12 @@ def finish_average(
         mean_model.load_state_dict(state)
         val = evaluate_model(mean_model, val_loader, dev, autocast)
         del mean_model
-        log(
-            f"mean weights of {what}: val top-1 error {100 * val['top1_error']:.2f}%"
-            + (
-                f" / top-5 {100 * val['top5_error']:.2f}%"
-                if has_top5(model.cfg.num_classes)
-                else ""
-            )
+        errors = (  # as the epoch lines say it
+            f"top-1/top-5 error {100 * val['top1_error']:.2f}% / {100 * val['top5_error']:.2f}%"
+            if has_top5(model.cfg.num_classes)
+            else f"top-1 error {100 * val['top1_error']:.2f}%"
         )
+        log(f"mean weights of {what}: val {errors}")
     return {"state": state, "epochs": [first, last], "span": span, "what": what, "val": val}
 
 
