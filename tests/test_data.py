@@ -860,6 +860,25 @@ def test_symlinks_out_of_src_are_skipped_and_reported(tmp_path):
     )
 
 
+def test_an_unreadable_class_folder_is_reported_once(tmp_path, monkeypatch):
+    # The class keeps its label (0 images) and the report says why in one line, not
+    # "cannot be read" and "empty class folder" both.
+    src = make_folder_dataset(tmp_path / "src", classes=3, per_class=2)
+    iterdir = Path.iterdir
+
+    def refuse(self):
+        if self.name == "class_1":
+            raise PermissionError(13, "Permission denied", str(self))
+        return iterdir(self)
+
+    monkeypatch.setattr(Path, "iterdir", refuse)
+    s = folder_source(src, val_fraction=0.0)
+    assert s.classes == ["class_0", "class_1", "class_2"]
+    assert [p for p, _ in s.problems if p.endswith("class_1")] == [str(src / "class_1")]
+    why = next(w for p, w in s.problems if p.endswith("class_1"))
+    assert "Permission denied" in why and "kept with 0 images" in why
+
+
 def test_16_bit_png_is_scaled_not_white(tmp_path):
     from PIL import Image
 

@@ -603,13 +603,13 @@ def test_sigterm_mid_epoch_then_resume_loses_nothing(tmp_path, fmnist, cli_env):
     proc = subprocess.Popen([sys.executable, "-m", "alexnet", "train", *args, "--out", str(tmp_path / "b")],
                             env=cli_env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)  # fmt: skip
     for line in proc.stdout:
-        if "epoch 1/2 step 3/" in line:
+        if "epoch 1/2 step 4/" in line:  # a tenth of 16 steps: a logged line
             proc.send_signal(signal.SIGTERM)
             break
     proc.communicate(timeout=120)
     assert proc.returncode == EXIT_PREEMPTED
     state = load_checkpoint(tmp_path / "b" / "checkpoint.pt")
-    assert state["progress"]["epoch"] == 0 and 3 <= state["progress"]["batch"] < 16
+    assert state["progress"]["epoch"] == 0 and 4 <= state["progress"]["batch"] < 16
     resumed = subprocess.run([sys.executable, "-m", "alexnet", "train", "--resume", "--out", str(tmp_path / "b")],
                              env=cli_env, capture_output=True, text=True, timeout=300)  # fmt: skip
     assert resumed.returncode == 0, resumed.stderr
@@ -973,7 +973,7 @@ def test_sigint_mid_epoch_checkpoints_then_resume_loses_nothing(tmp_path, fmnist
     proc = subprocess.Popen([sys.executable, "-m", "alexnet", "train", *args, "--out", str(out)],
                             env=cli_env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)  # fmt: skip
     for line in proc.stdout:
-        if "epoch 1/2 step 3/" in line:
+        if "epoch 1/2 step 4/" in line:  # a tenth of 16 steps: a logged line
             proc.send_signal(signal.SIGSTOP)  # holds the lock, frozen mid-epoch
             break
     try:
@@ -989,7 +989,7 @@ def test_sigint_mid_epoch_checkpoints_then_resume_loses_nothing(tmp_path, fmnist
     assert "stopped by SIGINT: checkpoint saved at epoch 1" in rest
     assert "again to abort" in stderr and "Traceback" not in stderr
     state = load_checkpoint(out / "checkpoint.pt")
-    assert state["progress"]["epoch"] == 0 and 3 <= state["progress"]["batch"] < 16
+    assert state["progress"]["epoch"] == 0 and 4 <= state["progress"]["batch"] < 16
     resumed = subprocess.run([sys.executable, "-m", "alexnet", "train", "--resume", "--out", str(out)],
                              env=cli_env, capture_output=True, text=True, timeout=300)  # fmt: skip
     assert resumed.returncode == 0, resumed.stderr
@@ -1295,18 +1295,27 @@ def test_resume_writes_a_best_weights_file_the_stopped_run_could_not(tmp_path, f
     assert_same(best, weights(tmp_path / "r"))
 
 
-def test_plain_progress_lines_every_tenth_and_eta_since_resume(capsys, monkeypatch):
-    # In a log (no TTY): a line at each tenth of a short epoch even with a long log_every,
-    # and after a resume the ETA comes from the steps timed in this process only.
+def test_plain_progress_lines_every_tenth_or_minute_and_eta_since_resume(capsys, monkeypatch):
+    # In a log (no TTY): a line at each tenth of an epoch, not at every readout; a readout a
+    # minute after the last line gets one too; after a resume the ETA comes from the steps
+    # timed in this process only.
     from alexnet.engine import train as T
 
     monkeypatch.setattr(T.sys.stderr, "isatty", lambda: False)
-    bar = T._Bar(20, 0, "epoch 1/1", every=50, tenths={2, 4, 6, 8, 10, 12, 14, 16, 18, 20})
+    bar = T._Bar(20, 0, "epoch 1/1", tenths={2, 4, 6, 8, 10, 12, 14, 16, 18, 20})
     for _ in range(20):
         bar.advance()
-        bar.report(loss=1.0, top1_err=0.5, rate=10.0)
+        bar.report(loss=1.0, top1_err=0.5, rate=10.0)  # a readout at every step
     assert capsys.readouterr().out.count("epoch 1/1 step") == 10
-    bar = T._Bar(100, 50, "epoch 2/2", every=10, tenths=set())
+    bar = T._Bar(1000, 0, "epoch 1/1", tenths={100})
+    bar.advance()
+    bar.report(loss=1.0, top1_err=0.5, rate=10.0)
+    assert capsys.readouterr().out == ""  # step 1: not a tenth, the last line just now
+    bar.last_line -= 61.0
+    bar.advance()
+    bar.report(loss=1.0, top1_err=0.5, rate=10.0)
+    assert "step 2/1000" in capsys.readouterr().out
+    bar = T._Bar(100, 50, "epoch 2/2", tenths={60})
     bar.t0 -= 10.0  # the 10 steps below took 10 s: 1 s a step
     for _ in range(10):
         bar.advance()

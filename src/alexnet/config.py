@@ -416,7 +416,7 @@ class RunConfig:
     threads: int = 0
     eval_every: int = 1  # epochs between validation passes
     checkpoint_every: int = 1  # epochs between checkpoints (always at the end)
-    log_every: int = 50  # most steps between plain-text progress lines (also one per 10%)
+    log_every: int = 50  # steps between loss readouts (the non-finite check, the bar's numbers)
     # Model parallel: the paper's two towers on two devices (e.g. ["cuda:0", "cuda:1"]).
     tower_devices: list[str] = dataclasses.field(default_factory=list)
 

@@ -204,16 +204,24 @@ def _scan_class_dirs(
     top = (top or root).resolve()
     classes: dict[str, list[Path]] = {}
     for d in _subdirs(root, top, problems):
-        files = []
+        files, first = [], len(problems)
         for f in walk_files(d, problems, top):
             if _is_image(f):
                 files.append(f)
             else:
                 problems.append((str(f), "not an image file (extension); skipped"))
         if not files:
-            problems.append(
-                (str(d), "empty class folder: no images; the class is kept with 0 images")
-            )
+            # One line per folder: an unreadable class folder says so, not "empty" as well.
+            unread = [i for i in range(first, len(problems)) if problems[i][0] == str(d)]
+            if unread:
+                why = problems[unread[0]][1].removesuffix("; skipped")
+                problems[unread[0]] = (
+                    str(d), f"{why}; the class is kept with 0 images (fix it and rerun with --force)"
+                )  # fmt: skip
+            else:
+                problems.append(
+                    (str(d), "empty class folder: no images; the class is kept with 0 images")
+                )
         classes[d.name] = files
     return classes
 

@@ -269,7 +269,7 @@ def train_one_epoch(
     # however few steps an epoch has (every rank has the same total, so the same points).
     tenths = {math.ceil(total * k / 10) for k in range(1, 11)}
     bar = (
-        _Bar(total, progress.batch, f"epoch {progress.epoch + 1}/{cfg.run.epochs}", every, tenths)
+        _Bar(total, progress.batch, f"epoch {progress.epoch + 1}/{cfg.run.epochs}", tenths)
         if ctx.show_progress
         else None
     )
@@ -349,13 +349,17 @@ def train_one_epoch(
 
 
 class _Bar:
-    """tqdm on a TTY; plain periodic lines otherwise (logs, CI, SLURM)."""
+    """tqdm on a TTY; plain lines otherwise (logs, CI, SLURM): one at each tenth of the
+    epoch, and one at the first readout ``every_s`` seconds after the last line (a long
+    epoch still shows progress every minute or so)."""
 
-    def __init__(self, total: int, initial: int, desc: str, every: int, tenths: set[int]) -> None:
-        self.total, self.n, self.desc, self.every = total, initial, desc, every
+    def __init__(
+        self, total: int, initial: int, desc: str, tenths: set[int], every_s: float = 60.0
+    ) -> None:
+        self.total, self.n, self.desc, self.every_s = total, initial, desc, every_s
         self.initial = initial  # steps done before this process (a resumed epoch)
         self.tenths = tenths
-        self.t0 = time.perf_counter()
+        self.t0 = self.last_line = time.perf_counter()
         self.tqdm = None
         if sys.stderr.isatty():
             from tqdm import tqdm
@@ -371,14 +375,18 @@ class _Bar:
             self.tqdm.update(1)
 
     def report(self, loss: float, top1_err: float, rate: float) -> None:
-        """The running numbers, known at sync points (every ``every`` steps, epoch end)."""
+        """The running numbers, known at readouts (every ``run.log_every`` steps, each
+        tenth, the epoch's end)."""
         if self.tqdm is not None:
             self.tqdm.set_postfix(
                 loss=f"{loss:.3f}", top1_err=f"{100 * top1_err:.1f}%", img_s=f"{rate:.0f}"
             )
-        elif self.n % self.every == 0 or self.n in self.tenths or self.n == self.total:
+            return
+        now = time.perf_counter()
+        if self.n in self.tenths or self.n == self.total or now - self.last_line >= self.every_s:
+            self.last_line = now
             done = max(self.n - self.initial, 1)  # the steps timed since t0
-            eta = (self.total - self.n) * (time.perf_counter() - self.t0) / done
+            eta = (self.total - self.n) * (now - self.t0) / done
             _log_line(
                 f"{self.desc} step {self.n}/{self.total} loss {loss:.4f} top1-err {100 * top1_err:.2f}% "
                 f"{rate:.0f} img/s ETA {eta:.0f}s"
