@@ -862,21 +862,27 @@ def test_symlinks_out_of_src_are_skipped_and_reported(tmp_path):
 
 def test_an_unreadable_class_folder_is_reported_once(tmp_path, monkeypatch):
     # The class keeps its label (0 images) and the report says why in one line, not
-    # "cannot be read" and "empty class folder" both.
+    # "cannot be read" and "empty class folder" both; so does a class whose only
+    # subfolder cannot be read.
     src = make_folder_dataset(tmp_path / "src", classes=3, per_class=2)
+    (src / "class_2" / "sub").mkdir()
+    for f in (src / "class_2").glob("*.jpg"):
+        f.rename(src / "class_2" / "sub" / f.name)
     iterdir = Path.iterdir
 
     def refuse(self):
-        if self.name == "class_1":
+        if self.name in ("class_1", "sub"):
             raise PermissionError(13, "Permission denied", str(self))
         return iterdir(self)
 
     monkeypatch.setattr(Path, "iterdir", refuse)
     s = folder_source(src, val_fraction=0.0)
     assert s.classes == ["class_0", "class_1", "class_2"]
-    assert [p for p, _ in s.problems if p.endswith("class_1")] == [str(src / "class_1")]
-    why = next(w for p, w in s.problems if p.endswith("class_1"))
-    assert "Permission denied" in why and "kept with 0 images" in why
+    one = [w for p, w in s.problems if p == str(src / "class_1")]
+    assert len(one) == 1 and "Permission denied" in one[0] and "kept with 0 images" in one[0]
+    two = [w for p, w in s.problems if p == str(src / "class_2")]
+    assert len(two) == 1 and "a folder in it cannot be read" in two[0], s.problems
+    assert not any("empty class folder" in w for _, w in s.problems)
 
 
 def test_16_bit_png_is_scaled_not_white(tmp_path):

@@ -1322,6 +1322,10 @@ def test_plain_progress_lines_every_tenth_or_minute_and_eta_since_resume(capsys,
     bar.report(loss=1.0, top1_err=0.5, rate=10.0)
     line = capsys.readouterr().out
     assert "step 60/100" in line and "ETA 40s" in line  # 40 steps left at 1 s each
+    # Only stdout redirected (`train ... > log` on a terminal): the lines, not a bar.
+    monkeypatch.setattr(T.sys.stderr, "isatty", lambda: True)
+    monkeypatch.setattr(T.sys.stdout, "isatty", lambda: False)
+    assert T._Bar(10, 0, "epoch 1/1", tenths={10}).tqdm is None
 
 
 def test_summary_without_a_validation_error_says_so():

@@ -211,13 +211,20 @@ def _scan_class_dirs(
             else:
                 problems.append((str(f), "not an image file (extension); skipped"))
         if not files:
-            # One line per folder: an unreadable class folder says so, not "empty" as well.
-            unread = [i for i in range(first, len(problems)) if problems[i][0] == str(d)]
-            if unread:
+            # An unreadable class folder (or one inside it) is why there are no images:
+            # say that, not "empty class folder" as well.
+            unread = [
+                i for i in range(first, len(problems))
+                if "cannot be read" in problems[i][1] and Path(problems[i][0]).is_relative_to(d)
+            ]  # fmt: skip
+            keep = "the class is kept with 0 images (fix it and rerun with --force)"
+            if unread and problems[unread[0]][0] == str(d):
                 why = problems[unread[0]][1].removesuffix("; skipped")
-                problems[unread[0]] = (
-                    str(d), f"{why}; the class is kept with 0 images (fix it and rerun with --force)"
-                )  # fmt: skip
+                problems[unread[0]] = (str(d), f"{why}; {keep}")
+            elif unread:
+                problems.append(
+                    (str(d), f"no readable images (a folder in it cannot be read); {keep}")
+                )
             else:
                 problems.append(
                     (str(d), "empty class folder: no images; the class is kept with 0 images")

@@ -361,7 +361,9 @@ class _Bar:
         self.tenths = tenths
         self.t0 = self.last_line = time.perf_counter()
         self.tqdm = None
-        if sys.stderr.isatty():
+        # The bar draws on stderr, the plain lines go to stdout with the epoch lines: a
+        # bar only when both are a terminal (`train ... > log` keeps its lines in the log).
+        if sys.stderr.isatty() and sys.stdout.isatty():
             from tqdm import tqdm
 
             self.tqdm = tqdm(
