@@ -55,6 +55,28 @@ def test_messy_files_are_reported_not_fatal(tmp_path):
         assert split.image(i).shape == (256, 256, 3)
 
 
+def test_max_pixels_is_the_one_limit_raised_or_lowered(tmp_path, monkeypatch):
+    # Pillow's own bomb check (a warning, an error at twice its limit) must not stand in
+    # for --max-pixels: a larger limit lets a large photo through, silently; a smaller one
+    # refuses by the header, naming the option.
+    import warnings
+
+    from PIL import Image
+
+    from alexnet.data.images import ImageError, probe
+
+    path = tmp_path / "photo.jpg"
+    photo(40, 30, seed=1).save(path, quality=90)
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 500)  # as if the photo were 2.4x Pillow's
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert load_image(path, None, max_pixels=5000).shape == (30, 40, 3)
+        assert probe(path) == (40, 30, "RGB")
+    assert Image.MAX_IMAGE_PIXELS == 500  # given back
+    with pytest.raises(ImageError, match=r"40x30 pixels is over the limit of 1000"):
+        load_image(path, None, max_pixels=1000)
+
+
 def test_load_image_conversions(tmp_path):
     photo(120, 90, seed=1, mode="CMYK").save(tmp_path / "c.jpg")
     photo(90, 120, seed=2, mode="L").save(tmp_path / "g.jpg")
@@ -414,6 +436,25 @@ def prepared_folder(tmp_path_factory):
     return root / "out"
 
 
+def test_loader_workers_leave_a_group_signal_to_the_training_process(prepared_folder):
+    # `timeout`, `docker stop` and Ctrl-C signal the whole process group. A worker that died
+    # of it would abort the parent (torch: "DataLoader worker ... is killed by signal"),
+    # even mid-way through the checkpoint the parent writes before it stops.
+    import multiprocessing
+
+    data = Prepared(prepared_folder)
+    spec, prep = LoaderSpec(train=True), data.preprocessing(224)
+    loader = make_loader(data, "train", spec, 4, torch.device("cpu"), prep, seed=7, workers=1)
+    batches = iter(loader)
+    first = next(batches)
+    (worker,) = multiprocessing.active_children()
+    for sig in ("TERM", "INT"):  # sent by another process, as `timeout` sends it
+        subprocess.run(["kill", f"-{sig}", str(worker.pid)], check=True)
+    time.sleep(0.5)
+    assert worker.is_alive()
+    assert len([first, *batches]) == len(loader)
+
+
 def test_training_batches_are_deterministic_across_workers(prepared_folder):
     data = Prepared(prepared_folder)
     spec, prep = LoaderSpec(train=True), data.preprocessing(224)
@@ -753,6 +794,12 @@ def test_split_folders_in_any_case_become_the_splits(tmp_path):
     assert all("/TEST/" in str(p) for p in s.splits["val"].paths) and len(s.splits["val"].paths)
     make_folder_dataset(tmp_path / "x" / "photos", classes=3, per_class=2)
     assert open_source(str(tmp_path / "x")).classes == ["class_0", "class_1", "class_2"]
+    # So is a wrapper folder inside a split (train/images/<class>), in one split or both.
+    make_folder_dataset(tmp_path / "y" / "train" / "images", classes=2, per_class=3)
+    make_folder_dataset(tmp_path / "y" / "val", classes=2, per_class=1)
+    s = open_source(str(tmp_path / "y"))
+    assert s.classes == ["class_0", "class_1"] and len(s.splits["val"].paths) == 2
+    assert f"{tmp_path / 'y' / 'train' / 'images'}: a wrapper folder" in "\n".join(s.layout)
 
 
 def test_small_jpeg_folders_are_stored_at_native_size_like_cifar10(tmp_path):
@@ -796,6 +843,14 @@ def test_rerun_with_other_source_or_options_is_refused(tmp_path):
     with pytest.raises(DataError, match=r"--quality 90 \(this run: 70\)"):
         prepare(str(src), dst, workers=1, val_fraction=0.2, quality=70, progress=False)
     (dst / "mine.txt").write_text("not prepare's")
+    marker = (dst / ".alexnet-prepare.json").read_text()
+    (dst / ".alexnet-prepare.json").write_text("{not json")  # says what --force would replace
+    with pytest.raises(
+        DataError,
+        match=r"unreadable; pass --force to rebuild .*\(replacing its train\.jpg, train\.index\.npy",
+    ):
+        prepare(str(src), dst, workers=1, val_fraction=0.2, progress=False)
+    (dst / ".alexnet-prepare.json").write_text(marker)
     out = prepare(str(other), dst, workers=1, val_fraction=0.4, force=True, progress=False)
     assert out["splits"]["val"]["count"] == 4 and (dst / "mine.txt").is_file()
     assert json.loads((dst / "meta.json").read_text())["options"]["src"] == str(other.resolve())
@@ -834,6 +889,54 @@ def test_prepare_deletes_only_its_own_files(tmp_path):
     assert (tmp_path / "notes.txt").read_text() == "mine"
 
 
+def test_file_names_that_are_not_utf8_are_kept_byte_for_byte(tmp_path):
+    # A Latin-1 name (an old zip, a Samba share): Python sees surrogate escapes. The image is
+    # trained on, its ids name the real file, and a bad one is reported under its name.
+    src = make_folder_dataset(tmp_path / "src", classes=2, per_class=3, size=(40, 30))
+    good = os.fsdecode(b"caf\xe9.jpg")
+    (src / "class_0" / "img_0.jpg").rename(src / "class_0" / good)
+    (src / "class_1" / os.fsdecode(b"br\xfbl\xe9.jpg")).write_bytes(b"not a jpeg")
+    prepare(str(src), tmp_path / "out", workers=1, val_fraction=0.0, progress=False)
+    data = Prepared(tmp_path / "out")
+    ids = data.ids("train")
+    assert len(ids) == 6 and str(src / "class_0" / good) in ids
+    assert all(Path(i).is_file() for i in ids)
+    report = (tmp_path / "out" / "report.csv").read_bytes()
+    assert b"br\xfbl\xe9.jpg" in report
+
+
+def test_symlinks_never_give_an_image_a_second_class_or_split(tmp_path):
+    # Links inside SRC: a folder linked into another class (or above it), a class folder
+    # that is an alias of another, a file linked into another class or split. Each image
+    # keeps the one label and split of its own folder; every link skipped is reported.
+    src = tmp_path / "src"
+    make_folder_dataset(src / "train", classes=2, per_class=4)
+    make_folder_dataset(src / "val", classes=2, per_class=2)
+    make_folder_dataset(src / "pool", classes=1, per_class=2)  # not a split: may be linked
+    train, val = src / "train", src / "val"
+    (train / "class_0" / "up").symlink_to("..", target_is_directory=True)
+    (train / "class_1" / "loop").symlink_to("../class_0", target_is_directory=True)
+    (train / "class_1" / "leak").symlink_to("../../val/class_1", target_is_directory=True)
+    (train / "alias").symlink_to("class_0", target_is_directory=True)
+    (train / "class_1" / "extra").symlink_to("../../pool/class_0", target_is_directory=True)
+    (val / "class_0" / "seen.jpg").symlink_to(train / "class_0" / "img_0.jpg")
+    s = folder_source(src)
+    assert s.classes == ["class_0", "class_1"]
+    by_class = {c: sorted(str(p.relative_to(src)) for p, y in zip(*split, strict=True) if y == i)
+                for split in [(s.splits["train"].paths, s.splits["train"].labels)]
+                for i, c in enumerate(s.classes)}  # fmt: skip
+    assert by_class["class_0"] == [f"train/class_0/img_{i}.jpg" for i in range(4)]
+    assert by_class["class_1"] == [f"train/class_1/extra/img_{i}.jpg" for i in range(2)] + [
+        f"train/class_1/img_{i}.jpg" for i in range(4)
+    ]
+    assert sorted(p.name for p in s.splits["val"].paths) == ["img_0.jpg", "img_0.jpg", "img_1.jpg", "img_1.jpg"]  # fmt: skip
+    reasons = dict(s.problems)
+    for link in ("class_0/up", "class_1/loop", "class_1/leak"):
+        assert "outside its class folder" in reasons[str(train / link)], link
+    assert "among the dataset's own class folders" in reasons[str(train / "alias")]
+    assert f"the same file as {train / 'class_0' / 'img_0.jpg'}" in reasons[str(val / "class_0" / "seen.jpg")]  # fmt: skip
+
+
 def test_symlinks_out_of_src_are_skipped_and_reported(tmp_path):
     src = make_folder_dataset(tmp_path / "src", classes=2, per_class=3)
     outside = make_folder_dataset(tmp_path / "outside", classes=1, per_class=2)
@@ -843,10 +946,11 @@ def test_symlinks_out_of_src_are_skipped_and_reported(tmp_path):
     s = folder_source(src, val_fraction=0.0)
     assert s.classes == ["class_0", "class_1"]
     names = [p.name for p in s.splits["train"].paths]
-    assert "linked.jpg" not in names and "inside.jpg" in names
+    assert "linked.jpg" not in names and "inside.jpg" not in names  # class_0's, not class_1's
     prepare(str(src), tmp_path / "out", workers=1, val_fraction=0.0, progress=False)
     report = (tmp_path / "out" / "report.csv").read_text()
     assert "linked_class" in report and "linked.jpg" in report and "outside SRC" in report
+    assert "the same file as" in report and "inside.jpg" in report
     # A broken link is reported too, not passed over without a word.
     (src / "class_1" / "gone.jpg").symlink_to(tmp_path / "nowhere.jpg")
     (src / "gone_class").symlink_to(tmp_path / "no_folder", target_is_directory=True)
@@ -1064,6 +1168,10 @@ def test_atomic_writes_never_replace_a_link_a_pipe_or_a_device(tmp_path):
     reader.join(timeout=30)
     assert got == ["through the pipe\n"] and fifo.is_fifo()
     assert sorted(p.name for p in tmp_path.iterdir()) == ["link.csv", "pipe", "real.csv"]
+    if Path("/proc/self").is_dir():  # a folder where no file can be made: its error names
+        with pytest.raises(OSError) as info:  # the user's path, not the temporary one
+            write_text("/proc/alexnet-test.json", "x")
+        assert info.value.filename == "/proc/alexnet-test.json"
 
 
 def test_workers_killed_from_outside_never_hang_the_pool(tmp_path, cli_env):

@@ -747,6 +747,33 @@ def test_predict_csv_to_stdout_quiet_escaped_names_and_broken_links(run, tmp_pat
     ]  # only the failures: no progress lines
     assert main(["predict", weights, str(d), "--csv", "-", "--json", "-"]) == 2
     assert "both ask for standard output" in capsys.readouterr().err
+    # A folder as --json/--csv is refused before the work (no table), as one line.
+    for cmd in (["predict", weights, str(d)], ["evaluate", weights, "--data", str(run / "data")]):
+        assert main([*cmd, "--json", str(tmp_path)]) == 2
+        out, err = capsys.readouterr()
+        assert (
+            out == ""
+            and err
+            == f"alexnet {cmd[0]}: error: --json {tmp_path} is a directory; name a file to write\n"
+        )
+
+
+def test_predict_into_a_pipe_closed_early_is_quiet(run, tmp_path, cli_env):
+    # `alexnet predict ... | head -1`: no error line, the status of a SIGPIPE'd program.
+    from PIL import Image
+
+    d = tmp_path / "imgs"
+    d.mkdir()
+    for i in range(4):
+        Image.fromarray(np.full((28, 28), i * 60, np.uint8)).save(d / f"{i}.png")
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "alexnet", "predict", str(run / "run" / "model.safetensors"),
+         str(d), "--quiet", "--csv", "-"],
+        env=cli_env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, bufsize=0,
+    )  # fmt: skip
+    proc.stdout.close()  # the reader is gone before the first line
+    err = proc.stderr.read().decode()
+    assert proc.wait(timeout=120) == 141 and err == ""
 
 
 def test_evaluate_csv_to_stdout(run, capsys):

@@ -116,6 +116,21 @@ def test_cli_bad_config_and_missing_data(capsys, tmp_path):
         and "alexnet prepare" in err
         and "Traceback" not in err
     )
+    (tmp_path / "twice.yaml").write_text("run:\n  epochs: 1\n  epochs: 5\n")
+    assert (
+        main(["train", "--config", str(tmp_path / "twice.yaml"), "--out", str(tmp_path / "r")]) == 2
+    )
+    assert capsys.readouterr().err == (
+        f"alexnet train: error: {tmp_path / 'twice.yaml'}, line 3: not valid YAML: 'epochs' is given twice\n"
+    )
+    (tmp_path / "latin1.yaml").write_bytes(b"# caf\xe9\nrun:\n  epochs: 1\n")
+    assert (
+        main(["train", "--config", str(tmp_path / "latin1.yaml"), "--out", str(tmp_path / "r")])
+        == 2
+    )
+    assert capsys.readouterr().err == (
+        f"alexnet train: error: {tmp_path / 'latin1.yaml'}: not UTF-8 text (byte 5); save it as UTF-8\n"
+    )
 
 
 # ---------------------------------------------------------------- optimizer and schedule
@@ -722,6 +737,14 @@ def test_the_step_loops_collectives_run_on_the_training_device(monkeypatch):
     totals, stop = T.sync_sums(T.new_sums(torch.device("meta")), True)
     assert seen == [torch.device("meta")]
     assert totals == [1.0, 2.0, 3.0, 4.0] and stop
+
+
+def test_one_class_is_refused_before_the_run_directory(tmp_path):
+    src = make_folder_dataset(tmp_path / "src", classes=1, per_class=4, size=(40, 30))
+    prepare(str(src), tmp_path / "one", progress=False, val_fraction=0)
+    with pytest.raises(ConfigError, match=r"has 1 class \(class_0\): a classifier needs two"):
+        train(cfg_for(tmp_path / "one", preset="cifar10"), tmp_path / "r", quiet=True)
+    assert not (tmp_path / "r").exists()
 
 
 def test_decode_on_cuda_needs_a_cuda_device(fmnist, tmp_path):

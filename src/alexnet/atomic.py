@@ -72,6 +72,8 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
             tmp.unlink()
         if full:
             raise OSError(errno.ENOSPC, "no space left on the device", str(path)) from err
+        if isinstance(err, OSError) and err.filename in (str(tmp), tmp):
+            err.filename = str(path)  # the user's name, not the temporary one
         raise
     fsync_dir(path.parent)
 
@@ -118,8 +120,9 @@ def write_bytes(path: str | Path, data: bytes) -> Path:
 
 
 def write_text(path: str | Path, text: str) -> Path:
+    """Surrogate escapes (file names that are not valid UTF-8) are written as their bytes."""
     with atomic_path(path) as tmp:
-        tmp.write_text(text)
+        tmp.write_text(text, errors="surrogateescape")
     return Path(path)
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import re
@@ -24,7 +25,12 @@ def _print_json(obj: object, path: str | None = None) -> None:
 
 
 def _stdout_owner(args: argparse.Namespace) -> str | None:
-    """Which of --json/--csv writes to standard output ("-"), so the table goes to stderr."""
+    """Which of --json/--csv writes to standard output ("-"), so the table goes to stderr.
+    A folder given as either is refused here, before the work, not when writing."""
+    for opt in ("json", "csv"):
+        value = getattr(args, opt, None)
+        if isinstance(value, str) and value != "-" and Path(value).is_dir():
+            raise ValueError(f"--{opt} {value} is a directory; name a file to write")
     claim = [opt for opt in ("json", "csv") if getattr(args, opt, None) == "-"]
     if len(claim) > 1:
         raise ValueError("--json - and --csv - both ask for standard output: give one a file name")
@@ -189,6 +195,7 @@ def cmd_features(args: argparse.Namespace) -> int:
 def cmd_neighbors(args: argparse.Namespace) -> int:
     from .apps.retrieval import format_neighbors, run_neighbors
 
+    _stdout_owner(args)  # a folder as --json is refused before the work
     r = run_neighbors(args.gallery, args.query, args.k, args.device, args.limit)
     if args.json:
         _print_json(r, args.json)
@@ -551,7 +558,8 @@ def build_parser() -> argparse.ArgumentParser:
         "--max-pixels",
         type=int,
         default=None,
-        help="larger images are skipped as decompression bombs",
+        help="images of more pixels are skipped as decompression bombs (default 89,478,485, "
+        "Pillow's; raise it for large photos)",
     )
     p.add_argument("--force", action="store_true", help="rebuild even if DST is complete")
     p.add_argument("--no-download", action="store_true", help="never download a missing dataset")
@@ -859,6 +867,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             raise
         print(f"alexnet {args.command}: error: {err}", file=sys.stderr)
         return 2
+    except BrokenPipeError:  # `alexnet predict ... | head`: the reader has had enough
+        with contextlib.suppress(OSError):  # no flush error at exit either
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 141  # as a program ended by SIGPIPE: the output was cut short
     except KeyboardInterrupt:
         print(f"alexnet {args.command}: interrupted", file=sys.stderr)
         return 130

@@ -89,7 +89,7 @@ class Prepared:
         """A name for every image of ``split``: its source path, or ``split:index``."""
         paths = self.root / f"{split}.paths.txt"
         if paths.is_file():
-            return paths.read_text().splitlines()
+            return paths.read_text(errors="surrogateescape").splitlines()
         return [f"{split}:{i}" for i in range(len(self.split(split)))]
 
     def split(self, name: str) -> JpegSplit | RawSplit:
@@ -332,11 +332,31 @@ class JpegBatches(torch.utils.data.Dataset):
         return {"images": out, **self._plan_tensors(plan)}  # images: (B, H, W, C) uint8
 
 
+# Ctrl-C, and the SIGTERM of `timeout`, `docker stop` or a scheduler's preemption, reach
+# the whole process group: the main process decides (it checkpoints, then stops the workers
+# with its own shutdown message), so a loader worker must not die of them mid-batch. Its
+# parent's DataLoader would otherwise abort on the dead worker, before any checkpoint.
+_WORKER_SIGNALS = {signal.SIGINT, signal.SIGTERM}
+
+
 def _worker_init(_: int) -> None:
     torch.set_num_threads(1)
-    # Ctrl-C reaches the whole process group: the training process decides (it checkpoints
-    # and stops the workers), so a worker must not die of it mid-batch.
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    for sig in _WORKER_SIGNALS:
+        signal.signal(sig, signal.SIG_IGN)
+    # Started with both blocked (_start_workers): one sent meanwhile is pending, and now
+    # discarded.
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, _WORKER_SIGNALS)
+
+
+def _start_workers(loader: torch.utils.data.DataLoader) -> Iterator[Any]:
+    """``iter(loader)``, its workers started with SIGINT and SIGTERM blocked until
+    _worker_init ignores them: before that, torch's SIGTERM handler in a worker would end it
+    on a group-wide SIGTERM. Signals for this process stay pending meanwhile."""
+    old = signal.pthread_sigmask(signal.SIG_BLOCK, _WORKER_SIGNALS)
+    try:
+        return iter(loader)
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, old)
 
 
 @dataclass
@@ -492,7 +512,9 @@ class DeviceLoader:
 
     def batches(self) -> Iterator[dict[str, Tensor]]:
         """Normalised batches with their metadata: inputs, labels, indices."""
-        source = self._raw_batches() if self.array_images is not None else iter(self.loader)  # type: ignore[arg-type]
+        source = (
+            self._raw_batches() if self.array_images is not None else _start_workers(self.loader)
+        )  # type: ignore[arg-type]
         for b in source:
             if "jpegs" in b:
                 b = self._decode_on_device(b)

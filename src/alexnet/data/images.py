@@ -7,8 +7,10 @@ exactly as it would have been stored.
 
 from __future__ import annotations
 
+import contextlib
 import io
 import warnings
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -23,6 +25,20 @@ GRAYSCALE_MODES = {"1", "L", "LA", "La", "I", "I;16", "I;16B", "I;16L", "I;16N",
 SIXTEEN_BIT_MODES = {"I", "I;16", "I;16B", "I;16L", "I;16N"}
 
 
+@contextlib.contextmanager
+def _own_pixel_limit() -> Iterator[None]:
+    """Pillow without its decompression-bomb check (a warning, then an error at twice its
+    limit): the caller checks the header's size against its own limit before decoding."""
+    saved = Image.MAX_IMAGE_PIXELS
+    Image.MAX_IMAGE_PIXELS = None
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            yield
+    finally:
+        Image.MAX_IMAGE_PIXELS = saved
+
+
 def load_image(
     path: str | Path, size: int | None = 256, max_pixels: int | None = None, channels: int = 3
 ) -> np.ndarray:
@@ -34,46 +50,40 @@ def load_image(
     shape (size, size, 1)); 16-bit images are scaled to 8 bits. Raises ImageError with
     the reason for truncated, corrupt, non-image files and decompression bombs.
     """
+    # One limit, checked here on the header's size: --max-pixels, else Pillow's (89.5 M
+    # pixels unless a program changed it), never Pillow's own check on top.
     limit = max_pixels if max_pixels is not None else Image.MAX_IMAGE_PIXELS
     try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("error", Image.DecompressionBombWarning)
-            with Image.open(path) as im:
-                w, h = im.size
-                if limit and w * h > limit:
-                    raise ImageError(
-                        f"decompression bomb: {w}x{h} pixels is over the limit of {limit}"
-                    )
-                if w < 1 or h < 1:
-                    raise ImageError(f"empty image ({w}x{h})")
-                mode = "L" if channels == 1 else "RGB"
-                if size is not None:
-                    # JPEG DCT-domain downscaling: decode big photos at >= the target size only.
-                    w0, h0 = -(-w * size // min(w, h)), -(-h * size // min(w, h))
-                    im.draft(mode, (max(1, w0), max(1, h0)))
-                im = ImageOps.exif_transpose(im)
-                if im.mode in SIXTEEN_BIT_MODES:
-                    # Pillow's convert() clips 16-bit values at 255 (a white image): scale.
-                    wide = np.asarray(im, dtype=np.float64) / 257.0
-                    im = Image.fromarray(np.clip(np.rint(wide), 0, 255).astype(np.uint8), "L")
-                im = im.convert(mode)
-                if size is None:
-                    arr = np.asarray(im, dtype=np.uint8)
-                    return arr[..., None] if channels == 1 else arr
-                w, h = im.size
-                scale = size / min(w, h)
-                nw, nh = max(size, round(w * scale)), max(size, round(h * scale))
-                im = im.resize((nw, nh), Image.Resampling.BILINEAR)
-                left, top = (nw - size) // 2, (nh - size) // 2
-                im = im.crop((left, top, left + size, top + size))
+        with _own_pixel_limit(), Image.open(path) as im:
+            w, h = im.size
+            if limit and w * h > limit:
+                raise ImageError(f"decompression bomb: {w}x{h} pixels is over the limit of {limit}")
+            if w < 1 or h < 1:
+                raise ImageError(f"empty image ({w}x{h})")
+            mode = "L" if channels == 1 else "RGB"
+            if size is not None:
+                # JPEG DCT-domain downscaling: decode big photos at >= the target size only.
+                w0, h0 = -(-w * size // min(w, h)), -(-h * size // min(w, h))
+                im.draft(mode, (max(1, w0), max(1, h0)))
+            im = ImageOps.exif_transpose(im)
+            if im.mode in SIXTEEN_BIT_MODES:
+                # Pillow's convert() clips 16-bit values at 255 (a white image): scale.
+                wide = np.asarray(im, dtype=np.float64) / 257.0
+                im = Image.fromarray(np.clip(np.rint(wide), 0, 255).astype(np.uint8), "L")
+            im = im.convert(mode)
+            if size is None:
                 arr = np.asarray(im, dtype=np.uint8)
                 return arr[..., None] if channels == 1 else arr
+            w, h = im.size
+            scale = size / min(w, h)
+            nw, nh = max(size, round(w * scale)), max(size, round(h * scale))
+            im = im.resize((nw, nh), Image.Resampling.BILINEAR)
+            left, top = (nw - size) // 2, (nh - size) // 2
+            im = im.crop((left, top, left + size, top + size))
+            arr = np.asarray(im, dtype=np.uint8)
+            return arr[..., None] if channels == 1 else arr
     except ImageError:
         raise
-    except Image.DecompressionBombError as err:
-        raise ImageError(f"decompression bomb: {err}") from None
-    except Image.DecompressionBombWarning as err:
-        raise ImageError(f"decompression bomb: {err}") from None
     except UnidentifiedImageError:
         raise ImageError("not an image (unrecognised content)") from None
     except (OSError, SyntaxError, ValueError, EOFError) as err:
@@ -96,9 +106,9 @@ def encode_jpeg(img: np.ndarray, quality: int) -> bytes:
 def probe(path: str | Path) -> tuple[int, int, str] | None:
     """Width, height and mode from the file's header (no decoding); None if unreadable."""
     try:
-        with Image.open(path) as im:
+        with _own_pixel_limit(), Image.open(path) as im:
             return im.size[0], im.size[1], im.mode
-    except (OSError, SyntaxError, ValueError, EOFError, Image.DecompressionBombError):
+    except (OSError, SyntaxError, ValueError, EOFError):
         return None
 
 

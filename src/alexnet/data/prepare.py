@@ -35,7 +35,7 @@ from typing import Any
 
 import numpy as np
 
-from ..atomic import atomic_path, write_json, write_text
+from ..atomic import atomic_path, text_output, write_json, write_text
 from ..interrupts import check as check_interrupt
 from ..progress import bar as progress_bar
 from .dataset import FORMAT, FORMAT_VERSION, INDEX_DTYPE
@@ -427,8 +427,10 @@ def _recorded_options(dst: Path) -> tuple[dict[str, Any] | None, set[str]]:
             try:
                 record = json.loads(path.read_text())
             except (OSError, ValueError):
+                present = ", ".join(n for n in OUTPUTS if (dst / n).exists())
                 raise DataError(
-                    f"{path} is unreadable; pass --force to rebuild {dst}, or choose another DST"
+                    f"{path} is unreadable; pass --force to rebuild {dst} (replacing its "
+                    f"{present}), or choose another DST"
                 ) from None
             return record.get("options"), set(record.get("unused_options", []))
     return None, set()
@@ -443,12 +445,16 @@ def _unused_options(source: Source) -> list[str]:
     return [] if held_out else ["val_fraction", "seed"]
 
 
+def _shown(value: Any) -> str:
+    return "not given" if value is None else str(value)
+
+
 def _check_dst(dst: Path, options: dict[str, Any]) -> None:
     """Refuse to mix this run's options with an earlier run's files in ``dst``."""
     recorded, unused = _recorded_options(dst)
     if recorded is not None:
         diffs = [
-            f"{OPTION_FLAGS.get(k, k)} {recorded.get(k)} (this run: {v})"
+            f"{OPTION_FLAGS.get(k, k)} {_shown(recorded.get(k))} (this run: {_shown(v)})"
             for k, v in options.items()
             if recorded.get(k) != v and k not in unused
         ]
@@ -672,7 +678,7 @@ def prepare(
 
 
 def _write_report(path: Path, problems: list[tuple[str, str, str]]) -> None:
-    with atomic_path(path) as tmp, open(tmp, "w", newline="") as f:
+    with text_output(path, newline="") as f:
         w = csv.writer(f)
         w.writerow(["split", "path", "reason"])
         w.writerows(problems)
@@ -681,7 +687,7 @@ def _write_report(path: Path, problems: list[tuple[str, str, str]]) -> None:
 def _read_report(path: Path) -> list[tuple[str, str, str]]:
     """The rows of an earlier run's report.csv (none where absent or of the old format)."""
     try:
-        with open(path, newline="") as f:
+        with open(path, newline="", errors="surrogateescape") as f:
             return [(r["split"], r["path"], r["reason"]) for r in csv.DictReader(f)]
     except (OSError, KeyError, csv.Error):
         return []

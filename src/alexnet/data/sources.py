@@ -163,16 +163,29 @@ def _subdirs(root: Path, top: Path, problems: list[tuple[str, str]]) -> list[Pat
     return out
 
 
+def _into(target: Path, fence: list[Path]) -> bool:
+    """``target`` (resolved) lies in, or holds, one of the labelled folders ``fence``."""
+    return any(target.is_relative_to(r) or r.is_relative_to(target) for r in fence)
+
+
 def walk_files(
-    d: Path, problems: list[tuple[str, str]], top: Path | None = None, broken_too: bool = False
+    d: Path,
+    problems: list[tuple[str, str]],
+    top: Path | None = None,
+    broken_too: bool = False,
+    fence: list[Path] | None = None,
 ) -> list[Path]:
     """Files under ``d`` (recursively, in sorted order), passing over hidden names and
     never visiting a folder twice (symlink loops). With ``top`` (resolved), symlinks that
     lead outside it are not followed; without, links are followed wherever they lead.
-    Broken symlinks (listed among the files instead with ``broken_too``), unreadable
-    folders and the links passed over are added to ``problems`` as (path, why)."""
+    With ``fence`` (the resolved split folders of a dataset, ``d`` a class folder in one),
+    a symlinked folder that leads out of ``d`` into them is not followed: its images
+    belong to another class or split. Broken symlinks (listed among the files instead with
+    ``broken_too``), unreadable folders and the links passed over are added to
+    ``problems`` as (path, why)."""
     out: list[Path] = []
     seen: set[Path] = set()
+    home = d.resolve()
     stack = [d]
     while stack:
         cur = stack.pop()
@@ -191,6 +204,12 @@ def walk_files(
             elif kind is None or (top is not None and _skip_outside(f, top, problems)):
                 continue
             elif kind == "dir":
+                if fence and f.is_symlink():
+                    target = f.resolve()
+                    if not target.is_relative_to(home) and _into(target, fence):
+                        why = f"symlink to {target}, outside its class folder {d}"
+                        problems.append((str(f), f"{why}; skipped (another class's images)"))
+                        continue
                 subdirs.append(f)
             else:
                 out.append(f)
@@ -199,17 +218,36 @@ def walk_files(
 
 
 def _scan_class_dirs(
-    root: Path, problems: list[tuple[str, str]], top: Path | None = None
+    root: Path,
+    problems: list[tuple[str, str]],
+    top: Path | None = None,
+    fence: list[Path] | None = None,
+    taken: dict[Path, Path] | None = None,
 ) -> dict[str, list[Path]]:
+    """``root/<class>/**`` -> images by class name. ``fence``: the resolved split folders
+    of the dataset (default ``root``): a symlink may not bring another class's or split's
+    images in. ``taken`` (shared by the splits of one dataset): each file, by its resolved
+    path, is taken once; a second path to it (a symlink) is skipped and noted."""
     top = (top or root).resolve()
+    fence = fence or [root.resolve()]
+    taken = {} if taken is None else taken
     classes: dict[str, list[Path]] = {}
     for d in _subdirs(root, top, problems):
+        if d.is_symlink() and _into(d.resolve(), fence):
+            why = f"symlink to {d.resolve()}, among the dataset's own class folders"
+            problems.append((str(d), f"{why}; skipped (its images would be counted twice)"))
+            continue
         files, first = [], len(problems)
-        for f in walk_files(d, problems, top):
-            if _is_image(f):
-                files.append(f)
-            else:
+        for f in walk_files(d, problems, top, fence=fence):
+            if not _is_image(f):
                 problems.append((str(f), "not an image file (extension); skipped"))
+                continue
+            real = f.resolve()
+            if real in taken:
+                problems.append((str(f), f"the same file as {taken[real]} (a symlink); skipped"))
+                continue
+            taken[real] = f
+            files.append(f)
         if not files:
             # An unreadable class folder (or one inside it) is why there are no images:
             # say that, not "empty class folder" as well.
@@ -328,6 +366,26 @@ TRAIN_DIRS = ("train", "training")
 VAL_DIRS = ("val", "valid", "validation", "test", "testing")
 
 
+def _wrapper(d: Path, top: Path) -> Path | None:
+    """The one subfolder of ``d`` if ``d`` only wraps folders of folders (``images/<class>``):
+    no images beside it, and folders inside it. One class would train nothing anyway."""
+    dirs = _subdirs(d, top, [])
+    if len(dirs) != 1 or not _subdirs(dirs[0], top, []):
+        return None
+    try:
+        return None if any(f.is_file() and _is_image(f) for f in d.iterdir()) else dirs[0]
+    except OSError:
+        return None
+
+
+def _unwrap(split: Path, top: Path, layout: list[str]) -> Path:
+    """A split folder, through the wrapper folders inside it (``train/images/<class>``)."""
+    while (inner := _wrapper(split, top)) is not None:
+        layout.append(f"{inner}: a wrapper folder, not a class; looked inside it")
+        split = inner
+    return split
+
+
 def _split_dirs(
     root: Path, top: Path, problems: list[tuple[str, str]], layout: list[str]
 ) -> tuple[Path, Path | None, Path | None]:
@@ -343,21 +401,23 @@ def _split_dirs(
         train = next((by_name[n] for n in TRAIN_DIRS if n in by_name), None)
         if train is not None:
             break
-        has_files = any(f.is_file() and _is_image(f) for f in base.iterdir())
-        if len(dirs) == 1 and not has_files and _subdirs(dirs[0], top, []):
-            layout.append(f"{dirs[0]}: a wrapper folder, not a class; looked inside it")
-            base = dirs[0]
+        inner = _wrapper(base, top)
+        if inner is not None:
+            layout.append(f"{inner}: a wrapper folder, not a class; looked inside it")
+            base = inner
             continue
         return base, None, None
     val_dirs = [by_name[n] for n in VAL_DIRS if n in by_name]
     val = val_dirs[0] if val_dirs else None
-    layout.append(f"train split: {train}")
-    if val is not None:
-        layout.append(f"val split: {val}")
     for d in dirs:
         if d != train and d != val:
             why = "a second held-out folder" if d in val_dirs else "not a train/val/test folder"
             layout.append(f"ignored: {d} ({why})")
+    train = _unwrap(train, top, layout)
+    val = _unwrap(val, top, layout) if val is not None else None
+    layout.append(f"train split: {train}")
+    if val is not None:
+        layout.append(f"val split: {val}")
     return base, train, val
 
 
@@ -376,7 +436,9 @@ def folder_source(
     top = root.resolve()
     base, train_dir, val_dir = _split_dirs(root, top, problems, layout)
     if train_dir is not None:
-        by_class = _scan_class_dirs(train_dir, problems, top)
+        fence = [d.resolve() for d in (train_dir, val_dir) if d is not None]
+        taken: dict[Path, Path] = {}
+        by_class = _scan_class_dirs(train_dir, problems, top, fence, taken)
         if not by_class:
             raise DataError(
                 f"{train_dir} has no class folders (expected {train_dir}/<class>/<image>)"
@@ -389,7 +451,7 @@ def folder_source(
         splits = {"train": train}
         if val_dir is not None:
             if _subdirs(val_dir, top, []):
-                val_by_class = _scan_class_dirs(val_dir, problems, top)
+                val_by_class = _scan_class_dirs(val_dir, problems, top, fence, taken)
                 unknown = sorted(set(val_by_class) - set(classes))
                 if unknown:
                     raise DataError(f"{val_dir} has classes not in {train_dir}: {unknown[:5]}")

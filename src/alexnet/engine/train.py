@@ -76,8 +76,18 @@ class TrainingDiverged(TrainingStopped):
 
 def configure_model_from_data(cfg: TrainConfig, data: Prepared, log: Any) -> TrainConfig:
     """The data decides classes, channels and crop size; say so when the config differed."""
-    h, _, c = data.image_size
+    h, w, c = data.image_size
+    if data.num_classes < 2:
+        raise ConfigError(
+            f"{data.root} has {data.num_classes} class ({', '.join(data.classes)}): a classifier "
+            "needs two or more; prepare the folder that holds the class folders"
+        )
     crop = cfg.data.crop or (224 if h >= 224 else h)
+    if crop <= min(h, w) // 4:
+        log(
+            f"note: data.crop={crop} takes {crop} px crops of {h}x{w} images (the preset is "
+            "for images of about that size); set data.crop, or prepare with --size"
+        )
     changes = {}
     if cfg.model.num_classes != data.num_classes:
         changes["num_classes"] = data.num_classes
