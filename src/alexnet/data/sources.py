@@ -174,6 +174,7 @@ def walk_files(
     top: Path | None = None,
     broken_too: bool = False,
     fence: list[Path] | None = None,
+    reals: dict[Path, str] | None = None,
 ) -> list[Path]:
     """Files under ``d`` (recursively, in sorted order), passing over hidden names and
     never visiting a folder twice (symlink loops). With ``top`` (resolved), symlinks that
@@ -182,7 +183,8 @@ def walk_files(
     a symlinked folder that leads out of ``d`` into them is not followed: its images
     belong to another class or split. Broken symlinks (listed among the files instead with
     ``broken_too``), unreadable folders and the links passed over are added to
-    ``problems`` as (path, why)."""
+    ``problems`` as (path, why). ``reals`` gets each file's resolved path (cheaply: only a
+    link is resolved)."""
     out: list[Path] = []
     seen: set[Path] = set()
     home = d.resolve()
@@ -213,6 +215,8 @@ def walk_files(
                 subdirs.append(f)
             else:
                 out.append(f)
+                if reals is not None:  # strings: Path objects cost ~3x here
+                    reals[f] = str(f.resolve()) if f.is_symlink() else os.path.join(real, f.name)
         stack.extend(reversed(subdirs))
     return sorted(out)
 
@@ -222,7 +226,7 @@ def _scan_class_dirs(
     problems: list[tuple[str, str]],
     top: Path | None = None,
     fence: list[Path] | None = None,
-    taken: dict[Path, Path] | None = None,
+    taken: dict[str, Path] | None = None,
 ) -> dict[str, list[Path]]:
     """``root/<class>/**`` -> images by class name. ``fence``: the resolved split folders
     of the dataset (default ``root``): a symlink may not bring another class's or split's
@@ -238,11 +242,12 @@ def _scan_class_dirs(
             problems.append((str(d), f"{why}; skipped (its images would be counted twice)"))
             continue
         files, first = [], len(problems)
-        for f in walk_files(d, problems, top, fence=fence):
+        reals: dict[Path, str] = {}
+        for f in walk_files(d, problems, top, fence=fence, reals=reals):
             if not _is_image(f):
                 problems.append((str(f), "not an image file (extension); skipped"))
                 continue
-            real = f.resolve()
+            real = reals[f]
             if real in taken:
                 problems.append((str(f), f"the same file as {taken[real]} (a symlink); skipped"))
                 continue
@@ -437,7 +442,7 @@ def folder_source(
     base, train_dir, val_dir = _split_dirs(root, top, problems, layout)
     if train_dir is not None:
         fence = [d.resolve() for d in (train_dir, val_dir) if d is not None]
-        taken: dict[Path, Path] = {}
+        taken: dict[str, Path] = {}
         by_class = _scan_class_dirs(train_dir, problems, top, fence, taken)
         if not by_class:
             raise DataError(
