@@ -800,6 +800,17 @@ def test_split_folders_in_any_case_become_the_splits(tmp_path):
     s = open_source(str(tmp_path / "y"))
     assert s.classes == ["class_0", "class_1"] and len(s.splits["val"].paths) == 2
     assert f"{tmp_path / 'y' / 'train' / 'images'}: a wrapper folder" in "\n".join(s.layout)
+    # A val split of one class with subfolders is that class, not a wrapper; nor is a
+    # folder that holds images itself.
+    make_folder_dataset(tmp_path / "z" / "train", classes=2, per_class=2)
+    make_folder_dataset(tmp_path / "z" / "val" / "class_0", classes=2, per_class=1)
+    s = open_source(str(tmp_path / "z"))
+    assert len(s.splits["val"].paths) == 2 and set(s.splits["val"].labels) == {0}
+    make_folder_dataset(tmp_path / "v" / "train", classes=1, per_class=2)
+    make_folder_dataset(tmp_path / "v" / "train" / "class_0", classes=1, per_class=1)
+    make_folder_dataset(tmp_path / "v" / "val", classes=1, per_class=1)
+    s = open_source(str(tmp_path / "v"))
+    assert s.classes == ["class_0"] and len(s.splits["train"].paths) == 3
 
 
 def test_small_jpeg_folders_are_stored_at_native_size_like_cifar10(tmp_path):
@@ -906,35 +917,70 @@ def test_file_names_that_are_not_utf8_are_kept_byte_for_byte(tmp_path):
 
 
 def test_symlinks_never_give_an_image_a_second_class_or_split(tmp_path):
-    # Links inside SRC: a folder linked into another class (or above it), a class folder
-    # that is an alias of another, a file linked into another class or split. Each image
-    # keeps the one label and split of its own folder; every link skipped is reported.
+    # Links inside SRC: a folder or a file linked into another class or split (or above
+    # one), a class folder that is an alias of another, a pool reached twice. Each image
+    # keeps the one label and split of its own folder (a real file wins over a link to it);
+    # folders that are not class folders (a pool, hidden or not) may be linked.
     src = tmp_path / "src"
     make_folder_dataset(src / "train", classes=2, per_class=4)
     make_folder_dataset(src / "val", classes=2, per_class=2)
     make_folder_dataset(src / "pool", classes=1, per_class=2)  # not a split: may be linked
+    make_folder_dataset(src / "train" / ".hidden", classes=1, per_class=1)
     train, val = src / "train", src / "val"
     (train / "class_0" / "up").symlink_to("..", target_is_directory=True)
     (train / "class_1" / "loop").symlink_to("../class_0", target_is_directory=True)
     (train / "class_1" / "leak").symlink_to("../../val/class_1", target_is_directory=True)
     (train / "alias").symlink_to("class_0", target_is_directory=True)
     (train / "class_1" / "extra").symlink_to("../../pool/class_0", target_is_directory=True)
+    (train / "class_0" / "more").symlink_to("../.hidden/class_0", target_is_directory=True)
+    (train / "class_0" / "a_link.jpg").symlink_to("../class_1/img_0.jpg")  # sorts first
     (val / "class_0" / "seen.jpg").symlink_to(train / "class_0" / "img_0.jpg")
+    (val / "class_1" / "again").symlink_to("../../pool/class_0", target_is_directory=True)
     s = folder_source(src)
     assert s.classes == ["class_0", "class_1"]
-    by_class = {c: sorted(str(p.relative_to(src)) for p, y in zip(*split, strict=True) if y == i)
-                for split in [(s.splits["train"].paths, s.splits["train"].labels)]
-                for i, c in enumerate(s.classes)}  # fmt: skip
-    assert by_class["class_0"] == [f"train/class_0/img_{i}.jpg" for i in range(4)]
-    assert by_class["class_1"] == [f"train/class_1/extra/img_{i}.jpg" for i in range(2)] + [
-        f"train/class_1/img_{i}.jpg" for i in range(4)
-    ]
-    assert sorted(p.name for p in s.splits["val"].paths) == ["img_0.jpg", "img_0.jpg", "img_1.jpg", "img_1.jpg"]  # fmt: skip
+
+    def by_class(split):
+        paths, labels = s.splits[split].paths, s.splits[split].labels
+        return {c: sorted(str(p.relative_to(src)) for p, y in zip(paths, labels, strict=True)
+                          if y == i) for i, c in enumerate(s.classes)}  # fmt: skip
+
+    train_files = by_class("train")
+    assert train_files["class_0"] == sorted(
+        [f"train/class_0/img_{i}.jpg" for i in range(4)] + ["train/class_0/more/img_0.jpg"]
+    )
+    assert train_files["class_1"] == sorted(
+        [f"train/class_1/extra/img_{i}.jpg" for i in range(2)]
+        + [f"train/class_1/img_{i}.jpg" for i in range(4)]
+    )
+    val_files = by_class("val")
+    assert val_files == {c: [f"val/{c}/img_{i}.jpg" for i in range(2)] for c in s.classes}
     reasons = dict(s.problems)
-    for link in ("class_0/up", "class_1/loop", "class_1/leak"):
+    for link in ("class_0/up", "class_1/loop", "class_1/leak", "class_0/a_link.jpg"):
         assert "outside its class folder" in reasons[str(train / link)], link
+    assert "outside its class folder" in reasons[str(val / "class_0" / "seen.jpg")]
     assert "among the dataset's own class folders" in reasons[str(train / "alias")]
-    assert f"the same file as {train / 'class_0' / 'img_0.jpg'}" in reasons[str(val / "class_0" / "seen.jpg")]  # fmt: skip
+    again = reasons[str(val / "class_1" / "again" / "img_0.jpg")]
+    assert again == f"the same file as {train / 'class_1' / 'extra' / 'img_0.jpg'} (through a symlink); skipped"  # fmt: skip
+
+
+def test_a_flat_imagenet_val_shares_no_image_with_train(tmp_path):
+    src = tmp_path / "src"
+    make_folder_dataset(src / "train", classes=2, per_class=2)
+    val = src / "val"
+    val.mkdir()
+    lines = []
+    for i in range(3):
+        photo(40, 30, seed=i).save(val / f"ILSVRC2012_val_{i:08d}.JPEG")
+        lines.append(f"ILSVRC2012_val_{i:08d}.JPEG class_{i % 2}")
+    (val / "ILSVRC2012_val_00000009.JPEG").symlink_to(src / "train" / "class_0" / "img_0.jpg")
+    lines.append("ILSVRC2012_val_00000009.JPEG class_0")
+    (src / "train" / "class_1" / "dup.jpg").symlink_to(val / "ILSVRC2012_val_00000000.JPEG")
+    (src / "val.txt").write_text("\n".join(lines) + "\n")
+    s = folder_source(src, val_labels=src / "val.txt")
+    assert len(s.splits["val"].paths) == 3 and len(s.splits["train"].paths) == 4
+    reasons = dict(s.problems)
+    assert "a training image; skipped" in reasons[str(val / "ILSVRC2012_val_00000009.JPEG")]
+    assert "outside its class folder" in reasons[str(src / "train" / "class_1" / "dup.jpg")]
 
 
 def test_symlinks_out_of_src_are_skipped_and_reported(tmp_path):
@@ -950,7 +996,7 @@ def test_symlinks_out_of_src_are_skipped_and_reported(tmp_path):
     prepare(str(src), tmp_path / "out", workers=1, val_fraction=0.0, progress=False)
     report = (tmp_path / "out" / "report.csv").read_text()
     assert "linked_class" in report and "linked.jpg" in report and "outside SRC" in report
-    assert "the same file as" in report and "inside.jpg" in report
+    assert "outside its class folder" in report and "inside.jpg" in report
     # A broken link is reported too, not passed over without a word.
     (src / "class_1" / "gone.jpg").symlink_to(tmp_path / "nowhere.jpg")
     (src / "gone_class").symlink_to(tmp_path / "no_folder", target_is_directory=True)
@@ -1005,6 +1051,9 @@ def test_bad_options_and_datasets_are_clear(tmp_path):
     for bad in (1.0, -0.1):
         with pytest.raises(DataError, match=rf"--val-fraction must be in \[0, 1\), got {bad}"):
             prepare(str(src), tmp_path / "o", val_fraction=bad, progress=False)
+    for bad in (0, -1):
+        with pytest.raises(DataError, match=rf"--max-pixels must be a positive .*, got {bad}"):
+            prepare(str(src), tmp_path / "o", max_pixels=bad, progress=False)
     out = prepare(str(src), tmp_path / "one", workers=1, progress=False)
     assert "warning: only one class (class_0)" in format_summary(out)
     junk = tmp_path / "junk" / "a"

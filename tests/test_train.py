@@ -123,6 +123,18 @@ def test_cli_bad_config_and_missing_data(capsys, tmp_path):
     assert capsys.readouterr().err == (
         f"alexnet train: error: {tmp_path / 'twice.yaml'}, line 3: not valid YAML: 'epochs' is given twice\n"
     )
+    for text, message in (
+        ("a: &x {b: 1}\nrun:\n  <<: *x\n", "unknown key a;"),  # a merge key is not a duplicate
+        ("run:\n  ? [a, b]\n  : 3\n", "line 2: not valid YAML: found unhashable key"),
+        ("run: {1: 3, '1': 4}\n", "unknown key run.1;"),
+    ):
+        (tmp_path / "odd.yaml").write_text(text)
+        assert (
+            main(["train", "--config", str(tmp_path / "odd.yaml"), "--out", str(tmp_path / "r")])
+            == 2
+        )
+        err = capsys.readouterr().err
+        assert message in err and err.count("\n") == 1, err
     (tmp_path / "latin1.yaml").write_bytes(b"# caf\xe9\nrun:\n  epochs: 1\n")
     assert (
         main(["train", "--config", str(tmp_path / "latin1.yaml"), "--out", str(tmp_path / "r")])

@@ -7,6 +7,7 @@ import contextlib
 import json
 import os
 import re
+import signal
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -845,6 +846,12 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+# Commands whose loader workers outlive a SIGTERM sent to the whole group (they leave the
+# stop to this process): SIGTERM unwinds them like Ctrl-C, so the workers are shut down
+# rather than left writing errors to a closed connection.
+_UNWINDING = ("evaluate", "predict", "features", "neighbors")
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     # Before torch loads: huge pages and a heap that keeps freed activations mapped, so
     # CPU steps do not re-fault ~1.4 GB of fresh pages each time (alexnet/allocator.py).
@@ -861,6 +868,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     from .data.sources import DataError
 
     try:
+        if args.command in _UNWINDING:
+            from .interrupts import raising
+
+            with raising((signal.SIGTERM,)):
+                return int(args.func(args) or 0)
         return int(args.func(args) or 0)
     except (ConfigError, DataError, ValueError, FileNotFoundError, NotADirectoryError) as err:
         if os.environ.get("ALEXNET_DEBUG"):

@@ -201,7 +201,7 @@ def from_dict(cls: type[T], data: Any, prefix: str = "") -> T:
     assert dataclasses.is_dataclass(cls)
     hints = typing.get_type_hints(cls)
     fields = {f.name: f for f in dataclasses.fields(cls)}
-    unknown = sorted(set(data) - set(fields))
+    unknown = sorted(set(data) - set(fields), key=str)  # YAML keys may be numbers too
     if unknown:
         raise ConfigError(
             f"unknown key {prefix}{unknown[0]!s}; allowed keys under "
@@ -248,12 +248,18 @@ class _UniqueKeyLoader(yaml.SafeLoader):
     def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
         seen: set[Any] = set()
         for key_node, _ in node.value:
+            if key_node.tag == "tag:yaml.org,2002:merge":  # `<<: *base`: overriding is its point
+                continue
             key = self.construct_object(key_node, deep=deep)
-            if key in seen:
+            try:
+                again = key in seen
+                seen.add(key)
+            except TypeError:  # unhashable: the base class says so
+                break
+            if again:
                 raise yaml.constructor.ConstructorError(
                     None, None, f"{key!r} is given twice", key_node.start_mark
                 )
-            seen.add(key)
         return super().construct_mapping(node, deep)
 
 

@@ -503,6 +503,8 @@ def prepare(
         raise DataError(f"--val-fraction must be in [0, 1), got {val_fraction}")
     if size != "native" and not (size is None or (isinstance(size, int) and size >= 1)):
         raise DataError(f"--size must be a positive number of pixels or 'native', got {size!r}")
+    if max_pixels is not None and max_pixels < 1:
+        raise DataError(f"--max-pixels must be a positive number of pixels, got {max_pixels}")
     dst = Path(dst)
     if dst.exists() and not dst.is_dir():
         raise DataError(f"DST {dst} is a file, not a directory; choose a new or existing folder")

@@ -163,9 +163,21 @@ def _subdirs(root: Path, top: Path, problems: list[tuple[str, str]]) -> list[Pat
     return out
 
 
-def _into(target: Path, fence: list[Path]) -> bool:
-    """``target`` (resolved) lies in, or holds, one of the labelled folders ``fence``."""
-    return any(target.is_relative_to(r) or r.is_relative_to(target) for r in fence)
+def _into(target: Path, fence: list[Path]) -> int:
+    """How many of the labelled folders ``fence`` (resolved) ``target`` (resolved) lies in
+    or holds."""
+    return sum(target.is_relative_to(r) or r.is_relative_to(target) for r in fence)
+
+
+def _labelled_folders(splits: list[Path | None], top: Path) -> list[Path]:
+    """The resolved class folders of ``splits`` (a flat split folder, ImageNet's val, is
+    itself one): the folders whose images have a label and a split."""
+    out = []
+    for split in splits:
+        if split is not None:
+            classes = _subdirs(split, top, [])
+            out += [d.resolve() for d in classes] if classes else [split.resolve()]
+    return out
 
 
 def walk_files(
@@ -179,9 +191,9 @@ def walk_files(
     """Files under ``d`` (recursively, in sorted order), passing over hidden names and
     never visiting a folder twice (symlink loops). With ``top`` (resolved), symlinks that
     lead outside it are not followed; without, links are followed wherever they lead.
-    With ``fence`` (the resolved split folders of a dataset, ``d`` a class folder in one),
-    a symlinked folder that leads out of ``d`` into them is not followed: its images
-    belong to another class or split. Broken symlinks (listed among the files instead with
+    With ``fence`` (:func:`_labelled_folders`, ``d`` one of them), a symlink that leads out
+    of ``d`` into another labelled folder (or above one) is not followed: its images belong
+    to another class or split. Broken symlinks (listed among the files instead with
     ``broken_too``), unreadable folders and the links passed over are added to
     ``problems`` as (path, why). ``reals`` gets each file's resolved path (cheaply: only a
     link is resolved)."""
@@ -203,15 +215,13 @@ def walk_files(
                     out.append(f)
                 else:
                     _broken(f, problems)
-            elif kind is None or (top is not None and _skip_outside(f, top, problems)):
+            elif (
+                kind is None
+                or (top is not None and _skip_outside(f, top, problems))
+                or (fence and f.is_symlink() and _labelled_elsewhere(f, home, fence, d, problems))
+            ):
                 continue
             elif kind == "dir":
-                if fence and f.is_symlink():
-                    target = f.resolve()
-                    if not target.is_relative_to(home) and _into(target, fence):
-                        why = f"symlink to {target}, outside its class folder {d}"
-                        problems.append((str(f), f"{why}; skipped (another class's images)"))
-                        continue
                 subdirs.append(f)
             else:
                 out.append(f)
@@ -221,6 +231,19 @@ def walk_files(
     return sorted(out)
 
 
+def _labelled_elsewhere(
+    link: Path, home: Path, fence: list[Path], d: Path, problems: list[tuple[str, str]]
+) -> bool:
+    """``link`` (in class folder ``d``, resolved ``home``) leads into another labelled folder
+    or above one: noted in ``problems``."""
+    target = link.resolve()
+    if target.is_relative_to(home) or not _into(target, fence):
+        return False
+    why = f"symlink to {target}, outside its class folder {d}"
+    problems.append((str(link), f"{why}; skipped (another class's or split's images)"))
+    return True
+
+
 def _scan_class_dirs(
     root: Path,
     problems: list[tuple[str, str]],
@@ -228,16 +251,16 @@ def _scan_class_dirs(
     fence: list[Path] | None = None,
     taken: dict[str, Path] | None = None,
 ) -> dict[str, list[Path]]:
-    """``root/<class>/**`` -> images by class name. ``fence``: the resolved split folders
-    of the dataset (default ``root``): a symlink may not bring another class's or split's
-    images in. ``taken`` (shared by the splits of one dataset): each file, by its resolved
+    """``root/<class>/**`` -> images by class name. ``fence``: the dataset's labelled
+    folders (:func:`_labelled_folders`, default ``root``'s): a symlink may not bring another
+    class's or split's images in. ``taken`` (shared by the splits of one dataset): each file, by its resolved
     path, is taken once; a second path to it (a symlink) is skipped and noted."""
     top = (top or root).resolve()
-    fence = fence or [root.resolve()]
+    fence = fence or _labelled_folders([root], top)
     taken = {} if taken is None else taken
     classes: dict[str, list[Path]] = {}
     for d in _subdirs(root, top, problems):
-        if d.is_symlink() and _into(d.resolve(), fence):
+        if d.is_symlink() and _into(d.resolve(), fence) > 1:  # itself, and another
             why = f"symlink to {d.resolve()}, among the dataset's own class folders"
             problems.append((str(d), f"{why}; skipped (its images would be counted twice)"))
             continue
@@ -249,7 +272,9 @@ def _scan_class_dirs(
                 continue
             real = reals[f]
             if real in taken:
-                problems.append((str(f), f"the same file as {taken[real]} (a symlink); skipped"))
+                problems.append(
+                    (str(f), f"the same file as {taken[real]} (through a symlink); skipped")
+                )
                 continue
             taken[real] = f
             files.append(f)
@@ -277,7 +302,11 @@ def _scan_class_dirs(
 
 
 def _flat_val_labels(
-    val_dir: Path, labels_file: Path, classes: list[str], problems: list[tuple[str, str]]
+    val_dir: Path,
+    labels_file: Path,
+    classes: list[str],
+    problems: list[tuple[str, str]],
+    train_folders: list[Path] | None = None,
 ) -> FileSplit:
     """Flat ILSVRC2012 val images with a labels file.
 
@@ -337,6 +366,10 @@ def _flat_val_labels(
         if kind == "broken":
             _broken(f, problems)
             continue
+        if train_folders and f.is_symlink() and _into(f.resolve(), train_folders):
+            why = f"symlink to {f.resolve()}, a training image"
+            problems.append((str(f), f"{why}; skipped (it would be in both splits)"))
+            continue
         wnid = mapping.get(f.stem)
         if wnid is None:
             raise DataError(f"{f.name} has no label in {labels_file}")
@@ -371,21 +404,28 @@ TRAIN_DIRS = ("train", "training")
 VAL_DIRS = ("val", "valid", "validation", "test", "testing")
 
 
-def _wrapper(d: Path, top: Path) -> Path | None:
-    """The one subfolder of ``d`` if ``d`` only wraps folders of folders (``images/<class>``):
-    no images beside it, and folders inside it. One class would train nothing anyway."""
-    dirs = _subdirs(d, top, [])
-    if len(dirs) != 1 or not _subdirs(dirs[0], top, []):
-        return None
+def _has_images(d: Path) -> bool:
     try:
-        return None if any(f.is_file() and _is_image(f) for f in d.iterdir()) else dirs[0]
+        return any(f.is_file() and _is_image(f) for f in d.iterdir())
     except OSError:
+        return True  # unreadable: not taken for a wrapper
+
+
+def _wrapper(d: Path, top: Path, classes: frozenset[str] = frozenset()) -> Path | None:
+    """The one subfolder of ``d`` if it only wraps folders (``images/<class>``): no images
+    beside it or in it, folders inside it, and not named as one of ``classes``."""
+    dirs = _subdirs(d, top, [])
+    if len(dirs) != 1 or dirs[0].name in classes or not _subdirs(dirs[0], top, []):
         return None
+    return None if _has_images(d) or _has_images(dirs[0]) else dirs[0]
 
 
-def _unwrap(split: Path, top: Path, layout: list[str]) -> Path:
-    """A split folder, through the wrapper folders inside it (``train/images/<class>``)."""
-    while (inner := _wrapper(split, top)) is not None:
+def _unwrap(
+    split: Path, top: Path, layout: list[str], classes: frozenset[str] = frozenset()
+) -> Path:
+    """A split folder, through the wrapper folders inside it (``train/images/<class>``);
+    a folder named as one of ``classes`` (the training classes, for val) is a class."""
+    while (inner := _wrapper(split, top, classes)) is not None:
         layout.append(f"{inner}: a wrapper folder, not a class; looked inside it")
         split = inner
     return split
@@ -419,7 +459,8 @@ def _split_dirs(
             why = "a second held-out folder" if d in val_dirs else "not a train/val/test folder"
             layout.append(f"ignored: {d} ({why})")
     train = _unwrap(train, top, layout)
-    val = _unwrap(val, top, layout) if val is not None else None
+    names = frozenset(d.name for d in _subdirs(train, top, []))
+    val = _unwrap(val, top, layout, names) if val is not None else None
     layout.append(f"train split: {train}")
     if val is not None:
         layout.append(f"val split: {val}")
@@ -441,7 +482,7 @@ def folder_source(
     top = root.resolve()
     base, train_dir, val_dir = _split_dirs(root, top, problems, layout)
     if train_dir is not None:
-        fence = [d.resolve() for d in (train_dir, val_dir) if d is not None]
+        fence = _labelled_folders([train_dir, val_dir], top)
         taken: dict[str, Path] = {}
         by_class = _scan_class_dirs(train_dir, problems, top, fence, taken)
         if not by_class:
@@ -473,7 +514,10 @@ def folder_source(
                         "--val-labels FILE (LOC_val_solution.csv, '<file> <wnid>' lines, or the "
                         "devkit's ILSVRC2012_validation_ground_truth.txt with wnids.txt beside it)"
                     )
-                splits["val"] = _flat_val_labels(val_dir, labels_file, classes, problems)
+                train_folders = _labelled_folders([train_dir], top)
+                splits["val"] = _flat_val_labels(
+                    val_dir, labels_file, classes, problems, train_folders
+                )
         else:
             layout.append(
                 f"val split: {val_fraction:.0%} of each class of {train_dir} (--val-fraction)"
