@@ -997,7 +997,12 @@ def test_symlinks_out_of_src_are_skipped_and_reported(tmp_path):
     report = (tmp_path / "out" / "report.csv").read_text()
     assert "linked_class" in report and "linked.jpg" in report and "outside SRC" in report
     assert "outside its class folder" in report and "inside.jpg" in report
-    # A broken link is reported too, not passed over without a word.
+    # A broken link is reported too, not passed over without a word; so is a pipe.
+    os.mkfifo(src / "class_0" / "pipe.jpg")
+    assert dict(folder_source(src, val_fraction=0.0).problems)[
+        str(src / "class_0" / "pipe.jpg")
+    ] == ("not a regular file or folder; skipped")
+    (src / "class_0" / "pipe.jpg").unlink()
     (src / "class_1" / "gone.jpg").symlink_to(tmp_path / "nowhere.jpg")
     (src / "gone_class").symlink_to(tmp_path / "no_folder", target_is_directory=True)
     prepare(str(src), tmp_path / "out2", workers=1, val_fraction=0.0, progress=False)

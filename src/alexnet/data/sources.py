@@ -209,7 +209,10 @@ def walk_files(
         seen.add(real)
         subdirs = []
         for f in _listing(cur, problems):
+            noted = len(problems)
             kind = _kind(f, problems)
+            if kind is None and len(problems) == noted:  # a pipe, socket or device
+                problems.append((str(f), "not a regular file or folder; skipped"))
             if kind == "broken":
                 if broken_too:
                     out.append(f)
