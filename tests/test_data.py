@@ -829,6 +829,9 @@ def test_small_jpeg_folders_are_stored_at_native_size_like_cifar10(tmp_path):
     with open(tmp_path / "out" / "report.csv") as f:
         rows = {Path(r["path"]).name: r["reason"] for r in csv.DictReader(f)}
     assert "resized" in rows["odd.jpg"] and out["skipped"] == 0
+    # --quality does not apply to raw arrays: a rerun with another finds the data ready.
+    again = prepare(str(src), tmp_path / "out", workers=1, quality=50, progress=False)
+    assert again.get("already_prepared") is True
     # An explicit --size still stores JPEG crops of that size.
     prepare(str(src), tmp_path / "jpeg", size=48, workers=1, progress=False)
     assert Prepared(tmp_path / "jpeg").kind == "jpeg"

@@ -436,13 +436,14 @@ def _recorded_options(dst: Path) -> tuple[dict[str, Any] | None, set[str]]:
     return None, set()
 
 
-def _unused_options(source: Source) -> list[str]:
+def _unused_options(source: Source, fmt: str) -> list[str]:
     """--val-fraction and --seed only choose a held-out val split; a source with its own
-    (a val/test folder, CIFAR-10's test batch) ignores them, so reruns may differ there."""
+    (a val/test folder, CIFAR-10's test batch) ignores them, so reruns may differ there.
+    --quality only matters for JPEG storage, not raw arrays."""
     held_out = isinstance(source, FileSource) and any(
         "--val-fraction" in line for line in source.layout
     )
-    return [] if held_out else ["val_fraction", "seed"]
+    return ([] if held_out else ["val_fraction", "seed"]) + (["quality"] if fmt == "raw" else [])
 
 
 def _shown(value: Any) -> str:
@@ -533,11 +534,13 @@ def prepare(
     if force:
         _remove_outputs(dst)
     removed = _clean_partial(dst)
-    if not (dst / MARKER).is_file():
-        record = {"format": FORMAT, "options": options, "unused_options": _unused_options(source)}
-        write_json(dst / MARKER, record, indent=1)
     native, channels = _native_plan(source, size) if isinstance(source, FileSource) else (False, 3)
     fmt = "raw" if isinstance(source, ArraySource) or native else "jpeg"
+    if not (dst / MARKER).is_file():
+        unused = _unused_options(source, fmt)
+        write_json(
+            dst / MARKER, {"format": FORMAT, "options": options, "unused_options": unused}, indent=1
+        )
     native_shape: tuple[int, int] | None = None
     if native and (dst / "train.images.npy").is_file():
         native_shape = np.load(dst / "train.images.npy", mmap_mode="r").shape[1:3]
@@ -641,7 +644,7 @@ def prepare(
             "layout": layout,
         },
         "options": options,
-        "unused_options": _unused_options(source),
+        "unused_options": _unused_options(source, fmt),
         "classes": source.classes,
         "names": source.names,
         "image_size": image_size,
