@@ -748,7 +748,11 @@ def test_predict_csv_to_stdout_quiet_escaped_names_and_broken_links(run, tmp_pat
     assert main(["predict", weights, str(d), "--csv", "-", "--json", "-"]) == 2
     assert "both ask for standard output" in capsys.readouterr().err
     # A folder as --json/--csv is refused before the work (no table), as one line.
+    (tmp_path / "taken.json").write_text("mine\n")
     for cmd in (["predict", weights, str(d)], ["evaluate", weights, "--data", str(run / "data")]):
+        assert main([*cmd, "--csv", f"{tmp_path / 'taken.json'}/"]) == 2  # `file/`: a folder
+        assert "is a directory" in capsys.readouterr().err
+        assert (tmp_path / "taken.json").read_text() == "mine\n"
         assert main([*cmd, "--json", str(tmp_path)]) == 2
         out, err = capsys.readouterr()
         assert (
@@ -756,6 +760,28 @@ def test_predict_csv_to_stdout_quiet_escaped_names_and_broken_links(run, tmp_pat
             and err
             == f"alexnet {cmd[0]}: error: --json {tmp_path} is a directory; name a file to write\n"
         )
+
+
+def test_sigterm_stops_the_inference_commands_like_ctrl_c(run, cli_env):
+    # A SIGTERM mid-evaluation (here sent by the evaluation itself) unwinds: the loader's
+    # workers, which leave group signals to this process, are shut down, and the status is
+    # 130 with one line, not a death by signal that leaves them writing errors.
+    script = (
+        "import os, signal, sys, time\n"
+        "import alexnet.apps.evaluate as E\n"
+        "from alexnet.cli import main\n"
+        "def stopped(*a, **k):\n"
+        "    os.kill(os.getpid(), signal.SIGTERM)\n"
+        "    time.sleep(30)\n"
+        "E.run_evaluation = stopped\n"
+        "sys.exit(main(sys.argv[1:]))\n"
+    )
+    r = subprocess.run(
+        [sys.executable, "-c", script, "evaluate", str(run / "run" / "model.safetensors"),
+         "--data", str(run / "data")],
+        env=cli_env, capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert r.returncode == 130 and r.stderr == "alexnet evaluate: interrupted\n", r
 
 
 def test_predict_into_a_pipe_closed_early_is_quiet(run, tmp_path, cli_env):

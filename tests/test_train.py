@@ -759,6 +759,23 @@ def test_one_class_is_refused_before_the_run_directory(tmp_path):
     assert not (tmp_path / "r").exists()
 
 
+def test_crops_far_smaller_than_the_images_are_noted(tmp_path):
+    # The cifar10 preset's 32 px crops of 128 px images: said, not silently trained.
+    from alexnet.engine.train import configure_model_from_data
+
+    src = make_folder_dataset(tmp_path / "src", classes=2, per_class=2, size=(140, 130))
+    prepare(str(src), tmp_path / "big", size=128, progress=False, val_fraction=0)
+    prepare(str(src), tmp_path / "fit", size=32, progress=False, val_fraction=0)
+    for data, noted in (("big", True), ("fit", False)):
+        lines: list[str] = []
+        cfg = load_train_config("cifar10", None, [f"data.path={tmp_path / data}"])
+        configure_model_from_data(cfg, Prepared(tmp_path / data), lines.append)
+        notes = [ln for ln in lines if ln.startswith("note: data.crop=32 takes 32 px crops")]
+        assert notes == (["note: data.crop=32 takes 32 px crops of 128x128 images (the preset is "
+                          "for images of about that size); set data.crop, or prepare with --size"]
+                         if noted else []), lines  # fmt: skip
+
+
 def test_decode_on_cuda_needs_a_cuda_device(fmnist, tmp_path):
     src = make_folder_dataset(tmp_path / "src", classes=2, per_class=4, size=(100, 80))
     prepare(str(src), tmp_path / "jpeg", progress=False, val_fraction=0)

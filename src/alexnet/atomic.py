@@ -44,6 +44,14 @@ def fsync_dir(path: Path) -> None:
         os.close(fd)
 
 
+def names_a_folder(path: str | Path) -> bool:
+    """An output path that is a folder, or ends with a separator (``out/``): refused by the
+    commands before their work, since the write at the end would fail (or, for ``file/``,
+    replace ``file``)."""
+    text = os.fspath(path)
+    return text.endswith(("/", os.sep)) or Path(text).is_dir()
+
+
 @contextlib.contextmanager
 def atomic_path(path: str | Path) -> Iterator[Path]:
     """Yields a temporary path beside ``path`` (same suffix, so numpy and safetensors

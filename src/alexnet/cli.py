@@ -13,6 +13,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from . import __version__
+from .atomic import names_a_folder
 
 
 def _print_json(obj: object, path: str | None = None) -> None:
@@ -30,7 +31,7 @@ def _stdout_owner(args: argparse.Namespace) -> str | None:
     A folder given as either is refused here, before the work, not when writing."""
     for opt in ("json", "csv"):
         value = getattr(args, opt, None)
-        if isinstance(value, str) and value != "-" and Path(value).is_dir():
+        if isinstance(value, str) and value != "-" and names_a_folder(value):
             raise ValueError(f"--{opt} {value} is a directory; name a file to write")
     claim = [opt for opt in ("json", "csv") if getattr(args, opt, None) == "-"]
     if len(claim) > 1:

@@ -1,4 +1,5 @@
-"""Ctrl-C and SIGTERM for the commands that stop by unwinding (``prepare``, ``experiment``).
+"""Ctrl-C and SIGTERM for the commands that stop by unwinding (``prepare``, ``experiment``,
+and the inference commands: ``evaluate``, ``predict``, ``features``, ``neighbors``).
 
 The handler raises KeyboardInterrupt, as Python's own Ctrl-C handler does, and also
 remembers the signal: Python prints and drops an exception raised inside a finalizer (a

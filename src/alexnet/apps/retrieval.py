@@ -24,7 +24,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from ..atomic import atomic_path
+from ..atomic import atomic_path, names_a_folder
 from ..progress import bar as progress_bar
 
 
@@ -42,7 +42,7 @@ def extract_features(
     from ..engine.inference import load_model
     from ..engine.metrics import model_outputs
 
-    if Path(out).is_dir() or out.endswith(("/", "\\")):  # checked before the work, not after
+    if names_a_folder(out):  # checked before the work, not after
         raise ValueError(f"--out {out} is a folder; give a file such as {Path(out) / split}.npz")
     if Path(out).exists() and not force:  # as export: hours of features are never lost silently
         raise ValueError(f"{out} exists; pass --force to replace it")

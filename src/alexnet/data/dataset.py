@@ -512,9 +512,11 @@ class DeviceLoader:
 
     def batches(self) -> Iterator[dict[str, Tensor]]:
         """Normalised batches with their metadata: inputs, labels, indices."""
-        source = (
-            self._raw_batches() if self.array_images is not None else _start_workers(self.loader)
-        )  # type: ignore[arg-type]
+        if self.array_images is not None:
+            source = self._raw_batches()
+        else:
+            assert self.loader is not None
+            source = _start_workers(self.loader)
         for b in source:
             if "jpegs" in b:
                 b = self._decode_on_device(b)

@@ -169,15 +169,11 @@ def _into(target: Path, fence: list[Path]) -> int:
     return sum(target.is_relative_to(r) or r.is_relative_to(target) for r in fence)
 
 
-def _labelled_folders(splits: list[Path | None], top: Path) -> list[Path]:
-    """The resolved class folders of ``splits`` (a flat split folder, ImageNet's val, is
-    itself one): the folders whose images have a label and a split."""
-    out = []
-    for split in splits:
-        if split is not None:
-            classes = _subdirs(split, top, [])
-            out += [d.resolve() for d in classes] if classes else [split.resolve()]
-    return out
+def _labelled_folders(splits: list[tuple[Path, list[Path]]]) -> list[Path]:
+    """The resolved class folders of ``splits`` ((split folder, its class folders); a flat
+    split, ImageNet's val, is itself one): the folders whose images have a label and a
+    split."""
+    return [d.resolve() for split, classes in splits for d in (classes or [split])]
 
 
 def walk_files(
@@ -259,7 +255,7 @@ def _scan_class_dirs(
     class's or split's images in. ``taken`` (shared by the splits of one dataset): each file, by its resolved
     path, is taken once; a second path to it (a symlink) is skipped and noted."""
     top = (top or root).resolve()
-    fence = fence or _labelled_folders([root], top)
+    fence = fence or _labelled_folders([(root, _subdirs(root, top, []))])
     taken = {} if taken is None else taken
     classes: dict[str, list[Path]] = {}
     for d in _subdirs(root, top, problems):
@@ -416,11 +412,19 @@ def _has_images(d: Path) -> bool:
 
 def _wrapper(d: Path, top: Path, classes: frozenset[str] = frozenset()) -> Path | None:
     """The one subfolder of ``d`` if it only wraps folders (``images/<class>``): no images
-    beside it or in it, folders inside it, and not named as one of ``classes``."""
-    dirs = _subdirs(d, top, [])
-    if len(dirs) != 1 or dirs[0].name in classes or not _subdirs(dirs[0], top, []):
+    beside it or in it, folders inside it, and not named as one of ``classes``. Reads the
+    directory entries' types (no stat per file: a flat val folder holds 50,000)."""
+    try:
+        with os.scandir(d) as it:
+            dirs = [e.name for e in it if not e.name.startswith(".") and e.is_dir()]
+    except OSError:
         return None
-    return None if _has_images(d) or _has_images(dirs[0]) else dirs[0]
+    if len(dirs) != 1 or dirs[0] in classes:
+        return None
+    inner = d / dirs[0]
+    if _outside(inner, top) or not _subdirs(inner, top, []):
+        return None
+    return None if _has_images(d) or _has_images(inner) else inner
 
 
 def _unwrap(
@@ -485,7 +489,13 @@ def folder_source(
     top = root.resolve()
     base, train_dir, val_dir = _split_dirs(root, top, problems, layout)
     if train_dir is not None:
-        fence = _labelled_folders([train_dir, val_dir], top)
+        # Listed once: a flat val folder holds 50,000 files.
+        train_classes = _subdirs(train_dir, top, [])
+        val_classes = _subdirs(val_dir, top, []) if val_dir is not None else []
+        splits_listed = [(train_dir, train_classes)]
+        if val_dir is not None:
+            splits_listed.append((val_dir, val_classes))
+        fence = _labelled_folders(splits_listed)
         taken: dict[str, Path] = {}
         by_class = _scan_class_dirs(train_dir, problems, top, fence, taken)
         if not by_class:
@@ -499,7 +509,7 @@ def folder_source(
         )
         splits = {"train": train}
         if val_dir is not None:
-            if _subdirs(val_dir, top, []):
+            if val_classes:
                 val_by_class = _scan_class_dirs(val_dir, problems, top, fence, taken)
                 unknown = sorted(set(val_by_class) - set(classes))
                 if unknown:
@@ -517,7 +527,7 @@ def folder_source(
                         "--val-labels FILE (LOC_val_solution.csv, '<file> <wnid>' lines, or the "
                         "devkit's ILSVRC2012_validation_ground_truth.txt with wnids.txt beside it)"
                     )
-                train_folders = _labelled_folders([train_dir], top)
+                train_folders = _labelled_folders([(train_dir, train_classes)])
                 splits["val"] = _flat_val_labels(
                     val_dir, labels_file, classes, problems, train_folders
                 )

@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from .. import __version__
-from ..atomic import atomic_path
+from ..atomic import atomic_path, names_a_folder
 from ..data.preprocess import Preprocessing
 from ..data.transforms import views_label
 from .metrics import has_top5
@@ -264,7 +264,7 @@ def check_outputs(paths: list[Path], force: bool) -> None:
     """An export never replaces a file silently: existing outputs need ``--force``; a
     directory in their place, or a missing parent directory, is an error up front."""
     for path in paths:
-        if path.is_dir():
+        if names_a_folder(path):
             raise ValueError(f"{path} is a directory; name a file to write")
         if not path.parent.is_dir():
             raise FileNotFoundError(f"{path.parent} does not exist; create it or write elsewhere")
